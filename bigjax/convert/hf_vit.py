@@ -1,0 +1,123 @@
+"""Hugging Face `ViTForImageClassification` / `ViTModel` -> `bigjax.models.vit.ViT`.
+
+Source names are those `save_pretrained` writes (transformers 4.x and 5.x alike):
+  vit.embeddings.{cls_token, position_embeddings, patch_embeddings.projection.*}
+  vit.encoder.layer.{i}.{layernorm_before, attention.attention.{query,key,value},
+    attention.output.dense, layernorm_after, intermediate.dense, output.dense}.*
+  vit.layernorm.*, classifier.*
+transformers 5 names its modules differently in memory (`vit.layers.{i}.attention.q_proj`,
+`mlp.fc1`, ...); such names are mapped back first, so both spellings load. A bare
+`ViTModel` (no `vit.` prefix, no classifier) loads as `num_classes=0`: the model then
+returns the final-norm class-token features, HF's `last_hidden_state[:, 0]`; its pooler
+(dense + tanh, unused by the classifier) is skipped.
+"""
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bigjax.convert import mapping
+from bigjax.registry import create_model
+from bigjax.typing import PyTree
+
+# transformers 5 in-memory names -> the names save_pretrained writes.
+_RENAMES = [
+    (r'^(vit\.)?layers\.(\d+)\.', r'\1encoder.layer.\2.'),
+    (r'\.attention\.q_proj\.', '.attention.attention.query.'),
+    (r'\.attention\.k_proj\.', '.attention.attention.key.'),
+    (r'\.attention\.v_proj\.', '.attention.attention.value.'),
+    (r'\.attention\.o_proj\.', '.attention.output.dense.'),
+    (r'\.mlp\.fc1\.', '.intermediate.dense.'),
+    (r'\.mlp\.fc2\.', '.output.dense.'),
+]
+
+# HF `hidden_act` -> ViT.gelu_approximate ('gelu_new' and 'gelu_pytorch_tanh' are the tanh
+# approximation that `jax.nn.gelu(approximate=True)` computes).
+_GELU = {'gelu': False, 'gelu_new': True, 'gelu_pytorch_tanh': True}
+
+
+def _pair(v) -> tuple[int, int]:
+  return (int(v), int(v)) if isinstance(v, (int, float)) else (int(v[0]), int(v[1]))
+
+
+def model_overrides(config: dict, num_classes: int) -> dict:
+  """HF ViTConfig fields -> `create_model('vit_b16', **overrides)` arguments."""
+  act = config.get('hidden_act', 'gelu')
+  if act not in _GELU:
+    raise ValueError(f'ViT hidden_act {act!r} is not supported; use one of {sorted(_GELU)}')
+  if not config.get('qkv_bias', True):
+    raise ValueError('ViT checkpoints with qkv_bias=false are not supported by bigjax ViT')
+  hidden, heads = int(config['hidden_size']), int(config['num_attention_heads'])
+  head_dim = config.get('head_dim')
+  if head_dim is not None and int(head_dim) * heads != hidden:
+    raise ValueError(f'ViT head_dim {head_dim} x {heads} heads != hidden_size {hidden}')
+  patch = _pair(config.get('patch_size', 16))
+  if patch[0] != patch[1]:
+    raise ValueError(f'ViT patch_size {patch} is not square; bigjax ViT needs square patches')
+  return dict(
+      num_classes=num_classes,
+      patch_size=patch[0],
+      hidden_size=hidden,
+      num_layers=int(config['num_hidden_layers']),
+      num_heads=heads,
+      mlp_dim=int(config['intermediate_size']),
+      pool='cls',
+      dropout_rate=float(config.get('hidden_dropout_prob', 0.0)),
+      layer_norm_eps=float(config.get('layer_norm_eps', 1e-12)),
+      gelu_approximate=_GELU[act],
+  )
+
+
+def convert(config: dict, tensors: dict[str, np.ndarray]) -> tuple[nn.Module, PyTree]:
+  """Builds the bigjax ViT described by `config` and fills it from `tensors`."""
+  source = {}
+  for name, value in tensors.items():
+    for pattern, repl in _RENAMES:
+      name = re.sub(pattern, repl, name)
+    source[name] = value
+  p = 'vit.' if any(n.startswith('vit.') for n in source) else ''
+  has_head = 'classifier.weight' in source
+  num_classes = mapping.hf_num_labels(config) if has_head else 0
+  model = create_model('vit_b16', **model_overrides(config, num_classes))
+
+  height, width = _pair(config.get('image_size', 224))
+  image = jax.ShapeDtypeStruct((1, height, width, int(config.get('num_channels', 3))),
+                               jnp.float32)
+  arch = 'ViTForImageClassification' if has_head else 'ViTModel'
+  wm = mapping.WeightMap(source, mapping.abstract_variables(model, image),
+                         f'{arch} checkpoint')
+
+  def dense(path, name, kernel=mapping.linear, bias=mapping.identity):
+    wm.set(f'params/{path}/kernel', f'{name}.weight', kernel)
+    wm.set(f'params/{path}/bias', f'{name}.bias', bias)
+
+  def norm(path, name):
+    wm.set(f'params/{path}/scale', f'{name}.weight')
+    wm.set(f'params/{path}/bias', f'{name}.bias')
+
+  emb = f'{p}embeddings'
+  dense('patch_embed', f'{emb}.patch_embeddings.projection', kernel=mapping.conv)
+  wm.set('params/cls', f'{emb}.cls_token')  # [1, 1, D]
+  wm.set('params/pos_embed/embedding', f'{emb}.position_embeddings', lambda w: w[0])  # [T, D]
+  heads = model.num_heads
+  for i in range(model.num_layers):
+    src, dst = f'{p}encoder.layer.{i}', f'block_{i}'
+    norm(f'{dst}/attn_norm', f'{src}.layernorm_before')
+    for part in ('query', 'key', 'value'):
+      dense(f'{dst}/attn/{part}', f'{src}.attention.attention.{part}',
+            kernel=mapping.heads_in(heads), bias=mapping.heads_in(heads))
+    dense(f'{dst}/attn/out', f'{src}.attention.output.dense', kernel=mapping.heads_out(heads))
+    norm(f'{dst}/mlp_norm', f'{src}.layernorm_after')
+    dense(f'{dst}/mlp/fc1', f'{src}.intermediate.dense')
+    dense(f'{dst}/mlp/fc2', f'{src}.output.dense')
+  norm('norm', f'{p}layernorm')
+  if has_head:
+    dense('head', 'classifier')
+  # The pooler (dense + tanh) feeds no classifier of ViTForImageClassification; the mask
+  # token only serves masked-image-modelling pre-training.
+  wm.skip(rf'{re.escape(p)}pooler\..*')
+  wm.skip(rf'{re.escape(emb)}\.mask_token')
+  return model, wm.build()

@@ -1,0 +1,1 @@
+"""The project's own TFDS builders over data already on every machine."""

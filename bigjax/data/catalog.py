@@ -1,0 +1,59 @@
+"""Registers every dataset bigjax knows: the project's own builders and public TFDS ones."""
+
+import os
+
+import tensorflow_datasets as tfds
+
+from bigjax.data import algorithmic, images, text, wmt  # noqa: F401  (self-registering)
+from bigjax.data.builders.digits import Digits
+from bigjax.data.builders.pystdlib import Pystdlib
+from bigjax.data.datasets import DatasetSpec, register_dataset
+
+
+def prepare_builder(builder_cls, data_dir: str | None, **kwargs):
+  """Returns the builder, preparing it (offline, ArrayRecord) on first use."""
+  builder = builder_cls(data_dir=data_dir, file_format='array_record', **kwargs)
+  if not builder.is_prepared():
+    builder.download_and_prepare()
+  return builder
+
+
+def own_split(builder_cls):
+  """open_split for one of the project's own builders."""
+
+  def open_split(split, data_dir, data):
+    del data
+    return prepare_builder(builder_cls, data_dir).as_data_source(split)
+
+  return open_split
+
+
+def public_split(name: str):
+  """open_split for a public TFDS dataset, which must already be prepared."""
+
+  def open_split(split, data_dir, data):
+    del data
+    try:
+      return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except (AssertionError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
+      where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
+      raise FileNotFoundError(
+          f'dataset {name!r} is not prepared in {where}: on a machine with network run '
+          f'`tfds build {name} --data_dir={where} --file_format=array_record` (or copy a '
+          f'prepared copy there), then pass --config.data.data_dir={where} ({type(e).__name__})'
+      ) from None
+
+  return open_split
+
+
+def _pystdlib_split(split, data_dir, data):
+  source = prepare_builder(Pystdlib, data_dir).as_data_source(split)
+  return text.WindowSource(text.corpus_from_source(source), data.seq_len)
+
+
+register_dataset('digits', DatasetSpec('classification', own_split(Digits), images.image_transforms))
+register_dataset(
+    'pystdlib', DatasetSpec('lm', _pystdlib_split, text.lm_transforms, eval_split='validation')
+)
+for _name in ('mnist', 'cifar10', 'cifar100', 'fashion_mnist'):
+  register_dataset(_name, DatasetSpec('classification', public_split(_name), images.image_transforms))

@@ -1,0 +1,54 @@
+"""LeNet-5-style CNN (LeCun et al., 1998), with ReLU and max-pooling as is usual today.
+
+Legend: B batch, H height, W width, C channels. Small inputs (8x8 digits) keep their
+size through 'SAME' convolutions; 28x28 and 32x32 inputs follow the classic shapes.
+"""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bigjax.models.mlp import activation
+from bigjax.registry import register
+from bigjax.typing import Dtype
+
+
+class LeNet(nn.Module):
+  """conv(6, 5x5) -> pool -> conv(16, 5x5) -> pool -> fc(120) -> fc(84) -> fc(classes)."""
+
+  num_classes: int = 10
+  features: tuple[int, ...] = (6, 16)
+  hidden: tuple[int, ...] = (120, 84)
+  kernel_size: int = 5
+  activation: str = 'relu'
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """[B, H, W, C] images -> [B, num_classes] logits."""
+    chex.assert_rank(x, 4)
+    act = activation(self.activation)
+    x = x.astype(self.dtype)
+    # LeNet-5 sees 32x32 images with unpadded convolutions (32 -> 28 -> 14 -> 10 -> 5);
+    # smaller inputs (28x28 MNIST, 8x8 digits) are padded ('SAME') to keep their support.
+    padding = 'VALID' if x.shape[1] >= 32 else 'SAME'
+    for i, f in enumerate(self.features):
+      x = nn.Conv(f, (self.kernel_size, self.kernel_size), padding=padding,
+                  dtype=self.dtype, param_dtype=self.param_dtype, name=f'conv_{i}')(x)
+      x = act(x)
+      if x.shape[1] >= 2:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))  # [B, H/2, W/2, f]
+    x = x.reshape(x.shape[0], -1)  # [B, H*W*C]
+    for i, h in enumerate(self.hidden):
+      x = act(nn.Dense(h, dtype=self.dtype, param_dtype=self.param_dtype,
+                       name=f'fc_{i}')(x))
+      x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    self.sow('intermediates', 'features', x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                    name='head')(x)
+
+
+register('lenet', LeNet)

@@ -1,0 +1,59 @@
+"""Multi-layer perceptron (a plain DNN) for flattened inputs.
+
+Legend: B batch, D width, C classes; images [B, H, W, C] are flattened to [B, H*W*C].
+"""
+
+from typing import Callable
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bigjax.registry import register
+from bigjax.typing import Dtype
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    'relu': nn.relu,
+    'gelu': nn.gelu,
+    'tanh': jnp.tanh,
+    'sigmoid': nn.sigmoid,
+    'silu': nn.silu,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  if name not in ACTIVATIONS:
+    raise ValueError(f'unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}')
+  return ACTIVATIONS[name]
+
+
+class MLP(nn.Module):
+  """`depth` hidden layers of `width` units, then a linear classifier."""
+
+  num_classes: int = 10
+  depth: int = 2
+  width: int = 256
+  activation: str = 'relu'
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """[B, ...] -> [B, num_classes] logits."""
+    act = activation(self.activation)
+    x = x.reshape(x.shape[0], -1).astype(self.dtype)  # [B, D_in]
+    for i in range(self.depth):
+      x = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
+                   name=f'hidden_{i}')(x)
+      x = act(x)
+      x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    self.sow('intermediates', 'features', x)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                      name='head')(x)
+    chex.assert_rank(logits, 2)
+    return logits
+
+
+register('mlp', MLP)

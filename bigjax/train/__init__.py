@@ -1,0 +1,1 @@
+"""The trainer: state, pure steps, optimiser, sharding, checkpoints, the loop."""

@@ -1,0 +1,166 @@
+"""Command line: `train.py --config configs/X.py[:arg] --workdir DIR [--config.key=value]`.
+
+Bad input ends with a one-line message and exit code 2 (the traceback with --verbose).
+"""
+
+import argparse
+import ast
+import difflib
+import importlib.util
+import os
+import sys
+
+import ml_collections
+
+USAGE = (
+    'train.py [--config configs/X.py[:arg]] [--workdir DIR] [--config.key=value ...] '
+    '[--verbose] [--distributed]'
+)
+
+
+class UsageError(ValueError):
+  """A command-line mistake."""
+
+
+def load_config(spec: str) -> tuple[ml_collections.ConfigDict, str]:
+  """'path/to/file.py[:arg]' -> (get_config(arg), run name)."""
+  path, _, arg = spec.partition(':')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'config file {path!r} does not exist: see the files in configs/')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+  if root not in sys.path:
+    sys.path.insert(0, root)  # so configs can `from configs import common`
+  name = os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(f'_bigjax_config_{name}', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, 'get_config'):
+    raise UsageError(f'{path} has no get_config(arg=None) function')
+  config = module.get_config(arg or None)
+  return config, name + (f'_{arg}' if arg else '')
+
+
+def _parse_value(text: str, current, key: str):
+  """Parses `text` into the type of the value it replaces."""
+  if isinstance(current, bool):
+    if text.lower() in ('true', '1', 'yes'):
+      return True
+    if text.lower() in ('false', '0', 'no'):
+      return False
+    raise UsageError(f'--config.{key} expects true or false, got {text!r}')
+  if isinstance(current, (int, float)) and not isinstance(current, bool):
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = None
+    if isinstance(value, int) and isinstance(current, float):
+      value = float(value)
+    if not isinstance(value, type(current)) or isinstance(value, bool):
+      raise UsageError(
+          f'--config.{key} expects {type(current).__name__}, got {text!r} '
+          f'(current value {current!r})'
+      )
+    return value
+  if isinstance(current, (tuple, list)):
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      raise UsageError(f'--config.{key} expects a tuple like (1, 2), got {text!r}') from None
+    value = value if isinstance(value, (tuple, list)) else (value,)
+    return type(current)(value)
+  if current is None or isinstance(current, str):
+    return text
+  raise UsageError(f'--config.{key} cannot be set from the command line ({type(current)})')
+
+
+def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+  """Sets config.<key> (dotted) from a string, refusing unknown keys with a close match."""
+  node, parts = config, key.split('.')
+  for i, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      prefix = '.'.join(parts[:i])
+      candidates = [f'{prefix}.{k}' if prefix else k for k in keys]
+      close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+      hint = f'did you mean --config.{close[0]}?' if close else (
+          f'known keys here: {", ".join(sorted(candidates))}')
+      raise UsageError(f'unknown config key --config.{key}: {hint}')
+    if i < len(parts) - 1:
+      node = node[part]
+  last = parts[-1]
+  current = node[last]
+  if isinstance(current, ml_collections.ConfigDict):
+    raise UsageError(f'--config.{key} is a section: set one of its keys, e.g. --config.{key}.x')
+  value = _parse_value(text, current, key)
+  if current is None:  # placeholders (e.g. data_dir) accept a string
+    with node.unlocked():
+      node[last] = value
+  else:
+    node[last] = value
+
+
+def parse_args(argv: list[str], default_config: str | None):
+  parser = argparse.ArgumentParser(prog='train.py', usage=USAGE)
+  parser.add_argument('--config', default=default_config, help='configs/X.py[:arg]')
+  parser.add_argument('--workdir', default=None, help='default: runs/<config name>/')
+  parser.add_argument('--verbose', action='store_true', help='show tracebacks')
+  parser.add_argument('--distributed', action='store_true',
+                      help='call jax.distributed.initialize() (multi-host runs)')
+  args, rest = parser.parse_known_args(argv)
+  overrides = []
+  i = 0
+  while i < len(rest):
+    item = rest[i]
+    if not item.startswith('--config.'):
+      raise UsageError(f'unknown argument {item!r}; usage: {USAGE}')
+    if '=' in item:
+      key, value = item[len('--config.'):].split('=', 1)
+    elif i + 1 < len(rest):
+      key, value = item[len('--config.'):], rest[i + 1]
+      i += 1
+    else:
+      raise UsageError(f'{item} needs a value: {item}=VALUE')
+    overrides.append((key, value))
+    i += 1
+  if args.config is None:
+    raise UsageError(f'no --config given; usage: {USAGE}')
+  return args, overrides
+
+
+def main(argv: list[str] | None = None, *, default_config: str | None = None) -> int:
+  """Runs training from command-line arguments; returns the process exit code."""
+  argv = sys.argv[1:] if argv is None else argv
+  verbose = '--verbose' in argv
+  try:
+    args, overrides = parse_args(argv, default_config)
+    config, name = load_config(args.config)
+    for key, value in overrides:
+      apply_override(config, key, value)
+    config.lock()
+    if args.distributed:
+      import jax
+
+      jax.distributed.initialize()
+    from bigjax.train.loop import train_and_evaluate
+
+    workdir = args.workdir or os.path.join('runs', name)
+    train_and_evaluate(config, workdir)
+  except (ValueError, TypeError, KeyError, AttributeError, OSError) as e:
+    if verbose:
+      raise
+    if isinstance(e, (TypeError, KeyError, AttributeError)) and not _is_config_error(e):
+      raise
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    print(f'error: {message}', file=sys.stderr)
+    return 2
+  return 0
+
+
+def _is_config_error(e: Exception) -> bool:
+  """ml_collections raises TypeError / KeyError / AttributeError for bad config edits."""
+  tb = e.__traceback__
+  while tb is not None:
+    if 'ml_collections' in tb.tb_frame.f_code.co_filename:
+      return True
+    tb = tb.tb_next
+  return False

@@ -1,0 +1,84 @@
+"""Optax chains and learning-rate schedules built from the `optim` and `schedule` configs."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from bigjax.typing import PyTree
+
+OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw', 'lamb')
+SCHEDULES = ('constant', 'cosine', 'linear', 'rsqrt')
+
+
+def make_schedule(
+    schedule: ml_collections.ConfigDict, lr: float, total_steps: int
+) -> optax.Schedule:
+  """Linear warmup to `lr`, then constant / cosine / linear decay / inverse square root.
+
+  rsqrt is the "Attention Is All You Need" schedule: lr * min(s / w, sqrt(w / s)), which
+  peaks at `lr` at step w (set lr = D^-0.5 * w^-0.5 for the paper's exact values).
+  """
+  name = schedule.name
+  warmup = int(schedule.get('warmup_steps', 0))
+  end = lr * schedule.get('end_factor', 0.0)
+  if name not in SCHEDULES:
+    raise ValueError(f'unknown schedule {name!r}; choose one of {", ".join(SCHEDULES)}')
+  if name == 'rsqrt':
+    w = max(warmup, 1)
+
+    def rsqrt(step):
+      s = jnp.maximum(step, 1).astype(jnp.float32)
+      return lr * jnp.minimum(s / w, jnp.sqrt(w / s))
+
+    return rsqrt
+  decay_steps = max(total_steps - warmup, 1)
+  if name == 'constant':
+    main = optax.constant_schedule(lr)
+  elif name == 'cosine':
+    main = optax.cosine_decay_schedule(lr, decay_steps, alpha=end / lr if lr else 0.0)
+  else:
+    main = optax.linear_schedule(lr, end, decay_steps)
+  if not warmup:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def decay_mask(params: PyTree) -> PyTree:
+  """True for kernels and embeddings; biases and norm scales (ndim <= 1) are not decayed."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(
+    optim: ml_collections.ConfigDict, schedule: optax.Schedule
+) -> optax.GradientTransformation:
+  """clip -> optimiser (with masked weight decay) -> optional gradient accumulation."""
+  name = optim.name
+  wd = optim.get('weight_decay', 0.0)
+  if name not in OPTIMIZERS:
+    raise ValueError(f'unknown optimizer {name!r}; choose one of {", ".join(OPTIMIZERS)}')
+  if name in ('sgd', 'momentum', 'nesterov'):
+    momentum = None if name == 'sgd' else optim.get('momentum', 0.9)
+    # Coupled L2 decay as in the ResNet recipe: added to the gradient before momentum.
+    core = optax.chain(
+        optax.add_decayed_weights(wd, mask=decay_mask) if wd else optax.identity(),
+        optax.sgd(schedule, momentum=momentum, nesterov=name == 'nesterov'),
+    )
+  elif name == 'adam':
+    core = optax.chain(
+        optax.add_decayed_weights(wd, mask=decay_mask) if wd else optax.identity(),
+        optax.adam(schedule, b1=optim.get('b1', 0.9), b2=optim.get('b2', 0.999),
+                   eps=optim.get('eps', 1e-8)),
+    )
+  elif name == 'adamw':
+    core = optax.adamw(schedule, b1=optim.get('b1', 0.9), b2=optim.get('b2', 0.999),
+                       eps=optim.get('eps', 1e-8), weight_decay=wd, mask=decay_mask)
+  else:
+    core = optax.lamb(schedule, b1=optim.get('b1', 0.9), b2=optim.get('b2', 0.999),
+                      eps=optim.get('eps', 1e-6), weight_decay=wd, mask=decay_mask)
+  clip = optim.get('clip_norm', 0.0)
+  tx = optax.chain(optax.clip_by_global_norm(clip), core) if clip else core
+  accum = int(optim.get('grad_accum_steps', 1))
+  if accum > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=accum)
+  return tx

@@ -1,0 +1,101 @@
+"""Run reporting: metrics.jsonl, TensorBoard events, a progress bar or log lines, a PNG."""
+
+import json
+import os
+import sys
+import time
+
+import jax
+import tqdm
+
+
+class Reporter:
+  """Writes metrics from process 0 only; other processes stay quiet."""
+
+  def __init__(self, workdir: str, total_steps: int, start_step: int, *, tty: bool | None = None):
+    self.workdir = workdir
+    self.enabled = jax.process_index() == 0
+    self.total = total_steps
+    self.tty = sys.stderr.isatty() if tty is None else tty
+    self._last = (time.perf_counter(), start_step)
+    self._bar = None
+    self._tb = None
+    if not self.enabled:
+      return
+    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    from tensorboardX import SummaryWriter
+
+    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    if self.tty:
+      self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit='step',
+                            dynamic_ncols=True)
+
+  def log(self, msg: str) -> None:
+    if not self.enabled:
+      return
+    if self._bar is not None:
+      self._bar.write(msg)
+    else:
+      print(msg, flush=True)
+
+  def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    self._jsonl.write(json.dumps({'step': step, 'split': split, **metrics}) + '\n')
+    self._jsonl.flush()
+    for k, v in metrics.items():
+      self._tb.add_scalar(f'{split}/{k}', v, step)
+    self._tb.flush()
+
+  def progress(self, step: int, metrics: dict[str, float]) -> None:
+    """Called every log_every steps with the averaged train metrics."""
+    if not self.enabled:
+      return
+    now = time.perf_counter()
+    t0, s0 = self._last
+    rate = (step - s0) / max(now - t0, 1e-9)
+    self._last = (now, step)
+    short = {k: metrics[k] for k in ('loss', 'accuracy') if k in metrics}
+    if self._bar is not None:
+      self._bar.update(step - self._bar.n)
+      self._bar.set_postfix({k: f'{v:.4f}' for k, v in short.items()}, refresh=True)
+    else:
+      eta = (self.total - step) / max(rate, 1e-9)
+      parts = ' '.join(f'{k}={v:.4f}' for k, v in short.items())
+      print(f'step {step}/{self.total} {parts} {rate:.1f} steps/s eta {eta:.0f}s', flush=True)
+
+  def close(self) -> None:
+    if not self.enabled:
+      return
+    if self._bar is not None:
+      self._bar.close()
+    self._jsonl.close()
+    self._tb.close()
+
+
+def plot_curves(workdir: str) -> str:
+  """Draws loss and accuracy against step (train and eval) into <workdir>/curves.png."""
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  keys = [k for k in ('loss', 'accuracy', 'bits_per_byte', 'exact_match')
+          if any(k in r for r in rows)]
+  fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
+  for ax, key in zip(axes[0], keys):
+    for split in ('train', 'eval'):
+      pts = sorted((r['step'], r[key]) for r in rows if r['split'] == split and key in r)
+      if pts:
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, marker='o' if split == 'eval' else None, label=split)
+    ax.set_xlabel('step')
+    ax.set_title(key)
+    ax.legend()
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  path = os.path.join(workdir, 'curves.png')
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

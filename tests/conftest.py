@@ -1,0 +1,16 @@
+"""Test set-up: 8 fake CPU devices, set before jax is imported."""
+
+import os
+
+os.environ['XLA_FLAGS'] = (
+    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+).strip()
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """One TFDS data_dir for the whole session, so each builder prepares once."""
+  return str(tmp_path_factory.mktemp('tfds'))

@@ -1,0 +1,217 @@
+"""Weight import: parity with Hugging Face transformers, and the loader's error messages."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import bigjax
+from bigjax.convert import hf_resnet
+
+try:
+  import torch
+  import transformers
+except ImportError:  # the parity extra is not installed
+  torch = transformers = None
+
+needs_torch = pytest.mark.skipif(
+    torch is None, reason='needs torch and transformers: pip install -e ".[parity]"'
+)
+TOL = 1e-4  # max abs logit difference in float32
+
+
+def _image(seed=0, size=32):
+  """The same random image as NCHW (torch) and NHWC (bigjax)."""
+  x = np.random.RandomState(seed).randn(2, 3, size, size).astype(np.float32)
+  return x, x.transpose(0, 2, 3, 1)
+
+
+def _torch_logits(model, x_nchw):
+  with torch.no_grad():
+    out = model(torch.from_numpy(x_nchw))
+  return (out.logits if hasattr(out, 'logits') else out.last_hidden_state[:, 0]).numpy()
+
+
+def _perturb(model, scale=0.1):
+  """Adds noise to every parameter so no weight keeps a special value (LN 1/0, zero bias)."""
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(scale * torch.randn_like(p))
+
+
+def _vit_config(**kw):
+  return transformers.ViTConfig(
+      image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+      num_attention_heads=4, intermediate_size=64, num_labels=5, **kw,
+  )
+
+
+@pytest.fixture(scope='module')
+def vit_dir(tmp_path_factory):
+  """A saved random ViTForImageClassification and its torch logits on `_image()`."""
+  torch.manual_seed(0)
+  model = transformers.ViTForImageClassification(_vit_config()).eval()
+  _perturb(model)
+  path = str(tmp_path_factory.mktemp('hf_vit'))
+  model.save_pretrained(path)
+  return path, model
+
+
+@pytest.mark.parity
+@needs_torch
+def test_vit_matches_transformers(vit_dir, tmp_path):
+  path, hf = vit_dir
+  x_nchw, x_nhwc = _image()
+  ref = _torch_logits(hf, x_nchw)
+  model, variables = bigjax.from_pretrained(path)
+  assert model.layer_norm_eps == 1e-12 and not model.gelu_approximate
+  assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables))
+  apply = jax.jit(model.apply)
+  out = np.asarray(apply(variables, x_nhwc))
+  assert out.shape == (2, 5)
+  assert np.abs(ref).max() > 0.1  # the comparison is not between near-zero numbers
+  np.testing.assert_allclose(out, ref, atol=TOL, rtol=0)
+
+  # The same weights sharded with an index, and under transformers 5's in-memory names.
+  sharded = str(tmp_path / 'sharded')
+  hf.save_pretrained(sharded, max_shard_size='20KB')
+  assert os.path.exists(os.path.join(sharded, 'model.safetensors.index.json'))
+  renamed = str(tmp_path / 'renamed')
+  hf.save_pretrained(renamed, save_original_format=False)
+  assert 'vit.layers.0.attention.q_proj.weight' in load_file(f'{renamed}/model.safetensors')
+  for other in (sharded, renamed):
+    _, v = bigjax.from_pretrained(other)
+    np.testing.assert_allclose(np.asarray(apply(v, x_nhwc)), out, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parity
+@needs_torch
+def test_bare_vit_model_gives_class_token_features(tmp_path):
+  torch.manual_seed(1)
+  hf = transformers.ViTModel(_vit_config(hidden_act='gelu_new')).eval()
+  _perturb(hf)
+  hf.save_pretrained(str(tmp_path))
+  x_nchw, x_nhwc = _image(seed=1)
+  model, variables = bigjax.from_pretrained(str(tmp_path))
+  assert model.num_classes == 0 and model.gelu_approximate
+  out = np.asarray(model.apply(variables, x_nhwc))
+  np.testing.assert_allclose(out, _torch_logits(hf, x_nchw), atol=TOL, rtol=0)
+
+
+def _resnet(layer_type):
+  torch.manual_seed(0)
+  expansion = 4 if layer_type == 'bottleneck' else 1
+  config = transformers.ResNetConfig(
+      embedding_size=8, hidden_sizes=[8 * expansion, 16 * expansion], depths=[1, 2],
+      layer_type=layer_type, num_labels=7,
+  )
+  model = transformers.ResNetForImageClassification(config)
+  with torch.no_grad():  # BN statistics and affine terms away from their 0/1 defaults
+    for m in model.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        m.running_mean.normal_(0.0, 0.5)
+        m.running_var.uniform_(0.5, 2.0)
+        m.weight.uniform_(0.5, 1.5)
+        m.bias.normal_(0.0, 0.2)
+  return model.eval()
+
+
+@pytest.mark.parity
+@needs_torch
+@pytest.mark.parametrize('layer_type', ['basic', 'bottleneck'])
+def test_resnet_matches_transformers(layer_type, tmp_path):
+  hf = _resnet(layer_type)
+  hf.save_pretrained(str(tmp_path))
+  x_nchw, x_nhwc = _image()
+  ref = _torch_logits(hf, x_nchw)
+  model, variables = bigjax.from_pretrained(str(tmp_path))
+  assert model.block == layer_type and model.stage_sizes == (1, 2)
+  stem = hf.resnet.embedder.embedder.normalization
+  np.testing.assert_array_equal(variables['batch_stats']['stem_bn']['var'],
+                                stem.running_var.numpy())
+  assert 'downsample' in variables['params']['stage_1']['block_0']
+  out = np.asarray(jax.jit(model.apply)(variables, x_nhwc))
+  assert out.shape == (2, 7)
+  assert np.abs(ref).max() > 0.1
+  np.testing.assert_allclose(out, ref, atol=TOL, rtol=0)
+  # Train-mode BN uses batch statistics, so it must differ from the converted running stats.
+  train_out, _ = model.apply(variables, x_nhwc, train=True, mutable=['batch_stats'])
+  assert np.abs(np.asarray(train_out) - ref).max() > 1e-3
+
+
+# ----- error messages -----
+
+
+def test_missing_config_is_explained(tmp_path):
+  with pytest.raises(FileNotFoundError, match='no config.json .*save_pretrained'):
+    bigjax.from_pretrained(str(tmp_path))
+  with pytest.raises(FileNotFoundError, match='is not a directory'):
+    bigjax.from_pretrained(str(tmp_path / 'nowhere'))
+
+
+def test_unknown_model_type_lists_supported(tmp_path):
+  (tmp_path / 'config.json').write_text(json.dumps({'model_type': 'swin'}))
+  with pytest.raises(ValueError, match="model_type 'swin'.*supported model types: .*vit"):
+    bigjax.from_pretrained(str(tmp_path))
+
+
+def test_missing_weights_and_pickles_are_explained(tmp_path):
+  (tmp_path / 'config.json').write_text(json.dumps({'model_type': 'resnet'}))
+  with pytest.raises(FileNotFoundError, match='no model.safetensors'):
+    bigjax.from_pretrained(str(tmp_path))
+  (tmp_path / 'pytorch_model.bin').write_bytes(b'not read')
+  with pytest.raises(FileNotFoundError, match='never loads pickled weights'):
+    bigjax.from_pretrained(str(tmp_path))
+
+
+def test_nonstandard_resnet_widths_are_rejected():
+  config = {'embedding_size': 8, 'hidden_sizes': [8, 16], 'depths': [1, 1],
+            'layer_type': 'bottleneck'}
+  with pytest.raises(ValueError, match=r'hidden_sizes=\[32, 64\]'):
+    hf_resnet.model_overrides(config, 10)
+  with pytest.raises(ValueError, match='v1.5'):
+    hf_resnet.model_overrides({**config, 'downsample_in_bottleneck': True}, 10)
+
+
+def _edited_copy(src, dst, edit_tensors=None, edit_config=None):
+  shutil.copytree(src, dst)
+  if edit_tensors:
+    tensors = load_file(f'{dst}/model.safetensors')
+    edit_tensors(tensors)
+    save_file(tensors, f'{dst}/model.safetensors')
+  if edit_config:
+    with open(f'{dst}/config.json') as f:
+      config = json.load(f)
+    edit_config(config)
+    with open(f'{dst}/config.json', 'w') as f:
+      json.dump(config, f)
+  return str(dst)
+
+
+@pytest.mark.parity
+@needs_torch
+def test_missing_extra_and_misshapen_tensors_are_named(vit_dir, tmp_path):
+  path, _ = vit_dir
+  name = 'vit.encoder.layer.1.attention.attention.value.weight'
+  missing = _edited_copy(path, tmp_path / 'missing', edit_tensors=lambda t: t.pop(name))
+  with pytest.raises(ValueError, match=f"no tensor '{name}'.*block_1/attn/value/kernel"):
+    bigjax.from_pretrained(missing)
+
+  def add(t):
+    t['vit.encoder.layer.2.output.dense.weight'] = np.zeros((2, 2), np.float32)
+
+  extra = _edited_copy(path, tmp_path / 'extra', edit_tensors=add)
+  with pytest.raises(ValueError, match='does not use: vit.encoder.layer.2.output.dense.weight'):
+    bigjax.from_pretrained(extra)
+
+  def widen(c):
+    c['intermediate_size'] = 48
+
+  misshapen = _edited_copy(path, tmp_path / 'misshapen', edit_config=widen)
+  with pytest.raises(ValueError, match=r'expects \(32, 48\) at params/block_0/mlp/fc1/kernel'):
+    bigjax.from_pretrained(misshapen)
