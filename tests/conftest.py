@@ -7,7 +7,12 @@ os.environ['XLA_FLAGS'] = (
 ).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # `from configs import common`, as train.py does
 
 
 @pytest.fixture(scope='session')

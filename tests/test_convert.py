@@ -20,7 +20,7 @@ except ImportError:  # the parity extra is not installed
   torch = transformers = None
 
 needs_torch = pytest.mark.skipif(
-    torch is None, reason='needs torch and transformers: pip install -e ".[parity]"'
+  torch is None, reason='needs torch and transformers: pip install -e ".[parity]"'
 )
 TOL = 1e-4  # max abs logit difference in float32
 
@@ -46,8 +46,14 @@ def _perturb(model, scale=0.1):
 
 def _vit_config(**kw):
   return transformers.ViTConfig(
-      image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
-      num_attention_heads=4, intermediate_size=64, num_labels=5, **kw,
+    image_size=32,
+    patch_size=8,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    num_labels=5,
+    **kw,
   )
 
 
@@ -107,8 +113,11 @@ def _resnet(layer_type):
   torch.manual_seed(0)
   expansion = 4 if layer_type == 'bottleneck' else 1
   config = transformers.ResNetConfig(
-      embedding_size=8, hidden_sizes=[8 * expansion, 16 * expansion], depths=[1, 2],
-      layer_type=layer_type, num_labels=7,
+    embedding_size=8,
+    hidden_sizes=[8 * expansion, 16 * expansion],
+    depths=[1, 2],
+    layer_type=layer_type,
+    num_labels=7,
   )
   model = transformers.ResNetForImageClassification(config)
   with torch.no_grad():  # BN statistics and affine terms away from their 0/1 defaults
@@ -132,8 +141,9 @@ def test_resnet_matches_transformers(layer_type, tmp_path):
   model, variables = bigjax.from_pretrained(str(tmp_path))
   assert model.block == layer_type and model.stage_sizes == (1, 2)
   stem = hf.resnet.embedder.embedder.normalization
-  np.testing.assert_array_equal(variables['batch_stats']['stem_bn']['var'],
-                                stem.running_var.numpy())
+  np.testing.assert_array_equal(
+    variables['batch_stats']['stem_bn']['var'], stem.running_var.numpy()
+  )
   assert 'downsample' in variables['params']['stage_1']['block_0']
   out = np.asarray(jax.jit(model.apply)(variables, x_nhwc))
   assert out.shape == (2, 7)
@@ -170,8 +180,12 @@ def test_missing_weights_and_pickles_are_explained(tmp_path):
 
 
 def test_nonstandard_resnet_widths_are_rejected():
-  config = {'embedding_size': 8, 'hidden_sizes': [8, 16], 'depths': [1, 1],
-            'layer_type': 'bottleneck'}
+  config = {
+    'embedding_size': 8,
+    'hidden_sizes': [8, 16],
+    'depths': [1, 1],
+    'layer_type': 'bottleneck',
+  }
   with pytest.raises(ValueError, match=r'hidden_sizes=\[32, 64\]'):
     hf_resnet.model_overrides(config, 10)
   with pytest.raises(ValueError, match='v1.5'):

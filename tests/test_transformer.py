@@ -39,10 +39,11 @@ def test_shapes_and_dtype(post_ln):
 def test_jit_matches_eager_and_dropout(post_ln):
   _, variables = post_ln
   model = _model(dropout_rate=0.3)
+  apply = jax.jit(model.apply, static_argnames=('train',))
   eager = model.apply(variables, SRC, TGT)
-  jitted = jax.jit(lambda v, s, t: model.apply(v, s, t))(variables, SRC, TGT)
+  jitted = apply(variables, SRC, TGT)
   np.testing.assert_allclose(eager, jitted, atol=1e-5)
-  drop = lambda seed: model.apply(  # noqa: E731
+  drop = lambda seed: apply(  # noqa: E731
       variables, SRC, TGT, train=True, rngs={'dropout': jax.random.key(seed)}
   )
   assert not np.allclose(drop(0), eager, atol=1e-3)
@@ -107,7 +108,7 @@ def test_incremental_decoding_equals_full_forward(options):
 
 
 def test_layout_options():
-  params = lambda m: m.init(jax.random.key(0), SRC, TGT)['params']  # noqa: E731
+  params = lambda m: jax.eval_shape(m.init, jax.random.key(0), SRC, TGT)['params']  # noqa: E731
   post = params(_model())
   assert 'norm' not in post['encoder'] and 'norm' not in post['decoder']
   assert 'logits' not in post and set(post) >= {'embed', 'encoder', 'decoder'}
@@ -116,7 +117,7 @@ def test_layout_options():
   assert {'src_embed', 'tgt_embed', 'logits'} <= set(pre) and 'embed' not in pre
   assert 'norm' in params(_model(final_norm=True))['decoder']
   with pytest.raises(ValueError, match='max_len'):
-    _model(max_len=4, decoding=True).init(jax.random.key(0), SRC, TGT)
+    jax.eval_shape(_model(max_len=4, decoding=True).init, jax.random.key(0), SRC, TGT)
 
 
 def _count(name, vocab):

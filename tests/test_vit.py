@@ -47,13 +47,13 @@ def test_output_shapes(pool):
 
 
 @pytest.mark.parametrize(
-    'name, count',
-    [
-        ('vit_b16', 86_567_656),  # ViT-B/16 at 224x224, 1000 classes (as in timm / HF)
-        ('vit_s16', 22_050_664),  # DeiT-S
-        ('vit_ti16', 5_717_416),  # DeiT-Ti
-        ('vit_l16', 304_326_632),
-    ],
+  'name, count',
+  [
+    ('vit_b16', 86_567_656),  # ViT-B/16 at 224x224, 1000 classes (as in timm / HF)
+    ('vit_s16', 22_050_664),  # DeiT-S
+    ('vit_ti16', 5_717_416),  # DeiT-Ti
+    ('vit_l16', 304_326_632),
+  ],
 )
 def test_published_parameter_counts(name, count):
   model = bigjax.create_model(name)

@@ -18,8 +18,8 @@ from bigjax.typing import PyTree
 
 # config.json `model_type` -> converter module (one line per source architecture).
 CONVERTERS: dict[str, str] = {
-    'vit': 'bigjax.convert.hf_vit',
-    'resnet': 'bigjax.convert.hf_resnet',
+  'vit': 'bigjax.convert.hf_vit',
+  'resnet': 'bigjax.convert.hf_resnet',
 }
 
 _WEIGHTS = 'model.safetensors'
@@ -30,14 +30,14 @@ def read_config(local_dir: str) -> dict:
   """Returns the parsed `config.json` of `local_dir`."""
   if not os.path.isdir(local_dir):
     raise FileNotFoundError(
-        f'{local_dir!r} is not a directory: pass a folder written by save_pretrained '
-        '(config.json + model.safetensors)'
+      f'{local_dir!r} is not a directory: pass a folder written by save_pretrained '
+      '(config.json + model.safetensors)'
     )
   path = os.path.join(local_dir, 'config.json')
   if not os.path.isfile(path):
     raise FileNotFoundError(
-        f'no config.json in {local_dir!r}: pass a folder written by save_pretrained '
-        '(config.json + model.safetensors)'
+      f'no config.json in {local_dir!r}: pass a folder written by save_pretrained '
+      '(config.json + model.safetensors)'
     )
   with open(path) as f:
     return json.load(f)
@@ -55,13 +55,12 @@ def read_tensors(local_dir: str) -> dict[str, np.ndarray]:
   else:
     pickled = [n for n in os.listdir(local_dir) if n.endswith(('.bin', '.pt', '.pth', '.ckpt'))]
     hint = (
-        f' (found {", ".join(sorted(pickled))}: bigjax never loads pickled weights; '
-        'load them in PyTorch and re-save with save_pretrained, which writes safetensors)'
-        if pickled else ''
+      f' (found {", ".join(sorted(pickled))}: bigjax never loads pickled weights; '
+      'load them in PyTorch and re-save with save_pretrained, which writes safetensors)'
+      if pickled
+      else ''
     )
-    raise FileNotFoundError(
-        f'no {_WEIGHTS} or {_INDEX} in {local_dir!r}{hint}'
-    )
+    raise FileNotFoundError(f'no {_WEIGHTS} or {_INDEX} in {local_dir!r}{hint}')
   tensors: dict[str, np.ndarray] = {}
   for name in files:
     path = os.path.join(local_dir, name)
@@ -84,8 +83,8 @@ def from_pretrained(local_dir: str) -> tuple[nn.Module, PyTree]:
   model_type = config.get('model_type')
   if model_type not in CONVERTERS:
     raise ValueError(
-        f'config.json in {local_dir!r} has model_type {model_type!r}, which bigjax cannot '
-        f'convert; supported model types: {", ".join(sorted(CONVERTERS))}'
+      f'config.json in {local_dir!r} has model_type {model_type!r}, which bigjax cannot '
+      f'convert; supported model types: {", ".join(sorted(CONVERTERS))}'
     )
   converter = importlib.import_module(CONVERTERS[model_type])
   return converter.convert(config, read_tensors(local_dir))

@@ -3,11 +3,10 @@
 HF ResNet (`microsoft/resnet-*`) is v1.5 (stride on the 3x3 of a bottleneck) with a 7x7
 stride-2 stem, a 3x3 stride-2 max-pool padded by 1, BN eps 1e-5: the layout of bigjax's
 ResNet. Source names (what `save_pretrained` writes):
-  resnet.embedder.embedder.{convolution, normalization}   -> stem_conv, stem_bn
-  resnet.encoder.stages.{i}.layers.{j}.layer.{k}.{convolution, normalization}
-                                                          -> stage_{i}/block_{j}/conv{k+1}, bn{k+1}
-  resnet.encoder.stages.{i}.layers.{j}.shortcut.*         -> stage_{i}/block_{j}/downsample/{conv, bn}
-  classifier.1                                            -> head
+  resnet.embedder.embedder.{convolution, normalization} -> stem_conv, stem_bn
+  resnet.encoder.stages.{i}.layers.{j}.layer.{k}.*      -> stage_{i}/block_{j}/conv{k+1}, bn{k+1}
+  resnet.encoder.stages.{i}.layers.{j}.shortcut.*       -> stage_{i}/block_{j}/downsample/conv, bn
+  classifier.1                                          -> head
 BN weight/bias -> params scale/bias; running_mean/var -> batch_stats mean/var;
 num_batches_tracked is skipped (training bookkeeping only).
 """
@@ -32,8 +31,10 @@ def model_overrides(config: dict, num_classes: int) -> dict:
   if config.get('hidden_act', 'relu') != 'relu':
     raise ValueError(f'ResNet hidden_act {config["hidden_act"]!r} is not supported (relu only)')
   if config.get('downsample_in_bottleneck', False):
-    raise ValueError('ResNet v1 checkpoints (downsample_in_bottleneck=true) are not supported: '
-                     'bigjax ResNet is v1.5, with the stride on the 3x3 convolution')
+    raise ValueError(
+      'ResNet v1 checkpoints (downsample_in_bottleneck=true) are not supported: '
+      'bigjax ResNet is v1.5, with the stride on the 3x3 convolution'
+    )
   if config.get('downsample_in_first_stage', False):
     raise ValueError('ResNet checkpoints with downsample_in_first_stage=true are not supported')
   width = int(config.get('embedding_size', 64))
@@ -42,24 +43,28 @@ def model_overrides(config: dict, num_classes: int) -> dict:
   expected = [width * 2**i * _EXPANSION[layer_type] for i in range(len(hidden))]
   if hidden != expected or len(depths) != len(hidden):
     raise ValueError(
-        f'ResNet config with embedding_size={width}, hidden_sizes={hidden}, depths='
-        f'{list(depths)} is not a standard ResNet; bigjax needs one depth per stage and '
-        f'hidden_sizes={expected} (width doubling per stage, x4 for bottleneck blocks)'
+      f'ResNet config with embedding_size={width}, hidden_sizes={hidden}, depths='
+      f'{list(depths)} is not a standard ResNet; bigjax needs one depth per stage and '
+      f'hidden_sizes={expected} (width doubling per stage, x4 for bottleneck blocks)'
     )
-  return dict(stage_sizes=depths, block=layer_type, width=width, num_classes=num_classes,
-              cifar_stem=False)
+  return dict(
+    stage_sizes=depths, block=layer_type, width=width, num_classes=num_classes, cifar_stem=False
+  )
 
 
 def convert(config: dict, tensors: dict[str, np.ndarray]) -> tuple[nn.Module, PyTree]:
   """Builds the bigjax ResNet described by `config` and fills it from `tensors`."""
   if 'classifier.1.weight' not in tensors:
-    raise ValueError('only ResNetForImageClassification checkpoints are supported: this one '
-                     'has no classifier.1.weight (save the classification model instead)')
+    raise ValueError(
+      'only ResNetForImageClassification checkpoints are supported: this one '
+      'has no classifier.1.weight (save the classification model instead)'
+    )
   model = create_model('resnet50', **model_overrides(config, mapping.hf_num_labels(config)))
   # The spatial size does not change the variables; 32x32 keeps the shape tracing cheap.
   image = jax.ShapeDtypeStruct((1, 32, 32, int(config.get('num_channels', 3))), jnp.float32)
-  wm = mapping.WeightMap(tensors, mapping.abstract_variables(model, image),
-                         'ResNetForImageClassification checkpoint')
+  wm = mapping.WeightMap(
+    tensors, mapping.abstract_variables(model, image), 'ResNetForImageClassification checkpoint'
+  )
 
   def conv_bn(conv_path, bn_path, name):
     wm.set(f'params/{conv_path}/kernel', f'{name}.convolution.weight', mapping.conv)

@@ -25,13 +25,13 @@ from bigjax.typing import PyTree
 
 # transformers 5 in-memory names -> the names save_pretrained writes.
 _RENAMES = [
-    (r'^(vit\.)?layers\.(\d+)\.', r'\1encoder.layer.\2.'),
-    (r'\.attention\.q_proj\.', '.attention.attention.query.'),
-    (r'\.attention\.k_proj\.', '.attention.attention.key.'),
-    (r'\.attention\.v_proj\.', '.attention.attention.value.'),
-    (r'\.attention\.o_proj\.', '.attention.output.dense.'),
-    (r'\.mlp\.fc1\.', '.intermediate.dense.'),
-    (r'\.mlp\.fc2\.', '.output.dense.'),
+  (r'^(vit\.)?layers\.(\d+)\.', r'\1encoder.layer.\2.'),
+  (r'\.attention\.q_proj\.', '.attention.attention.query.'),
+  (r'\.attention\.k_proj\.', '.attention.attention.key.'),
+  (r'\.attention\.v_proj\.', '.attention.attention.value.'),
+  (r'\.attention\.o_proj\.', '.attention.output.dense.'),
+  (r'\.mlp\.fc1\.', '.intermediate.dense.'),
+  (r'\.mlp\.fc2\.', '.output.dense.'),
 ]
 
 # HF `hidden_act` -> ViT.gelu_approximate ('gelu_new' and 'gelu_pytorch_tanh' are the tanh
@@ -58,16 +58,16 @@ def model_overrides(config: dict, num_classes: int) -> dict:
   if patch[0] != patch[1]:
     raise ValueError(f'ViT patch_size {patch} is not square; bigjax ViT needs square patches')
   return dict(
-      num_classes=num_classes,
-      patch_size=patch[0],
-      hidden_size=hidden,
-      num_layers=int(config['num_hidden_layers']),
-      num_heads=heads,
-      mlp_dim=int(config['intermediate_size']),
-      pool='cls',
-      dropout_rate=float(config.get('hidden_dropout_prob', 0.0)),
-      layer_norm_eps=float(config.get('layer_norm_eps', 1e-12)),
-      gelu_approximate=_GELU[act],
+    num_classes=num_classes,
+    patch_size=patch[0],
+    hidden_size=hidden,
+    num_layers=int(config['num_hidden_layers']),
+    num_heads=heads,
+    mlp_dim=int(config['intermediate_size']),
+    pool='cls',
+    dropout_rate=float(config.get('hidden_dropout_prob', 0.0)),
+    layer_norm_eps=float(config.get('layer_norm_eps', 1e-12)),
+    gelu_approximate=_GELU[act],
   )
 
 
@@ -84,11 +84,9 @@ def convert(config: dict, tensors: dict[str, np.ndarray]) -> tuple[nn.Module, Py
   model = create_model('vit_b16', **model_overrides(config, num_classes))
 
   height, width = _pair(config.get('image_size', 224))
-  image = jax.ShapeDtypeStruct((1, height, width, int(config.get('num_channels', 3))),
-                               jnp.float32)
+  image = jax.ShapeDtypeStruct((1, height, width, int(config.get('num_channels', 3))), jnp.float32)
   arch = 'ViTForImageClassification' if has_head else 'ViTModel'
-  wm = mapping.WeightMap(source, mapping.abstract_variables(model, image),
-                         f'{arch} checkpoint')
+  wm = mapping.WeightMap(source, mapping.abstract_variables(model, image), f'{arch} checkpoint')
 
   def dense(path, name, kernel=mapping.linear, bias=mapping.identity):
     wm.set(f'params/{path}/kernel', f'{name}.weight', kernel)
@@ -107,8 +105,12 @@ def convert(config: dict, tensors: dict[str, np.ndarray]) -> tuple[nn.Module, Py
     src, dst = f'{p}encoder.layer.{i}', f'block_{i}'
     norm(f'{dst}/attn_norm', f'{src}.layernorm_before')
     for part in ('query', 'key', 'value'):
-      dense(f'{dst}/attn/{part}', f'{src}.attention.attention.{part}',
-            kernel=mapping.heads_in(heads), bias=mapping.heads_in(heads))
+      dense(
+        f'{dst}/attn/{part}',
+        f'{src}.attention.attention.{part}',
+        kernel=mapping.heads_in(heads),
+        bias=mapping.heads_in(heads),
+      )
     dense(f'{dst}/attn/out', f'{src}.attention.output.dense', kernel=mapping.heads_out(heads))
     norm(f'{dst}/mlp_norm', f'{src}.layernorm_after')
     dense(f'{dst}/mlp/fc1', f'{src}.intermediate.dense')

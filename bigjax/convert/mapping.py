@@ -82,15 +82,15 @@ class WeightMap:
       raise AssertionError(f'converter bug: {path} is filled twice')
     if name not in self.source:
       raise ValueError(
-          f'the {self.what} has no tensor {name!r} (needed for {path}): the weights are '
-          'incomplete or do not match config.json; re-save them with save_pretrained'
+        f'the {self.what} has no tensor {name!r} (needed for {path}): the weights are '
+        'incomplete or do not match config.json; re-save them with save_pretrained'
       )
     value = np.asarray(transform(np.asarray(self.source[name])))
     if value.shape != self.shapes[path]:
       raise ValueError(
-          f'tensor {name!r} has shape {tuple(self.source[name].shape)} '
-          f'(-> {value.shape}), but the model built from config.json expects '
-          f'{self.shapes[path]} at {path}: config.json does not match the weights'
+        f'tensor {name!r} has shape {tuple(self.source[name].shape)} '
+        f'(-> {value.shape}), but the model built from config.json expects '
+        f'{self.shapes[path]} at {path}: config.json does not match the weights'
       )
     if not np.issubdtype(value.dtype, np.floating):
       raise ValueError(f'tensor {name!r} has dtype {value.dtype}, expected a float tensor')
@@ -110,8 +110,8 @@ class WeightMap:
     if unused:
       shown = ', '.join(unused[:8]) + (f', ... ({len(unused)} in all)' if len(unused) > 8 else '')
       raise ValueError(
-          f'the {self.what} has tensors this converter does not use: {shown}; '
-          'config.json does not match the weights, or the checkpoint is of another architecture'
+        f'the {self.what} has tensors this converter does not use: {shown}; '
+        'config.json does not match the weights, or the checkpoint is of another architecture'
       )
     flat = {k: jnp.asarray(v, jnp.float32) for k, v in self.filled.items()}
     return flax.traverse_util.unflatten_dict(flat, sep='/')
@@ -119,9 +119,7 @@ class WeightMap:
 
 def abstract_variables(model: nn.Module, *inputs: jax.ShapeDtypeStruct) -> PyTree:
   """The variable tree `model.init` would build, as shapes only (nothing is computed)."""
-  variables = jax.eval_shape(
-      lambda *xs: model.init(jax.random.key(0), *xs, train=False), *inputs
-  )
+  variables = jax.eval_shape(lambda *xs: model.init(jax.random.key(0), *xs, train=False), *inputs)
   return {k: v for k, v in variables.items() if k != 'intermediates'}
 
 

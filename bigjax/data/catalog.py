@@ -35,7 +35,8 @@ def public_split(name: str):
     del data
     try:
       return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except (AssertionError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
+    except (AssertionError, FileNotFoundError, NotImplementedError,
+            tfds.core.registered.DatasetNotFoundError) as e:
       where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
       raise FileNotFoundError(
           f'dataset {name!r} is not prepared in {where}: on a machine with network run '

@@ -34,22 +34,22 @@ from bigjax.typing import Dtype
 
 # Table 1 of the ViT paper (Ti and S come from DeiT, Touvron et al., 2021; B, L, H from ViT).
 VARIANTS: dict[str, dict[str, int]] = {
-    'test': dict(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64),
-    'ti': dict(hidden_size=192, num_layers=12, num_heads=3, mlp_dim=768),
-    's': dict(hidden_size=384, num_layers=12, num_heads=6, mlp_dim=1536),
-    'b': dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
-    'l': dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_dim=4096),
-    'h': dict(hidden_size=1280, num_layers=32, num_heads=16, mlp_dim=5120),
+  'test': dict(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64),
+  'ti': dict(hidden_size=192, num_layers=12, num_heads=3, mlp_dim=768),
+  's': dict(hidden_size=384, num_layers=12, num_heads=6, mlp_dim=1536),
+  'b': dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
+  'l': dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_dim=4096),
+  'h': dict(hidden_size=1280, num_layers=32, num_heads=16, mlp_dim=5120),
 }
 
 # Registered (size, patch) pairs: the paper's /16 and /32 (/14 for Huge), and small patches
 # (/8, /4) so the small sizes see enough tokens on 32x32 and 64x64 images.
 _REGISTERED = {
-    'ti': (4, 8, 16, 32),
-    's': (4, 8, 16, 32),
-    'b': (8, 16, 32),
-    'l': (16, 32),
-    'h': (14,),
+  'ti': (4, 8, 16, 32),
+  's': (4, 8, 16, 32),
+  'b': (8, 16, 32),
+  'l': (16, 32),
+  'h': (14,),
 }
 
 
@@ -81,12 +81,17 @@ class ViT(nn.Module):
     p = self.patch_size
     if height % p or width % p:
       raise ValueError(
-          f'image size {height}x{width} is not divisible by patch_size {p}: '
-          'resize or crop the images, or pick another patch size'
+        f'image size {height}x{width} is not divisible by patch_size {p}: '
+        'resize or crop the images, or pick another patch size'
       )
     x = nn.Conv(
-        self.hidden_size, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
-        param_dtype=self.param_dtype, name='patch_embed',
+      self.hidden_size,
+      (p, p),
+      strides=(p, p),
+      padding='VALID',
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='patch_embed',
     )(x.astype(self.dtype))  # [B, H/P, W/P, D]
     x = x.reshape(batch, -1, self.hidden_size)  # [B, N, D], patches in row-major order
     if self.pool == 'cls':
@@ -99,25 +104,34 @@ class ViT(nn.Module):
     act = functools.partial(nn.gelu, approximate=self.gelu_approximate)
     for i in range(self.num_layers):
       x = EncoderBlock(
-          self.num_heads, self.mlp_dim, dropout_rate=self.dropout_rate, pre_norm=True,
-          layer_norm_eps=self.layer_norm_eps, activation=act, dtype=self.dtype,
-          param_dtype=self.param_dtype, attention_impl=self.attention_impl,
-          name=f'block_{i}',
+        self.num_heads,
+        self.mlp_dim,
+        dropout_rate=self.dropout_rate,
+        pre_norm=True,
+        layer_norm_eps=self.layer_norm_eps,
+        activation=act,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        attention_impl=self.attention_impl,
+        name=f'block_{i}',
       )(x, train=train)
     x = nn.LayerNorm(
-        epsilon=self.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
-        name='norm',
+      epsilon=self.layer_norm_eps,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='norm',
     )(x)
     x = x[:, 0] if self.pool == 'cls' else x.mean(axis=1)  # [B, D]
     self.sow('intermediates', 'features', x)
     if not self.num_classes:
       return x
-    head_init = (
-        nn.initializers.zeros if self.head_zero_init else nn.initializers.lecun_normal()
-    )
+    head_init = nn.initializers.zeros if self.head_zero_init else nn.initializers.lecun_normal()
     logits = nn.Dense(
-        self.num_classes, kernel_init=head_init, dtype=self.dtype,
-        param_dtype=self.param_dtype, name='head',
+      self.num_classes,
+      kernel_init=head_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='head',
     )(x)
     chex.assert_shape(logits, (batch, self.num_classes))
     return logits

@@ -1,0 +1,227 @@
+"""bigjax.decode: greedy, sampling and beam search over cached step functions."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import bigjax
+from bigjax import decode
+
+BOS, EOS = 1, 2
+
+
+# Toy step functions: cheap to compile, with distributions known exactly.
+def _bigram(log_table, cache, tokens):
+  """Next-token log-probs depend on the current token only; the cache counts tokens."""
+  return log_table[tokens], {'count': cache['count'] + tokens.shape[1]}
+
+
+def _counter(cache, tokens):
+  """Predicts the absolute position of the next token (mod V): 0, 1, 2, ... ."""
+  pos = cache['count'][:, None] + jnp.arange(tokens.shape[1])[None] + 1  # [B, L]
+  return 10.0 * jax.nn.one_hot(pos % 32, 32), {'count': cache['count'] + tokens.shape[1]}
+
+
+def _fixed(logits, cache, tokens):
+  del cache
+  return jnp.broadcast_to(logits, (*tokens.shape, logits.shape[-1])), {}
+
+
+def _bigram_step(table):
+  return jax.tree_util.Partial(_bigram, jnp.log(jnp.asarray(table, jnp.float32) + 1e-12))
+
+
+def _counts(batch, start=0):
+  return {'count': jnp.full((batch,), start, jnp.int32)}
+
+
+# ----------------------------------------------------------------------------- filtering
+PROBS = np.array([0.5, 0.3, 0.15, 0.05])
+
+
+@pytest.mark.parametrize(
+    'top_k,top_p,kept',
+    [(0, 0.4, {0}), (0, 0.7, {0, 1}), (0, 0.85, {0, 1, 2}), (0, 0.97, {0, 1, 2, 3}),
+     (0, 1.0, {0, 1, 2, 3}), (2, 1.0, {0, 1}), (1, 1.0, {0}), (3, 0.7, {0, 1})],
+)
+def test_filter_logits_hand_made(top_k, top_p, kept):
+  # Shuffled, so the cut-off must follow probability, not position.
+  order = np.array([2, 0, 3, 1])
+  logits = jnp.log(jnp.asarray(PROBS[order]))[None]  # [1, V]
+  out = np.asarray(decode.filter_logits(logits, top_k=top_k, top_p=top_p))[0]
+  assert {int(order[i]) for i in np.flatnonzero(np.isfinite(out))} == kept
+  np.testing.assert_allclose(out[np.isfinite(out)], np.log(PROBS[order])[np.isfinite(out)],
+                             rtol=1e-6)
+
+
+def test_nucleus_sampling_renormalises():
+  step = jax.tree_util.Partial(_fixed, jnp.log(jnp.asarray(PROBS, jnp.float32)))
+  prompt = jnp.zeros((4000, 1), jnp.int32)
+  out = decode.sample(step, {}, prompt, jax.random.key(0), max_new_tokens=1, top_p=0.7)
+  tokens = np.asarray(out[:, 0])
+  assert set(np.unique(tokens)) == {0, 1}
+  assert abs((tokens == 0).mean() - 0.5 / 0.8) < 0.04  # p(0) renormalised over {0, 1}
+  # Temperature flattens: at T = 4 the rare token 3 shows up far more than 5% of the time.
+  hot = decode.sample(step, {}, prompt, jax.random.key(1), max_new_tokens=1, temperature=4.0)
+  assert (np.asarray(hot) == 3).mean() > 0.15
+
+
+def test_bad_options_raise():
+  step = jax.tree_util.Partial(_counter)
+  with pytest.raises(ValueError, match='top_p'):
+    decode.sample(step, _counts(1), jnp.ones((1, 1), jnp.int32), jax.random.key(0),
+                  max_new_tokens=2, top_p=0.0)
+  with pytest.raises(ValueError, match='prompt'):
+    decode.greedy(step, _counts(1), jnp.ones((3,), jnp.int32), max_new_tokens=2)
+  with pytest.raises(ValueError, match='method'):
+    decode._run(step, _counts(1), jnp.ones((1, 1), jnp.int32), method='nucleus',
+                max_new_tokens=2, rng=None, eos_id=None, pad_id=0)
+  with pytest.raises(ValueError, match='decode'):
+    decode.lm_decoder(bigjax.create_model('mlp'), {}, 1, 4)
+
+
+# ------------------------------------------------------------------------------- greedy
+def test_prefill_once_then_one_token_per_step_and_eos_pads():
+  # Row 1's counter starts 2 ahead, so the rows reach EOS (= 5) at different steps.
+  cache = {'count': jnp.array([0, 2], jnp.int32)}
+  prompt = jnp.array([[7], [7]], jnp.int32)
+  out = decode.greedy(_counter, cache, prompt, max_new_tokens=7, eos_id=5)
+  np.testing.assert_array_equal(out, [[1, 2, 3, 4, 5, 0, 0], [3, 4, 5, 0, 0, 0, 0]])
+  # A 3-token prompt is fed once: generation continues from position 3.
+  out = decode.greedy(_counter, _counts(1), jnp.ones((1, 3), jnp.int32), max_new_tokens=4)
+  np.testing.assert_array_equal(out, [[3, 4, 5, 6]])
+
+
+def test_top_k_1_sampling_and_beam_1_equal_greedy_on_a_bigram_model():
+  table = jax.nn.softmax(2.0 * jax.random.normal(jax.random.key(3), (12, 12)))
+  step = _bigram_step(table)
+  prompt = jnp.arange(3, 11, dtype=jnp.int32)[:, None]  # 8 rows, different first tokens
+  greedy = decode.greedy(step, _counts(8), prompt, max_new_tokens=10, eos_id=EOS)
+  ended = (np.asarray(greedy) == EOS).any(axis=1)
+  assert ended.any() and not ended.all()  # both outcomes are exercised
+  top1 = decode.sample(step, _counts(8), prompt, jax.random.key(5), max_new_tokens=10,
+                       top_k=1, eos_id=EOS)
+  np.testing.assert_array_equal(top1, greedy)
+  for alpha in (0.0, 0.6):
+    beams, scores = decode.beam_search(step, _counts(8), prompt, beam_size=1,
+                                       max_new_tokens=10, alpha=alpha, eos_id=EOS)
+    np.testing.assert_array_equal(beams[:, 0], greedy)
+    assert np.isfinite(np.asarray(scores)).all()
+
+
+def test_beam_search_beats_greedy_on_a_garden_path():
+  # After BOS: a=3 (0.6) or b=4 (0.4). After a: ten tokens 5..14 at 0.1 each. After b:
+  # EOS (0.9) or 5 (0.1). Tokens 5..14 end with EOS. Greedy takes a, a 0.06 path; the best
+  # sequence is b EOS at 0.36.
+  table = np.zeros((16, 16))
+  table[BOS, 3], table[BOS, 4] = 0.6, 0.4
+  table[3, 5:15] = 0.1
+  table[4, EOS], table[4, 5] = 0.9, 0.1
+  table[5:15, EOS] = 1.0
+  table[EOS, EOS] = table[0, EOS] = table[15, EOS] = 1.0
+  step = _bigram_step(table)
+  prompt = jnp.full((2, 1), BOS, jnp.int32)
+  greedy = decode.greedy(step, _counts(2), prompt, max_new_tokens=5, eos_id=EOS)
+  np.testing.assert_array_equal(greedy[0], [3, 5, EOS, 0, 0])
+  for alpha in (0.0, 0.6):
+    beams, scores = decode.beam_search(step, _counts(2), prompt, beam_size=2,
+                                       max_new_tokens=5, alpha=alpha, eos_id=EOS)
+    np.testing.assert_array_equal(beams[:, 0], [[4, EOS, 0, 0, 0]] * 2)
+    penalty = lambda n: ((5 + n) / 6) ** alpha  # noqa: E731
+    np.testing.assert_allclose(scores[:, 0], math.log(0.36) / penalty(2), rtol=1e-5)
+    np.testing.assert_allclose(scores[:, 1], math.log(0.06) / penalty(3), rtol=1e-5)
+    assert beams[0, 1, 0] == 3 and beams[0, 1, 2] == EOS
+
+
+def test_beam_search_without_eos_keeps_the_most_likely_sequences():
+  table = jax.nn.softmax(jax.random.normal(jax.random.key(0), (6, 6)))
+  step = _bigram_step(table)
+  prompt = jnp.array([[1], [4]], jnp.int32)
+  beams, scores = decode.beam_search(step, _counts(2), prompt, beam_size=36,
+                                     max_new_tokens=2, alpha=0.0)
+  # With a beam as wide as all 6^2 continuations the search is exhaustive.
+  logp = np.log(np.asarray(table))
+  for row, first in enumerate((1, 4)):
+    every = logp[first][:, None] + logp  # [V, V]
+    np.testing.assert_allclose(np.sort(scores[row])[::-1], np.sort(every.ravel())[::-1],
+                               rtol=1e-5)
+    a, b = np.asarray(beams[row, 0])
+    np.testing.assert_allclose(every[a, b], every.max(), rtol=1e-6)
+
+
+# ------------------------------------------------------------------- adapters and models
+@pytest.fixture(scope='module')
+def transformer():
+  model = bigjax.create_model('transformer_test', dropout_rate=0.0)
+  src = jnp.array([[5, 6, 7, 8, 0], [3, 4, 5, 6, 7]], jnp.int32)
+  variables = jax.jit(model.init)(jax.random.key(0), src, src)
+  # A scaled-up output layer makes the random model's choices less repetitive.
+  variables = jax.tree.map(lambda x: x, variables)
+  emb = variables['params']['embed']['embedding']
+  variables['params']['embed']['embedding'] = emb * 4.0
+  return model, variables, src
+
+
+def test_transformer_greedy_matches_teacher_forced_argmax(transformer):
+  model, variables, src = transformer
+  out = decode.generate_seq2seq(model, variables, src, bos_id=BOS, max_new_tokens=6)
+  tgt_in = jnp.concatenate([jnp.full((2, 1), BOS, jnp.int32), out[:, :-1]], axis=1)
+  full = jax.jit(model.apply)(variables, src, tgt_in)
+  np.testing.assert_array_equal(out, jnp.argmax(full, axis=-1))
+  assert len(np.unique(np.asarray(out))) > 2  # a non-trivial sequence
+  top1 = decode.generate_seq2seq(model, variables, src, bos_id=BOS, max_new_tokens=6,
+                                 method='sample', top_k=1, rng=jax.random.key(9))
+  np.testing.assert_array_equal(top1, out)
+  beam1 = decode.generate_seq2seq(model, variables, src, bos_id=BOS, max_new_tokens=6,
+                                  method='beam', beam_size=1)
+  np.testing.assert_array_equal(beam1, out)
+
+
+def test_compiles_once_per_shape(transformer):
+  model, variables, _ = transformer
+  other = jax.tree.map(lambda x: x * 1.1, variables)
+  sizes = lambda: (decode._sample_loop._cache_size(), decode._init_cache._cache_size())  # noqa
+  before = sizes()
+  for v, seed in ((variables, 0), (other, 1), (variables, 2)):
+    src = jax.random.randint(jax.random.key(seed), (3, 7), 3, 64)  # a shape no test uses
+    decode.generate_seq2seq(model, v, src, bos_id=BOS, max_new_tokens=5)
+  assert [a - b for a, b in zip(sizes(), before)] == [1, 1]
+
+
+def _step_through(step, cache, tokens, chunks):
+  outs = []
+  for start, stop in chunks:
+    logits, cache = jax.jit(step)(cache, tokens[:, start:stop])
+    outs.append(logits)
+  return jnp.concatenate(outs, axis=1)
+
+
+def test_lstm_lm_cached_steps_equal_full_forward():
+  model = bigjax.create_model('lstm_lm_test')
+  tokens = jax.random.randint(jax.random.key(0), (2, 6), 0, 256)
+  variables = model.init(jax.random.key(1), tokens)
+  full = model.apply(variables, tokens)
+  step, cache = decode.lm_decoder(model, variables, batch_size=2, max_len=6)
+  steps = _step_through(step, cache, tokens, [(0, 3), (3, 4), (4, 5), (5, 6)])
+  np.testing.assert_allclose(steps, full, atol=1e-5, rtol=1e-5)
+  sampled = [decode.generate_lm(model, variables, tokens[:, :2], max_new_tokens=8,
+                                method='sample', rng=jax.random.key(s)) for s in (0, 0, 1)]
+  np.testing.assert_array_equal(sampled[0], sampled[1])
+  assert not np.array_equal(sampled[0], sampled[2])
+
+
+@pytest.mark.parametrize('name', ['transformer_test', 'seq2seq_lstm_test'])
+def test_encoder_decoder_cached_steps_equal_full_forward(name):
+  if name not in bigjax.list_models():
+    pytest.skip(f'{name} is not registered')
+  model = bigjax.create_model(name, dropout_rate=0.0)
+  src = jnp.array([[5, 6, 7, 0, 0], [3, 4, 5, 6, 7]], jnp.int32)
+  tgt = jnp.array([[1, 9, 8, 7, 6, 5], [1, 2, 3, 4, 10, 11]], jnp.int32)
+  variables = jax.jit(model.init)(jax.random.key(0), src, tgt)
+  full = jax.jit(model.apply)(variables, src, tgt)
+  step, cache = decode.seq2seq_decoder(model, variables, src, max_len=6)
+  steps = _step_through(step, cache, tgt, [(0, 1), (1, 3), (3, 4), (4, 5), (5, 6)])
+  np.testing.assert_allclose(steps, full, atol=1e-5, rtol=1e-5)

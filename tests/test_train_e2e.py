@@ -1,0 +1,193 @@
+"""train.py end to end: every foundation config, resume after SIGTERM, and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from bigjax.train.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, 'train.py')
+DEFAULT = os.path.join(ROOT, 'configs', 'mlp_digits.py')
+
+
+def _config(name):
+  return os.path.join(ROOT, 'configs', name)
+
+
+def _eval_rows(workdir):
+  rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  return [r for r in rows if r['split'] == 'eval']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['mlp_digits.py', 'lenet_digits.py'])
+def test_offline_configs_end_to_end(name, tmp_path, data_dir):
+  workdir = str(tmp_path / 'run')
+  code = main(['--config', _config(name) + ':test', '--workdir', workdir,
+               f'--config.data.data_dir={data_dir}'])
+  assert code == 0
+  for item in ('metrics.jsonl', 'config.json', 'curves.png', 'tensorboard', 'checkpoints'):
+    assert os.path.exists(os.path.join(workdir, item)), item
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
+  final = _eval_rows(workdir)[-1]
+  assert final['step'] == 6 and 0.0 <= final['accuracy'] <= 1.0
+  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['lenet_mnist.py', 'lenet_cifar10.py'])
+def test_public_configs_under_mock_data(name, tmp_path):
+  workdir = str(tmp_path / 'run')
+  with tfds.testing.mock_data(num_examples=64):
+    assert main(['--config', _config(name) + ':test', '--workdir', workdir]) == 0
+  assert _eval_rows(workdir)[-1]['step'] == 6
+
+
+@pytest.mark.slow
+def test_default_config_and_default_workdir(tmp_path, monkeypatch, data_dir):
+  monkeypatch.chdir(tmp_path)
+  code = main(['--config.train.steps=4', '--config.train.eval_every=0',
+               f'--config.data.data_dir={data_dir}'], default_config=DEFAULT)
+  assert code == 0
+  assert _eval_rows(tmp_path / 'runs' / 'mlp_digits')[-1]['step'] == 4
+
+
+def _train_cmd(workdir, data_dir, steps):
+  return [
+      sys.executable, TRAIN, '--config', _config('mlp_digits.py') + ':test',
+      '--workdir', workdir, f'--config.train.steps={steps}',
+      '--config.schedule.name=constant', '--config.train.log_every=1',
+      '--config.train.eval_every=0', '--config.train.checkpoint_every=1000000',
+      f'--config.data.data_dir={data_dir}',
+  ]
+
+
+def _params(workdir):
+  from bigjax.train.loop import restore_from_workdir
+
+  _, _, variables = restore_from_workdir(workdir)
+  import jax
+
+  return jax.tree.leaves(jax.device_get(variables['params']))
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_equals_uninterrupted(tmp_path, data_dir):
+  # Prepare the dataset first so the subprocesses don't race to build it.
+  assert main(['--config', _config('mlp_digits.py') + ':test', '--workdir',
+               str(tmp_path / 'warm'), f'--config.data.data_dir={data_dir}']) == 0
+  stopped = str(tmp_path / 'stopped')
+  proc = subprocess.Popen(_train_cmd(stopped, data_dir, 10**6), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  metrics = os.path.join(stopped, 'metrics.jsonl')
+  deadline = time.time() + 120
+  while time.time() < deadline:
+    if os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= 5:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out
+  assert 'SIGTERM: stopped at step' in out, out
+  steps = [int(s) for s in os.listdir(os.path.join(stopped, 'checkpoints'))]
+  assert len(steps) == 1
+  k = steps[0]
+  target = k + 15
+  uninterrupted = str(tmp_path / 'uninterrupted')
+  subprocess.run(_train_cmd(uninterrupted, data_dir, target), check=True,
+                 capture_output=True)
+  resumed = subprocess.run(_train_cmd(stopped, data_dir, target), check=True,
+                           capture_output=True, text=True)
+  assert f'resuming from the checkpoint at step {k}' in resumed.stdout + resumed.stderr
+  a, b = _params(uninterrupted), _params(stopped)
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert np.array_equal(x, y), 'resumed parameters differ from the uninterrupted run'
+
+
+# --- bad input: one line, exit code 2, nothing lost ------------------------------------
+
+
+def _fails(capsys, argv, match, default_config=None):
+  code = main(argv, default_config=default_config)
+  err = capsys.readouterr().err.strip()
+  assert code == 2
+  assert len(err.splitlines()) == 1, err
+  assert match in err, err
+  return err
+
+
+def test_unknown_config_key(capsys, tmp_path):
+  _fails(capsys, ['--workdir', str(tmp_path), '--config.train.stepz=5'],
+         'did you mean --config.train.steps', DEFAULT)
+
+
+def test_wrong_value_type(capsys, tmp_path):
+  _fails(capsys, ['--workdir', str(tmp_path), '--config.train.steps=abc'],
+         'expects int', DEFAULT)
+
+
+def test_unknown_model(capsys, tmp_path):
+  _fails(capsys, ['--workdir', str(tmp_path), '--config.model.name=lenett'],
+         'did you mean lenet', DEFAULT)
+
+
+def test_unknown_dataset(capsys, tmp_path):
+  err = _fails(capsys, ['--workdir', str(tmp_path), '--config.data.name=digitz'],
+               "unknown dataset 'digitz'", DEFAULT)
+  assert 'pystdlib' in err  # the list of known datasets
+
+
+def test_public_dataset_not_prepared(capsys, tmp_path):
+  empty = str(tmp_path / 'empty_tfds')
+  _fails(capsys, ['--config', _config('lenet_mnist.py') + ':test', '--workdir',
+                  str(tmp_path / 'w'), f'--config.data.data_dir={empty}'],
+         f'tfds build mnist --data_dir={empty}')
+
+
+def test_batch_not_divisible(capsys, tmp_path):
+  _fails(capsys, ['--workdir', str(tmp_path), '--config.train.batch_size=12'],
+         'does not divide over 8 devices', DEFAULT)
+
+
+def test_workdir_not_writable(capsys, tmp_path, data_dir):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('')
+  _fails(capsys, ['--workdir', str(blocker / 'run'), f'--config.data.data_dir={data_dir}'],
+         'is not writable', DEFAULT)
+
+
+def test_unknown_argument(capsys):
+  _fails(capsys, ['--epochs=3'], "unknown argument '--epochs=3'", DEFAULT)
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_model_is_refused_and_kept(capsys, tmp_path, data_dir):
+  workdir = str(tmp_path / 'run')
+  assert main(['--config', _config('mlp_digits.py') + ':test', '--workdir', workdir,
+               f'--config.data.data_dir={data_dir}']) == 0
+  capsys.readouterr()
+
+  def snapshot():
+    found = {}
+    for dirpath, _, files in os.walk(workdir):
+      for f in files:
+        path = os.path.join(dirpath, f)
+        found[path] = (os.path.getmtime(path), open(path, 'rb').read())
+    return found
+
+  before = snapshot()
+  _fails(capsys, ['--config', _config('lenet_digits.py') + ':test', '--workdir', workdir,
+                  f'--config.data.data_dir={data_dir}'], "holds checkpoints of model 'mlp'")
+  _fails(capsys, ['--config', _config('mlp_digits.py') + ':test', '--workdir', workdir,
+                  '--config.model.width=48', f'--config.data.data_dir={data_dir}'],
+         'other parameter shapes')
+  assert snapshot() == before
