@@ -8,8 +8,9 @@ import sys
 
 from bigjax.train.cli import main
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs',
-                              'mlp_digits.py')
+DEFAULT_CONFIG = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), 'configs', 'mlp_digits.py'
+)
 
 if __name__ == '__main__':
   sys.exit(main(default_config=DEFAULT_CONFIG))

@@ -13,11 +13,11 @@ def _masked(loss: jax.Array, where: jax.Array | None) -> jax.Array:
 
 
 def softmax_cross_entropy(
-    logits: jax.Array,
-    labels: jax.Array,
-    *,
-    label_smoothing: float = 0.0,
-    where: jax.Array | None = None,
+  logits: jax.Array,
+  labels: jax.Array,
+  *,
+  label_smoothing: float = 0.0,
+  where: jax.Array | None = None,
 ) -> jax.Array:
   """[..., C] logits and [...] integer labels (or [..., C] probabilities) -> [...] loss.
 
@@ -35,13 +35,13 @@ def softmax_cross_entropy(
 
 
 def distillation_loss(
-    student_logits: jax.Array,
-    teacher_logits: jax.Array,
-    labels: jax.Array | None = None,
-    *,
-    temperature: float = 1.0,
-    alpha: float = 1.0,
-    where: jax.Array | None = None,
+  student_logits: jax.Array,
+  teacher_logits: jax.Array,
+  labels: jax.Array | None = None,
+  *,
+  temperature: float = 1.0,
+  alpha: float = 1.0,
+  where: jax.Array | None = None,
 ) -> jax.Array:
   """Knowledge distillation (Hinton et al., 2015), per example.
 

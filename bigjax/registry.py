@@ -34,9 +34,7 @@ def model_spec(name: str) -> tuple[type[nn.Module], dict[str, Any]]:
   if name not in _REGISTRY:
     close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
     hint = f'did you mean {", ".join(close)}? ' if close else ''
-    raise ValueError(
-        f'unknown model {name!r}: {hint}known models: {", ".join(sorted(_REGISTRY))}'
-    )
+    raise ValueError(f'unknown model {name!r}: {hint}known models: {", ".join(sorted(_REGISTRY))}')
   return _REGISTRY[name]
 
 
@@ -47,7 +45,7 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
   unknown = sorted(set(overrides) - fields)
   if unknown:
     raise ValueError(
-        f'model {name!r} has no option(s) {", ".join(unknown)}; '
-        f'its options are: {", ".join(sorted(fields))}'
+      f'model {name!r} has no option(s) {", ".join(unknown)}; '
+      f'its options are: {", ".join(sorted(fields))}'
     )
   return cls(**{**defaults, **overrides})

@@ -8,15 +8,18 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.model = ml_collections.ConfigDict({'name': 'mlp'})
-  c.data = ml_collections.ConfigDict({
+  c.data = ml_collections.ConfigDict(
+    {
       'name': 'digits',
       'data_dir': '',  # '' -> TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
       'train_split': '',  # '' -> the dataset's own default
       'eval_split': '',
       'workers': 0,  # Grain worker processes; 0 reads in the main process
       'workdir': '',  # set by nothing: datasets that save files (tokenizers) use it
-  })
-  c.optim = ml_collections.ConfigDict({
+    }
+  )
+  c.optim = ml_collections.ConfigDict(
+    {
       'name': 'adamw',
       'lr': 1e-3,
       'weight_decay': 0.0,
@@ -26,9 +29,11 @@ def base_config() -> ml_collections.ConfigDict:
       'eps': 1e-8,
       'clip_norm': 0.0,  # 0 = no clipping
       'grad_accum_steps': 1,
-  })
+    }
+  )
   c.schedule = ml_collections.ConfigDict({'name': 'cosine', 'warmup_steps': 0, 'end_factor': 0.0})
-  c.train = ml_collections.ConfigDict({
+  c.train = ml_collections.ConfigDict(
+    {
       'steps': 1000,
       'batch_size': 128,
       'eval_batch_size': 256,
@@ -40,7 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
       'compute_dtype': 'float32',
       'label_smoothing': 0.0,
       'aux_loss_weight': 0.4,
-  })
+    }
+  )
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
   return c
 
@@ -48,10 +54,10 @@ def base_config() -> ml_collections.ConfigDict:
 def image_stats(name: str) -> dict:
   """Per-channel mean/std on the 0..1 scale for the image datasets the configs use."""
   return {
-      'digits': {'mean': (0.30,), 'std': (0.38,)},
-      'mnist': {'mean': (0.1307,), 'std': (0.3081,)},
-      'cifar10': {'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2470, 0.2435, 0.2616)},
-      'imagenet2012': {'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225)},
+    'digits': {'mean': (0.30,), 'std': (0.38,)},
+    'mnist': {'mean': (0.1307,), 'std': (0.3081,)},
+    'cifar10': {'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2470, 0.2435, 0.2616)},
+    'imagenet2012': {'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225)},
   }[name]
 
 

@@ -12,10 +12,17 @@ from bigjax.data.pipeline import Data, pad_batch
 
 
 def _digits_config(data_dir):
-  return ml_collections.ConfigDict({
-      'name': 'digits', 'data_dir': data_dir, 'train_split': '', 'eval_split': '',
-      'image_size': 0, 'mean': (0.0,), 'std': (1.0,),
-  })
+  return ml_collections.ConfigDict(
+    {
+      'name': 'digits',
+      'data_dir': data_dir,
+      'train_split': '',
+      'eval_split': '',
+      'image_size': 0,
+      'mean': (0.0,),
+      'std': (1.0,),
+    }
+  )
 
 
 def test_digits_builder(data_dir):
@@ -30,8 +37,7 @@ def test_digits_builder(data_dir):
   # Each stored image is a scikit-learn digit scaled from 0..16 to 0..255, with its label.
   match = np.where((np.round(raw.images * 255 / 16) == ex['image'][..., 0]).all((1, 2)))[0]
   assert len(match) >= 1 and ex['label'] in raw.target[match]
-  keys = lambda src: {src[i]['image'].tobytes() + bytes([src[i]['label']])
-                      for i in range(len(src))}
+  keys = lambda src: {src[i]['image'].tobytes() + bytes([src[i]['label']]) for i in range(len(src))}
   assert len(keys(train) & keys(test)) <= 2  # the corpus has a couple of exact duplicates
 
 
@@ -40,8 +46,10 @@ def test_pystdlib_builder_split_is_by_file(data_dir):
   train, val = builder.as_data_source('train'), builder.as_data_source('validation')
   files = stdlib_files()
   assert len(train) + len(val) == len(files) and len(val) > 10
-  paths = lambda src: {src[i]['path'].decode() if isinstance(src[i]['path'], bytes)
-                       else src[i]['path'] for i in range(len(src))}
+  paths = lambda src: {
+    src[i]['path'].decode() if isinstance(src[i]['path'], bytes) else src[i]['path']
+    for i in range(len(src))
+  }
   assert all(is_validation(p) for p in paths(val))
   assert not any(is_validation(p) for p in paths(train))
   assert not any('/test/' in p or p.startswith('test/') for p in paths(train))

@@ -50,7 +50,7 @@ def test_distillation_by_hand():
   kl = (p * (np.log(p) - np.log(q))).sum()
   ce = -np.log(_np_softmax(s)[0, 1])
   got = losses.distillation_loss(
-      jnp.array(s), jnp.array(t), jnp.array([1]), temperature=temp, alpha=alpha
+    jnp.array(s), jnp.array(t), jnp.array([1]), temperature=temp, alpha=alpha
   )
   np.testing.assert_allclose(got, [alpha * temp**2 * kl + (1 - alpha) * ce], rtol=1e-5)
   same = losses.distillation_loss(jnp.array(s), jnp.array(s), temperature=temp)
@@ -62,7 +62,7 @@ def test_distillation_gradients():
   t = jax.random.normal(jax.random.key(1), (4, 5))
   temp = 3.0
   grad_s, grad_t = jax.grad(
-      lambda s, t: losses.distillation_loss(s, t, temperature=temp).sum(), argnums=(0, 1)
+    lambda s, t: losses.distillation_loss(s, t, temperature=temp).sum(), argnums=(0, 1)
   )(s, t)
   # d/ds T^2 KL(p_t || softmax(s/T)) = T (softmax(s/T) - softmax(t/T)); teacher frozen.
   expected = temp * (jax.nn.softmax(s / temp) - jax.nn.softmax(t / temp))

@@ -10,13 +10,13 @@ import bigjax
 
 
 @pytest.mark.parametrize(
-    'name, shape, kwargs',
-    [
-        ('mlp', (3, 8, 8, 1), {'width': 32, 'dropout_rate': 0.5}),
-        ('lenet', (3, 8, 8, 1), {'dropout_rate': 0.5}),
-        ('lenet', (3, 28, 28, 1), {'dropout_rate': 0.5}),
-        ('lenet', (3, 32, 32, 3), {'dropout_rate': 0.5}),
-    ],
+  'name, shape, kwargs',
+  [
+    ('mlp', (3, 8, 8, 1), {'width': 32, 'dropout_rate': 0.5}),
+    ('lenet', (3, 8, 8, 1), {'dropout_rate': 0.5}),
+    ('lenet', (3, 28, 28, 1), {'dropout_rate': 0.5}),
+    ('lenet', (3, 32, 32, 3), {'dropout_rate': 0.5}),
+  ],
 )
 def test_shapes_jit_and_dropout(name, shape, kwargs):
   model = bigjax.create_model(name, num_classes=7, **kwargs)

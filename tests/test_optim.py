@@ -16,8 +16,9 @@ def _cfg(**kw):
 
 def test_schedules():
   cos = optim.make_schedule(_cfg(name='cosine', warmup_steps=10, end_factor=0.0), 1.0, 110)
-  np.testing.assert_allclose([cos(0), cos(5), cos(10), cos(60), cos(110)],
-                             [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
+  np.testing.assert_allclose(
+    [cos(0), cos(5), cos(10), cos(60), cos(110)], [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6
+  )
   lin = optim.make_schedule(_cfg(name='linear', warmup_steps=0, end_factor=0.1), 2.0, 100)
   np.testing.assert_allclose([lin(0), lin(50), lin(100)], [2.0, 1.1, 0.2], rtol=1e-6)
   const = optim.make_schedule(_cfg(name='constant', warmup_steps=4), 3.0, 100)
@@ -29,8 +30,10 @@ def test_schedules():
 
 
 def test_weight_decay_skips_biases_and_norms():
-  params = {'dense': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones((2,))},
-            'norm': {'scale': jnp.ones((2,))}}
+  params = {
+    'dense': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones((2,))},
+    'norm': {'scale': jnp.ones((2,))},
+  }
   tx = optim.make_optimizer(_cfg(name='adamw', weight_decay=0.5), optax.constant_schedule(0.1))
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zeros, tx.init(params), params)
@@ -41,8 +44,9 @@ def test_weight_decay_skips_biases_and_norms():
 @pytest.mark.parametrize('name', ['sgd', 'momentum', 'nesterov', 'adam', 'adamw', 'lamb'])
 def test_every_optimizer_descends(name):
   params = {'w': jnp.array([3.0, -2.0])}
-  tx = optim.make_optimizer(_cfg(name=name, weight_decay=0.0, clip_norm=1.0),
-                            optax.constant_schedule(0.05))
+  tx = optim.make_optimizer(
+    _cfg(name=name, weight_decay=0.0, clip_norm=1.0), optax.constant_schedule(0.05)
+  )
   loss = lambda p: jnp.sum(p['w'] ** 2)
   state = tx.init(params)
   for _ in range(20):
@@ -58,8 +62,7 @@ def test_gradient_accumulation_equals_big_batch():
   w0 = jnp.ones(3)
   big = optim.make_optimizer(_cfg(name='sgd'), optax.constant_schedule(0.1))
   upd, _ = big.update(jax.grad(loss)(w0, x, y), big.init(w0), w0)
-  accum = optim.make_optimizer(_cfg(name='sgd', grad_accum_steps=2),
-                               optax.constant_schedule(0.1))
+  accum = optim.make_optimizer(_cfg(name='sgd', grad_accum_steps=2), optax.constant_schedule(0.1))
   state, w = accum.init(w0), w0
   for half in (slice(0, 4), slice(4, 8)):
     u, state = accum.update(jax.grad(loss)(w, x[half], y[half]), state, w)

@@ -25,18 +25,24 @@ def _tokens(shape, vocab=14, seed=1, low=3):
   return jax.random.randint(jax.random.key(seed), shape, low, vocab)
 
 
+
+LM_TOKENS = _tokens((2, 7), 256)
+SRC = jnp.array([[3, 4, 5, 6, 2, 0, 0], [7, 8, 9, 10, 11, 12, 2]])  # one row padded
+TGT = jnp.array([[1, 6, 5, 4, 3], [1, 12, 11, 10, 9]])
+
+
 @pytest.fixture(scope='module')
 def lm():
-  """A two-layer LSTM LM and its params."""
+  """A two-layer LSTM LM, its params and its jitted apply (shared compiles)."""
   model = bigjax.create_model('lstm_lm_test', num_layers=2)
-  return model, jax.jit(model.init)(KEY, _tokens((2, 7), 256))['params']
+  return model, jax.jit(model.init)(KEY, LM_TOKENS)['params'], jitted(model)
 
 
 @pytest.fixture(scope='module')
 def s2s():
-  """A two-layer attention seq2seq over the algorithmic vocabulary and its params."""
+  """A two-layer attention seq2seq over the algorithmic vocabulary, as `lm`."""
   model = bigjax.create_model('seq2seq_lstm_test', vocab_size=14, num_layers=2)
-  return model, jax.jit(model.init)(KEY, _tokens((2, 7)), _tokens((2, 5)))['params']
+  return model, jax.jit(model.init)(KEY, SRC, TGT)['params'], jitted(model)
 
 
 # --- shapes -----------------------------------------------------------------------------
@@ -65,10 +71,10 @@ def test_classifier_shapes(name):
 
 
 def test_seq2seq_shapes_and_bf16(s2s):
-  model, params = s2s
-  src, tgt = _tokens((2, 7)), _tokens((2, 4), seed=2)
-  logits = jitted(model)({'params': params}, src, tgt)
-  chex.assert_shape(logits, (2, 4, 14))
+  model, params, apply = s2s
+  src, tgt = SRC, TGT
+  logits = apply({'params': params}, src, tgt)
+  chex.assert_shape(logits, (2, 5, 14))
   chex.assert_type(logits, jnp.float32)
   # the trainer's mixed precision: bf16 compute over the same float32 params
   low = jitted(model.clone(dtype=jnp.bfloat16))({'params': params}, src, tgt)
@@ -153,24 +159,22 @@ def test_classifier_ignores_padding(pooling):
 
 
 def test_seq2seq_masks_source_padding(s2s):
-  model, params = s2s
-  src, tgt = _tokens((1, 4)), _tokens((1, 3), seed=3)
-  apply = jitted(model)
-  out = apply({'params': params}, src, tgt)
-  padded = apply({'params': params}, jnp.pad(src, ((0, 0), (0, 5))), tgt)
-  np.testing.assert_allclose(padded, out, atol=1e-6)
+  _, params, apply = s2s
+  padded = apply({'params': params}, SRC, TGT)  # row 0 is padded from 5 to 7 tokens
+  out = jitted(s2s[0])({'params': params}, SRC[:1, :5], TGT[:1])
+  np.testing.assert_allclose(padded[:1], out, atol=1e-6)
   # and the source matters: attention and the initial state do read it
-  other = apply({'params': params}, _tokens((1, 4), seed=9), tgt)
-  assert np.abs(np.asarray(other - out)).max() > 1e-4
+  other = apply({'params': params}, SRC[::-1], TGT)
+  assert np.abs(np.asarray(other - padded[::-1])).max() > 1e-4
 
 
 # --- dropout, decoding, jit -------------------------------------------------------------
 
 
 def test_dropout_only_in_training_and_not_after_the_last_layer(lm):
-  model, params = lm
+  model, params, _ = lm
   model = model.clone(dropout_rate=0.5)
-  tokens = _tokens((2, 6), 256)
+  tokens = LM_TOKENS
   eval_out = jitted(model)({'params': params}, tokens)
   train_apply = jax.jit(
       lambda p, t, key: model.apply({'params': p}, t, train=True, rngs={'dropout': key})
@@ -186,9 +190,9 @@ def test_dropout_only_in_training_and_not_after_the_last_layer(lm):
   np.testing.assert_array_equal(out_train, jitted(rnn)(v, x)[0])
 
 
-def _lm_cached_matches_full(model, params):
-  tokens = _tokens((2, 7), 256)
-  full = jitted(model)({'params': params}, tokens)
+def _lm_cached_matches_full(model, params, apply):
+  tokens = LM_TOKENS
+  full = apply({'params': params}, tokens)
   decoder = model.clone(decode=True)
   cache = jax.jit(decoder.init)(KEY, tokens)['cache']
   assert all(np.all(leaf == 0) for leaf in jax.tree.leaves(cache))  # init does not advance
@@ -207,14 +211,14 @@ def test_lstm_lm_cached_decoding_equals_the_full_pass(lm):
 
 def test_gru_lm_cached_decoding_equals_the_full_pass():
   model = bigjax.create_model('gru_lm_test')
-  _lm_cached_matches_full(model, jax.jit(model.init)(KEY, _tokens((2, 7), 256))['params'])
+  params = jax.jit(model.init)(KEY, LM_TOKENS)['params']
+  _lm_cached_matches_full(model, params, jitted(model))
 
 
 def test_seq2seq_incremental_decoding_equals_full_decoding(s2s):
-  model, params = s2s
-  src = jnp.array([[3, 4, 5, 6, 2, 0, 0], [7, 8, 9, 10, 11, 12, 2]])
-  tgt = jnp.array([[1, 6, 5, 4, 3], [1, 12, 11, 10, 9]])
-  full = jitted(model)({'params': params}, src, tgt)
+  model, params, apply = s2s
+  src, tgt = SRC, TGT
+  full = apply({'params': params}, src, tgt)
   decoder = model.clone(decoding=True)
   cache = jax.jit(decoder.init)(KEY, src, tgt)['cache']
   encoded = jitted(decoder, method='encode')({'params': params}, src)
@@ -228,15 +232,9 @@ def test_seq2seq_incremental_decoding_equals_full_decoding(s2s):
 
 
 def test_jit_equals_no_jit(lm, s2s):
-  model, params = lm
-  tokens = _tokens((2, 5), 256)
-  np.testing.assert_allclose(
-      jitted(model)({'params': params}, tokens), model.apply({'params': params}, tokens),
-      atol=1e-6,
-  )
-  model, params = s2s
-  src, tgt = _tokens((2, 6)), _tokens((2, 3), seed=4)
-  np.testing.assert_allclose(
-      jitted(model)({'params': params}, src, tgt), model.apply({'params': params}, src, tgt),
-      atol=1e-6,
-  )
+  for model, params, apply in (lm, s2s):
+    inputs = (LM_TOKENS,) if model is lm[0] else (SRC, TGT)
+    np.testing.assert_allclose(
+        apply({'params': params}, *inputs), model.apply({'params': params}, *inputs),
+        atol=1e-6,
+    )

@@ -31,8 +31,15 @@ def _eval_rows(workdir):
 @pytest.mark.parametrize('name', ['mlp_digits.py', 'lenet_digits.py'])
 def test_offline_configs_end_to_end(name, tmp_path, data_dir):
   workdir = str(tmp_path / 'run')
-  code = main(['--config', _config(name) + ':test', '--workdir', workdir,
-               f'--config.data.data_dir={data_dir}'])
+  code = main(
+    [
+      '--config',
+      _config(name) + ':test',
+      '--workdir',
+      workdir,
+      f'--config.data.data_dir={data_dir}',
+    ]
+  )
   assert code == 0
   for item in ('metrics.jsonl', 'config.json', 'curves.png', 'tensorboard', 'checkpoints'):
     assert os.path.exists(os.path.join(workdir, item)), item
@@ -54,19 +61,28 @@ def test_public_configs_under_mock_data(name, tmp_path):
 @pytest.mark.slow
 def test_default_config_and_default_workdir(tmp_path, monkeypatch, data_dir):
   monkeypatch.chdir(tmp_path)
-  code = main(['--config.train.steps=4', '--config.train.eval_every=0',
-               f'--config.data.data_dir={data_dir}'], default_config=DEFAULT)
+  code = main(
+    ['--config.train.steps=4', '--config.train.eval_every=0', f'--config.data.data_dir={data_dir}'],
+    default_config=DEFAULT,
+  )
   assert code == 0
   assert _eval_rows(tmp_path / 'runs' / 'mlp_digits')[-1]['step'] == 4
 
 
 def _train_cmd(workdir, data_dir, steps):
   return [
-      sys.executable, TRAIN, '--config', _config('mlp_digits.py') + ':test',
-      '--workdir', workdir, f'--config.train.steps={steps}',
-      '--config.schedule.name=constant', '--config.train.log_every=1',
-      '--config.train.eval_every=0', '--config.train.checkpoint_every=1000000',
-      f'--config.data.data_dir={data_dir}',
+    sys.executable,
+    TRAIN,
+    '--config',
+    _config('mlp_digits.py') + ':test',
+    '--workdir',
+    workdir,
+    f'--config.train.steps={steps}',
+    '--config.schedule.name=constant',
+    '--config.train.log_every=1',
+    '--config.train.eval_every=0',
+    '--config.train.checkpoint_every=1000000',
+    f'--config.data.data_dir={data_dir}',
   ]
 
 
@@ -82,11 +98,25 @@ def _params(workdir):
 @pytest.mark.slow
 def test_sigterm_then_resume_equals_uninterrupted(tmp_path, data_dir):
   # Prepare the dataset first so the subprocesses don't race to build it.
-  assert main(['--config', _config('mlp_digits.py') + ':test', '--workdir',
-               str(tmp_path / 'warm'), f'--config.data.data_dir={data_dir}']) == 0
+  assert (
+    main(
+      [
+        '--config',
+        _config('mlp_digits.py') + ':test',
+        '--workdir',
+        str(tmp_path / 'warm'),
+        f'--config.data.data_dir={data_dir}',
+      ]
+    )
+    == 0
+  )
   stopped = str(tmp_path / 'stopped')
-  proc = subprocess.Popen(_train_cmd(stopped, data_dir, 10**6), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen(
+    _train_cmd(stopped, data_dir, 10**6),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   metrics = os.path.join(stopped, 'metrics.jsonl')
   deadline = time.time() + 120
   while time.time() < deadline:
@@ -102,10 +132,10 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path, data_dir):
   k = steps[0]
   target = k + 15
   uninterrupted = str(tmp_path / 'uninterrupted')
-  subprocess.run(_train_cmd(uninterrupted, data_dir, target), check=True,
-                 capture_output=True)
-  resumed = subprocess.run(_train_cmd(stopped, data_dir, target), check=True,
-                           capture_output=True, text=True)
+  subprocess.run(_train_cmd(uninterrupted, data_dir, target), check=True, capture_output=True)
+  resumed = subprocess.run(
+    _train_cmd(stopped, data_dir, target), check=True, capture_output=True, text=True
+  )
   assert f'resuming from the checkpoint at step {k}' in resumed.stdout + resumed.stderr
   a, b = _params(uninterrupted), _params(stopped)
   assert len(a) == len(b)
@@ -126,43 +156,70 @@ def _fails(capsys, argv, match, default_config=None):
 
 
 def test_unknown_config_key(capsys, tmp_path):
-  _fails(capsys, ['--workdir', str(tmp_path), '--config.train.stepz=5'],
-         'did you mean --config.train.steps', DEFAULT)
+  _fails(
+    capsys,
+    ['--workdir', str(tmp_path), '--config.train.stepz=5'],
+    'did you mean --config.train.steps',
+    DEFAULT,
+  )
 
 
 def test_wrong_value_type(capsys, tmp_path):
-  _fails(capsys, ['--workdir', str(tmp_path), '--config.train.steps=abc'],
-         'expects int', DEFAULT)
+  _fails(capsys, ['--workdir', str(tmp_path), '--config.train.steps=abc'], 'expects int', DEFAULT)
 
 
 def test_unknown_model(capsys, tmp_path):
-  _fails(capsys, ['--workdir', str(tmp_path), '--config.model.name=lenett'],
-         'did you mean lenet', DEFAULT)
+  _fails(
+    capsys,
+    ['--workdir', str(tmp_path), '--config.model.name=lenett'],
+    'did you mean lenet',
+    DEFAULT,
+  )
 
 
 def test_unknown_dataset(capsys, tmp_path):
-  err = _fails(capsys, ['--workdir', str(tmp_path), '--config.data.name=digitz'],
-               "unknown dataset 'digitz'", DEFAULT)
+  err = _fails(
+    capsys,
+    ['--workdir', str(tmp_path), '--config.data.name=digitz'],
+    "unknown dataset 'digitz'",
+    DEFAULT,
+  )
   assert 'pystdlib' in err  # the list of known datasets
 
 
 def test_public_dataset_not_prepared(capsys, tmp_path):
   empty = str(tmp_path / 'empty_tfds')
-  _fails(capsys, ['--config', _config('lenet_mnist.py') + ':test', '--workdir',
-                  str(tmp_path / 'w'), f'--config.data.data_dir={empty}'],
-         f'tfds build mnist --data_dir={empty}')
+  _fails(
+    capsys,
+    [
+      '--config',
+      _config('lenet_mnist.py') + ':test',
+      '--workdir',
+      str(tmp_path / 'w'),
+      f'--config.data.data_dir={empty}',
+    ],
+    f'tfds build mnist --data_dir={empty}',
+  )
 
 
 def test_batch_not_divisible(capsys, tmp_path):
-  _fails(capsys, ['--workdir', str(tmp_path), '--config.train.batch_size=12'],
-         'does not divide over 8 devices', DEFAULT)
+  _fails(
+    capsys,
+    ['--workdir', str(tmp_path), '--config.train.batch_size=12'],
+    'does not divide over 8 devices',
+    DEFAULT,
+  )
 
 
 def test_workdir_not_writable(capsys, tmp_path, data_dir):
   blocker = tmp_path / 'a_file'
   blocker.write_text('')
-  _fails(capsys, ['--workdir', str(blocker / 'run'), f'--config.data.data_dir={data_dir}'],
-         'is not writable', DEFAULT)
+  _fails(
+    capsys,
+    ['--workdir', str(blocker / 'run'), f'--config.data.data_dir={data_dir}'],
+    'is not writable',
+    DEFAULT,
+  )
 
 
 def test_unknown_argument(capsys):
@@ -172,8 +229,18 @@ def test_unknown_argument(capsys):
 @pytest.mark.slow
 def test_checkpoint_of_another_model_is_refused_and_kept(capsys, tmp_path, data_dir):
   workdir = str(tmp_path / 'run')
-  assert main(['--config', _config('mlp_digits.py') + ':test', '--workdir', workdir,
-               f'--config.data.data_dir={data_dir}']) == 0
+  assert (
+    main(
+      [
+        '--config',
+        _config('mlp_digits.py') + ':test',
+        '--workdir',
+        workdir,
+        f'--config.data.data_dir={data_dir}',
+      ]
+    )
+    == 0
+  )
   capsys.readouterr()
 
   def snapshot():
@@ -185,9 +252,27 @@ def test_checkpoint_of_another_model_is_refused_and_kept(capsys, tmp_path, data_
     return found
 
   before = snapshot()
-  _fails(capsys, ['--config', _config('lenet_digits.py') + ':test', '--workdir', workdir,
-                  f'--config.data.data_dir={data_dir}'], "holds checkpoints of model 'mlp'")
-  _fails(capsys, ['--config', _config('mlp_digits.py') + ':test', '--workdir', workdir,
-                  '--config.model.width=48', f'--config.data.data_dir={data_dir}'],
-         'other parameter shapes')
+  _fails(
+    capsys,
+    [
+      '--config',
+      _config('lenet_digits.py') + ':test',
+      '--workdir',
+      workdir,
+      f'--config.data.data_dir={data_dir}',
+    ],
+    "holds checkpoints of model 'mlp'",
+  )
+  _fails(
+    capsys,
+    [
+      '--config',
+      _config('mlp_digits.py') + ':test',
+      '--workdir',
+      workdir,
+      '--config.model.width=48',
+      f'--config.data.data_dir={data_dir}',
+    ],
+    'other parameter shapes',
+  )
   assert snapshot() == before

@@ -25,8 +25,8 @@ def _setup(model_name='lenet', **model_kw):
   tx = optim.make_optimizer(config.optim, schedule)
   rng = np.random.default_rng(0)
   batch = {
-      'image': rng.normal(size=(16, 8, 8, 1)).astype(np.float32),
-      'label': rng.integers(0, 10, size=(16,)).astype(np.int32),
+    'image': rng.normal(size=(16, 8, 8, 1)).astype(np.float32),
+    'label': rng.integers(0, 10, size=(16,)).astype(np.int32),
   }
   state = init_state(model, tx, jax.random.key(0), (batch['image'][:1],))
   step = make_train_step(model, task, config, schedule, tx)

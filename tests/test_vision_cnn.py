@@ -342,11 +342,16 @@ def mix_inputs(b=8, side=16):
   return imgs, jax.nn.one_hot(jnp.arange(b), b)
 
 
+# Jitted once for the module: each seed reuses the compiled function.
+_mixup = jax.jit(lambda x, y, r: images.mixup_cutmix(x, y, r, mixup_alpha=0.4))
+_cutmix = jax.jit(lambda x, y, r: images.mixup_cutmix(x, y, r, cutmix_alpha=1.0))
+_both = jax.jit(lambda x, y, r: images.mixup_cutmix(x, y, r, mixup_alpha=0.8, cutmix_alpha=1.0))
+
+
 @pytest.mark.parametrize('seed', range(4))
 def test_mixup(seed):
   imgs, labels = mix_inputs()
-  out, soft = jax.jit(lambda x, y, r: images.mixup_cutmix(x, y, r, mixup_alpha=0.4))(
-      imgs, labels, jax.random.key(seed))
+  out, soft = map(np.asarray, _mixup(imgs, labels, jax.random.key(seed)))
   np.testing.assert_allclose(soft.sum(-1), 1.0, atol=1e-6)
   for i in range(8):
     lam = float(soft[i, i])
@@ -363,10 +368,9 @@ def test_mixup(seed):
 @pytest.mark.parametrize('seed', range(4))
 def test_cutmix_area_matches_label_weight(seed):
   imgs, labels = mix_inputs()
-  out, soft = jax.jit(lambda x, y, r: images.mixup_cutmix(x, y, r, cutmix_alpha=1.0))(
-      imgs, labels, jax.random.key(seed))
+  out, soft = map(np.asarray, _cutmix(imgs, labels, jax.random.key(seed)))
   np.testing.assert_allclose(soft.sum(-1), 1.0, atol=1e-6)
-  pasted = np.asarray(out[..., 0] != imgs[..., 0])  # [B, H, W]
+  pasted = out[..., 0] != np.asarray(imgs[..., 0])  # [B, H, W]
   areas = pasted.mean((1, 2))
   assert len(set(areas.round(6))) <= 2  # one box for the batch (0 where paired with itself)
   for i in range(8):
@@ -380,12 +384,11 @@ def test_cutmix_area_matches_label_weight(seed):
 
 def test_mixup_cutmix_switch_and_off():
   imgs, labels = mix_inputs()
-  f = jax.jit(lambda r: images.mixup_cutmix(imgs, labels, r, mixup_alpha=0.8, cutmix_alpha=1.0))
   kinds = set()
   for seed in range(12):
-    out, soft = f(jax.random.key(seed))
+    out, soft = map(np.asarray, _both(imgs, labels, jax.random.key(seed)))
     np.testing.assert_allclose(soft.sum(-1), 1.0, atol=1e-6)
-    values = np.unique(np.asarray(out[..., 0]))
+    values = np.unique(out[..., 0])
     kinds.add('cutmix' if np.all(np.isin(values, np.arange(1, 9))) else 'mixup')
   assert kinds == {'mixup', 'cutmix'}
   same, same_labels = images.mixup_cutmix(imgs, labels, jax.random.key(0))

@@ -35,13 +35,17 @@ def public_split(name: str):
     del data
     try:
       return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except (AssertionError, FileNotFoundError, NotImplementedError,
-            tfds.core.registered.DatasetNotFoundError) as e:
+    except (
+      AssertionError,
+      FileNotFoundError,
+      NotImplementedError,
+      tfds.core.registered.DatasetNotFoundError,
+    ) as e:
       where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
       raise FileNotFoundError(
-          f'dataset {name!r} is not prepared in {where}: on a machine with network run '
-          f'`tfds build {name} --data_dir={where} --file_format=array_record` (or copy a '
-          f'prepared copy there), then pass --config.data.data_dir={where} ({type(e).__name__})'
+        f'dataset {name!r} is not prepared in {where}: on a machine with network run '
+        f'`tfds build {name} --data_dir={where} --file_format=array_record` (or copy a '
+        f'prepared copy there), then pass --config.data.data_dir={where} ({type(e).__name__})'
       ) from None
 
   return open_split
@@ -52,9 +56,13 @@ def _pystdlib_split(split, data_dir, data):
   return text.WindowSource(text.corpus_from_source(source), data.seq_len)
 
 
-register_dataset('digits', DatasetSpec('classification', own_split(Digits), images.image_transforms))
 register_dataset(
-    'pystdlib', DatasetSpec('lm', _pystdlib_split, text.lm_transforms, eval_split='validation')
+  'digits', DatasetSpec('classification', own_split(Digits), images.image_transforms)
+)
+register_dataset(
+  'pystdlib', DatasetSpec('lm', _pystdlib_split, text.lm_transforms, eval_split='validation')
 )
 for _name in ('mnist', 'cifar10', 'cifar100', 'fashion_mnist'):
-  register_dataset(_name, DatasetSpec('classification', public_split(_name), images.image_transforms))
+  register_dataset(
+    _name, DatasetSpec('classification', public_split(_name), images.image_transforms)
+  )

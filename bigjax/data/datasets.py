@@ -57,6 +57,6 @@ def dataset_spec(name: str) -> DatasetSpec:
     close = difflib.get_close_matches(name, _DATASETS, n=3, cutoff=0.5)
     hint = f'did you mean {", ".join(close)}? ' if close else ''
     raise ValueError(
-        f'unknown dataset {name!r}: {hint}known datasets: {", ".join(sorted(_DATASETS))}'
+      f'unknown dataset {name!r}: {hint}known datasets: {", ".join(sorted(_DATASETS))}'
     )
   return _DATASETS[name]

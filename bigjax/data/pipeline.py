@@ -59,8 +59,8 @@ class Data:
     local = global_batch // jax.process_count()
     if len(self.train_source) < local:
       raise ValueError(
-          f'the {self.train_split!r} split has {len(self.train_source)} examples, fewer than '
-          f'one batch per process ({local}): lower --config.train.batch_size'
+        f'the {self.train_split!r} split has {len(self.train_source)} examples, fewer than '
+        f'one batch per process ({local}): lower --config.train.batch_size'
       )
     ds = _process_shard(self.train_source).seed(seed).shuffle().repeat(None)
     ds = _apply(ds, self.spec.transforms(self.config, True)).batch(local, drop_remainder=True)
@@ -89,7 +89,7 @@ def pad_batch(batch: Batch, size: int) -> Batch:
   """Pads every array's leading dimension to `size` and adds a boolean `mask`."""
   n = len(next(iter(jax.tree.leaves(batch))))
   padded = jax.tree.map(
-      lambda x: np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)]), batch
+    lambda x: np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)]), batch
   )
   padded['mask'] = np.arange(size) < n
   return padded

@@ -24,8 +24,8 @@ import tempfile
 import grain
 import ml_collections
 import numpy as np
-import tokenizers
 import tensorflow_datasets as tfds
+import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from bigjax.data.datasets import DatasetSpec, register_dataset

@@ -6,12 +6,12 @@ from bigjax.layers.positional import LearnedPositions, sinusoidal_positions
 from bigjax.layers.transformer import DecoderBlock, EncoderBlock
 
 __all__ = [
-    'DecoderBlock',
-    'EncoderBlock',
-    'LearnedPositions',
-    'MlpBlock',
-    'MultiHeadAttention',
-    'causal_mask',
-    'padding_mask',
-    'sinusoidal_positions',
+  'DecoderBlock',
+  'EncoderBlock',
+  'LearnedPositions',
+  'MlpBlock',
+  'MultiHeadAttention',
+  'causal_mask',
+  'padding_mask',
+  'sinusoidal_positions',
 ]

@@ -43,12 +43,12 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(
-      self,
-      inputs_q: jax.Array,
-      inputs_kv: jax.Array | None = None,
-      *,
-      mask: jax.Array | None = None,
-      causal: bool = False,
+    self,
+    inputs_q: jax.Array,
+    inputs_kv: jax.Array | None = None,
+    *,
+    mask: jax.Array | None = None,
+    causal: bool = False,
   ) -> jax.Array:
     """[B, T, D] queries (and [B, S, D] keys/values, default self) -> [B, T, D]."""
     self_attention = inputs_kv is None
@@ -56,12 +56,12 @@ class MultiHeadAttention(nn.Module):
     width = inputs_q.shape[-1]
     head_dim = self.head_dim or width // self.num_heads
     dense = lambda name: nn.DenseGeneral(  # noqa: E731
-        (self.num_heads, head_dim),
-        use_bias=self.use_bias,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=self.kernel_init,
-        name=name,
+      (self.num_heads, head_dim),
+      use_bias=self.use_bias,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=self.kernel_init,
+      name=name,
     )
     q = dense('query')(inputs_q)  # [B, T, H, K]
     k = dense('key')(inputs_kv)  # [B, S, H, K]
@@ -75,16 +75,16 @@ class MultiHeadAttention(nn.Module):
       mask = causal_mask(length) if mask is None else mask & causal_mask(length)
 
     out = jax.nn.dot_product_attention(
-        q, k, v, mask=mask, implementation=self.implementation
+      q, k, v, mask=mask, implementation=self.implementation
     )  # [B, T, H, K]
     return nn.DenseGeneral(
-        self.out_features or width,
-        axis=(-2, -1),
-        use_bias=self.use_bias,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=self.kernel_init,
-        name='out',
+      self.out_features or width,
+      axis=(-2, -1),
+      use_bias=self.use_bias,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=self.kernel_init,
+      name='out',
     )(out)
 
   def _update_cache(self, k, v, mask):

@@ -23,12 +23,12 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     dense = lambda n, name: nn.Dense(  # noqa: E731
-        n,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=self.kernel_init,
-        bias_init=nn.initializers.zeros,
-        name=name,
+      n,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=self.kernel_init,
+      bias_init=nn.initializers.zeros,
+      name=name,
     )
     h = self.activation(dense(self.mlp_dim, 'fc1')(x))
     h = nn.Dropout(self.dropout_rate)(h, deterministic=not train)

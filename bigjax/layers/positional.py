@@ -33,10 +33,10 @@ class LearnedPositions(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
     table = self.param(
-        'embedding',
-        nn.initializers.normal(stddev=0.02),
-        (self.max_length, x.shape[-1]),
-        self.param_dtype,
+      'embedding',
+      nn.initializers.normal(stddev=0.02),
+      (self.max_length, x.shape[-1]),
+      self.param_dtype,
     )
     pos = jax.lax.dynamic_slice_in_dim(table, offset, x.shape[1], axis=0)  # [T, D]
     return x + pos[None].astype(x.dtype)

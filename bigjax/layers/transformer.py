@@ -20,8 +20,10 @@ from bigjax.typing import Dtype
 def _residual(block: nn.Module, name: str, x: jax.Array, f, train: bool) -> jax.Array:
   """x + dropout(f(norm(x))) for pre-LN, norm(x + dropout(f(x))) for post-LN."""
   norm = nn.LayerNorm(
-      epsilon=block.layer_norm_eps, dtype=block.dtype, param_dtype=block.param_dtype,
-      name=name,
+    epsilon=block.layer_norm_eps,
+    dtype=block.dtype,
+    param_dtype=block.param_dtype,
+    name=name,
   )
   y = f(norm(x) if block.pre_norm else x)
   y = nn.Dropout(block.dropout_rate)(y, deterministic=not train)
@@ -44,18 +46,32 @@ class EncoderBlock(nn.Module):
 
   @nn.compact
   def __call__(
-      self, x: jax.Array, *, mask: jax.Array | None = None, causal: bool = False,
-      train: bool = False, decode: bool = False,
+    self,
+    x: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    causal: bool = False,
+    train: bool = False,
+    decode: bool = False,
   ) -> jax.Array:
     attn = MultiHeadAttention(
-        self.num_heads, decode=decode, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=self.kernel_init, implementation=self.attention_impl, name='attn',
+      self.num_heads,
+      decode=decode,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=self.kernel_init,
+      implementation=self.attention_impl,
+      name='attn',
     )
     x = _residual(self, 'attn_norm', x, lambda h: attn(h, mask=mask, causal=causal), train)
     mlp = MlpBlock(
-        self.mlp_dim, activation=self.activation, dropout_rate=self.dropout_rate,
-        dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init,
-        name='mlp',
+      self.mlp_dim,
+      activation=self.activation,
+      dropout_rate=self.dropout_rate,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=self.kernel_init,
+      name='mlp',
     )
     return _residual(self, 'mlp_norm', x, lambda h: mlp(h, train=train), train)
 
@@ -79,24 +95,35 @@ class DecoderBlock(nn.Module):
 
   @nn.compact
   def __call__(
-      self, x: jax.Array, encoded: jax.Array, *, self_mask: jax.Array | None = None,
-      cross_mask: jax.Array | None = None, train: bool = False, decode: bool = False,
+    self,
+    x: jax.Array,
+    encoded: jax.Array,
+    *,
+    self_mask: jax.Array | None = None,
+    cross_mask: jax.Array | None = None,
+    train: bool = False,
+    decode: bool = False,
   ) -> jax.Array:
     mha = lambda name, dec: MultiHeadAttention(  # noqa: E731
-        self.num_heads, decode=dec, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=self.kernel_init, implementation=self.attention_impl, name=name,
+      self.num_heads,
+      decode=dec,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=self.kernel_init,
+      implementation=self.attention_impl,
+      name=name,
     )
     self_attn = mha('self_attn', decode)
-    x = _residual(
-        self, 'self_norm', x, lambda h: self_attn(h, mask=self_mask, causal=True), train
-    )
+    x = _residual(self, 'self_norm', x, lambda h: self_attn(h, mask=self_mask, causal=True), train)
     cross_attn = mha('cross_attn', False)
-    x = _residual(
-        self, 'cross_norm', x, lambda h: cross_attn(h, encoded, mask=cross_mask), train
-    )
+    x = _residual(self, 'cross_norm', x, lambda h: cross_attn(h, encoded, mask=cross_mask), train)
     mlp = MlpBlock(
-        self.mlp_dim, activation=self.activation, dropout_rate=self.dropout_rate,
-        dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init,
-        name='mlp',
+      self.mlp_dim,
+      activation=self.activation,
+      dropout_rate=self.dropout_rate,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=self.kernel_init,
+      name='mlp',
     )
     return _residual(self, 'mlp_norm', x, lambda h: mlp(h, train=train), train)

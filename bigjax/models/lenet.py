@@ -36,19 +36,25 @@ class LeNet(nn.Module):
     # smaller inputs (28x28 MNIST, 8x8 digits) are padded ('SAME') to keep their support.
     padding = 'VALID' if x.shape[1] >= 32 else 'SAME'
     for i, f in enumerate(self.features):
-      x = nn.Conv(f, (self.kernel_size, self.kernel_size), padding=padding,
-                  dtype=self.dtype, param_dtype=self.param_dtype, name=f'conv_{i}')(x)
+      x = nn.Conv(
+        f,
+        (self.kernel_size, self.kernel_size),
+        padding=padding,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=f'conv_{i}',
+      )(x)
       x = act(x)
       if x.shape[1] >= 2:
         x = nn.max_pool(x, (2, 2), strides=(2, 2))  # [B, H/2, W/2, f]
     x = x.reshape(x.shape[0], -1)  # [B, H*W*C]
     for i, h in enumerate(self.hidden):
-      x = act(nn.Dense(h, dtype=self.dtype, param_dtype=self.param_dtype,
-                       name=f'fc_{i}')(x))
+      x = act(nn.Dense(h, dtype=self.dtype, param_dtype=self.param_dtype, name=f'fc_{i}')(x))
       x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     self.sow('intermediates', 'features', x)
-    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                    name='head')(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(
+      x
+    )
 
 
 register('lenet', LeNet)

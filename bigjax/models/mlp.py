@@ -14,11 +14,11 @@ from bigjax.registry import register
 from bigjax.typing import Dtype
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    'relu': nn.relu,
-    'gelu': nn.gelu,
-    'tanh': jnp.tanh,
-    'sigmoid': nn.sigmoid,
-    'silu': nn.silu,
+  'relu': nn.relu,
+  'gelu': nn.gelu,
+  'tanh': jnp.tanh,
+  'sigmoid': nn.sigmoid,
+  'silu': nn.silu,
 }
 
 
@@ -45,13 +45,15 @@ class MLP(nn.Module):
     act = activation(self.activation)
     x = x.reshape(x.shape[0], -1).astype(self.dtype)  # [B, D_in]
     for i in range(self.depth):
-      x = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-                   name=f'hidden_{i}')(x)
+      x = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype, name=f'hidden_{i}')(
+        x
+      )
       x = act(x)
       x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     self.sow('intermediates', 'features', x)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                      name='head')(x)
+    logits = nn.Dense(
+      self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head'
+    )(x)
     chex.assert_rank(logits, 2)
     return logits
 

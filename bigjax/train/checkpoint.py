@@ -17,8 +17,8 @@ from bigjax.typing import PyTree
 
 def fingerprint(model_name: str, params: PyTree) -> dict:
   shapes = {
-      jax.tree_util.keystr(path): list(leaf.shape)
-      for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+    jax.tree_util.keystr(path): list(leaf.shape)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params)
   }
   return {'model': model_name, 'param_shapes': shapes}
 
@@ -29,43 +29,44 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int = 3, *, read_only: bool = False):
     self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
     self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not read_only, enable_async_checkpointing=True,
-            read_only=read_only,
-        ),
-        item_handlers={
-            'state': ocp.StandardCheckpointHandler(),
-            'data': grain.checkpoint.CheckpointHandler(),
-            'meta': ocp.JsonCheckpointHandler(),
-        },
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        create=not read_only,
+        enable_async_checkpointing=True,
+        read_only=read_only,
+      ),
+      item_handlers={
+        'state': ocp.StandardCheckpointHandler(),
+        'data': grain.checkpoint.CheckpointHandler(),
+        'meta': ocp.JsonCheckpointHandler(),
+      },
     )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def meta(self, step: int) -> dict:
-    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
-        'meta'
-    ]
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
   def check_compatible(self, step: int, expected: dict) -> None:
     """Raises ValueError if the checkpoint at `step` is of a different model."""
     found = self.meta(step)
     if found.get('model') != expected['model']:
       raise ValueError(
-          f'{self.directory} holds checkpoints of model {found.get("model")!r} (step {step}), '
-          f'not {expected["model"]!r}: use another --workdir (nothing was changed)'
+        f'{self.directory} holds checkpoints of model {found.get("model")!r} (step {step}), '
+        f'not {expected["model"]!r}: use another --workdir (nothing was changed)'
       )
     if found.get('param_shapes') != expected['param_shapes']:
       diff = sorted(
-          k for k in set(found['param_shapes']) | set(expected['param_shapes'])
-          if found['param_shapes'].get(k) != expected['param_shapes'].get(k)
+        k
+        for k in set(found['param_shapes']) | set(expected['param_shapes'])
+        if found['param_shapes'].get(k) != expected['param_shapes'].get(k)
       )
       raise ValueError(
-          f'{self.directory} holds a {expected["model"]!r} checkpoint with other parameter '
-          f'shapes ({", ".join(diff[:3])}...): use another --workdir or the config that '
-          f'wrote it (nothing was changed)'
+        f'{self.directory} holds a {expected["model"]!r} checkpoint with other parameter '
+        f'shapes ({", ".join(diff[:3])}...): use another --workdir or the config that '
+        f'wrote it (nothing was changed)'
       )
 
   def save(self, step: int, state: TrainState, data_iter, meta: dict) -> None:

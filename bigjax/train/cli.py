@@ -13,8 +13,8 @@ import sys
 import ml_collections
 
 USAGE = (
-    'train.py [--config configs/X.py[:arg]] [--workdir DIR] [--config.key=value ...] '
-    '[--verbose] [--distributed]'
+  'train.py [--config configs/X.py[:arg]] [--workdir DIR] [--config.key=value ...] '
+  '[--verbose] [--distributed]'
 )
 
 
@@ -57,8 +57,7 @@ def _parse_value(text: str, current, key: str):
       value = float(value)
     if not isinstance(value, type(current)) or isinstance(value, bool):
       raise UsageError(
-          f'--config.{key} expects {type(current).__name__}, got {text!r} '
-          f'(current value {current!r})'
+        f'--config.{key} expects {type(current).__name__}, got {text!r} (current value {current!r})'
       )
     return value
   if isinstance(current, (tuple, list)):
@@ -82,8 +81,11 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
       prefix = '.'.join(parts[:i])
       candidates = [f'{prefix}.{k}' if prefix else k for k in keys]
       close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
-      hint = f'did you mean --config.{close[0]}?' if close else (
-          f'known keys here: {", ".join(sorted(candidates))}')
+      hint = (
+        f'did you mean --config.{close[0]}?'
+        if close
+        else (f'known keys here: {", ".join(sorted(candidates))}')
+      )
       raise UsageError(f'unknown config key --config.{key}: {hint}')
     if i < len(parts) - 1:
       node = node[part]
@@ -104,8 +106,9 @@ def parse_args(argv: list[str], default_config: str | None):
   parser.add_argument('--config', default=default_config, help='configs/X.py[:arg]')
   parser.add_argument('--workdir', default=None, help='default: runs/<config name>/')
   parser.add_argument('--verbose', action='store_true', help='show tracebacks')
-  parser.add_argument('--distributed', action='store_true',
-                      help='call jax.distributed.initialize() (multi-host runs)')
+  parser.add_argument(
+    '--distributed', action='store_true', help='call jax.distributed.initialize() (multi-host runs)'
+  )
   args, rest = parser.parse_known_args(argv)
   overrides = []
   i = 0
@@ -114,9 +117,9 @@ def parse_args(argv: list[str], default_config: str | None):
     if not item.startswith('--config.'):
       raise UsageError(f'unknown argument {item!r}; usage: {USAGE}')
     if '=' in item:
-      key, value = item[len('--config.'):].split('=', 1)
+      key, value = item[len('--config.') :].split('=', 1)
     elif i + 1 < len(rest):
-      key, value = item[len('--config.'):], rest[i + 1]
+      key, value = item[len('--config.') :], rest[i + 1]
       i += 1
     else:
       raise UsageError(f'{item} needs a value: {item}=VALUE')

@@ -50,8 +50,8 @@ def check_workdir(workdir: str) -> None:
       pass
   except OSError as e:
     raise PermissionError(
-        f'workdir {workdir!r} is not writable ({e.strerror}): pass --workdir DIR with a '
-        f'folder you can write'
+      f'workdir {workdir!r} is not writable ({e.strerror}): pass --workdir DIR with a '
+      f'folder you can write'
     ) from None
 
 
@@ -98,7 +98,7 @@ def evaluate(eval_step, state, data: Data, config, mesh) -> dict[str, float]:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, tty: bool | None = None
+  config: ml_collections.ConfigDict, workdir: str, *, tty: bool | None = None
 ) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns final eval."""
   workdir = os.path.abspath(workdir)
@@ -136,22 +136,26 @@ def train_and_evaluate(
     state = checkpointer.restore(latest, abstract, train_iter)
     reporter.log(f'resuming from the checkpoint at step {latest} in {checkpointer.directory}')
   else:
-    init = jax.jit(lambda rng: init_state(model, tx, rng, inputs),
-                   out_shardings=sharding.replicated(mesh))
+    init = jax.jit(
+      lambda rng: init_state(model, tx, rng, inputs), out_shardings=sharding.replicated(mesh)
+    )
     state = init(init_rng)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   reporter.log(
-      f'{config.model.name} ({n_params:,} parameters) on {data.config.name} '
-      f'[{data.task}], {jax.device_count()} device(s), workdir {workdir}'
+    f'{config.model.name} ({n_params:,} parameters) on {data.config.name} '
+    f'[{data.task}], {jax.device_count()} device(s), workdir {workdir}'
   )
 
   repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   train_step = jax.jit(
-      make_train_step(model, task, config, schedule, tx),
-      in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl), donate_argnums=0,
+    make_train_step(model, task, config, schedule, tx),
+    in_shardings=(repl, batch_sh, repl),
+    out_shardings=(repl, repl),
+    donate_argnums=0,
   )
-  eval_step = jax.jit(make_eval_step(model, task), in_shardings=(repl, batch_sh),
-                      out_shardings=repl)
+  eval_step = jax.jit(
+    make_eval_step(model, task), in_shardings=(repl, batch_sh), out_shardings=repl
+  )
 
   step = int(state.step)
   saved_step = latest
@@ -182,8 +186,8 @@ def train_and_evaluate(
         checkpointer.save(step, state, train_iter, meta)
       checkpointer.wait()
       reporter.log(
-          f'{stop.received}: stopped at step {step}; checkpoint saved in '
-          f'{checkpointer.directory}; run the same command again to resume'
+        f'{stop.received}: stopped at step {step}; checkpoint saved in '
+        f'{checkpointer.directory}; run the same command again to resume'
       )
     else:
       final = evaluate(eval_step, state, data, config, mesh)

@@ -12,7 +12,7 @@ SCHEDULES = ('constant', 'cosine', 'linear', 'rsqrt')
 
 
 def make_schedule(
-    schedule: ml_collections.ConfigDict, lr: float, total_steps: int
+  schedule: ml_collections.ConfigDict, lr: float, total_steps: int
 ) -> optax.Schedule:
   """Linear warmup to `lr`, then constant / cosine / linear decay / inverse square root.
 
@@ -50,7 +50,7 @@ def decay_mask(params: PyTree) -> PyTree:
 
 
 def make_optimizer(
-    optim: ml_collections.ConfigDict, schedule: optax.Schedule
+  optim: ml_collections.ConfigDict, schedule: optax.Schedule
 ) -> optax.GradientTransformation:
   """clip -> optimiser (with masked weight decay) -> optional gradient accumulation."""
   name = optim.name
@@ -61,21 +61,34 @@ def make_optimizer(
     momentum = None if name == 'sgd' else optim.get('momentum', 0.9)
     # Coupled L2 decay as in the ResNet recipe: added to the gradient before momentum.
     core = optax.chain(
-        optax.add_decayed_weights(wd, mask=decay_mask) if wd else optax.identity(),
-        optax.sgd(schedule, momentum=momentum, nesterov=name == 'nesterov'),
+      optax.add_decayed_weights(wd, mask=decay_mask) if wd else optax.identity(),
+      optax.sgd(schedule, momentum=momentum, nesterov=name == 'nesterov'),
     )
   elif name == 'adam':
     core = optax.chain(
-        optax.add_decayed_weights(wd, mask=decay_mask) if wd else optax.identity(),
-        optax.adam(schedule, b1=optim.get('b1', 0.9), b2=optim.get('b2', 0.999),
-                   eps=optim.get('eps', 1e-8)),
+      optax.add_decayed_weights(wd, mask=decay_mask) if wd else optax.identity(),
+      optax.adam(
+        schedule, b1=optim.get('b1', 0.9), b2=optim.get('b2', 0.999), eps=optim.get('eps', 1e-8)
+      ),
     )
   elif name == 'adamw':
-    core = optax.adamw(schedule, b1=optim.get('b1', 0.9), b2=optim.get('b2', 0.999),
-                       eps=optim.get('eps', 1e-8), weight_decay=wd, mask=decay_mask)
+    core = optax.adamw(
+      schedule,
+      b1=optim.get('b1', 0.9),
+      b2=optim.get('b2', 0.999),
+      eps=optim.get('eps', 1e-8),
+      weight_decay=wd,
+      mask=decay_mask,
+    )
   else:
-    core = optax.lamb(schedule, b1=optim.get('b1', 0.9), b2=optim.get('b2', 0.999),
-                      eps=optim.get('eps', 1e-6), weight_decay=wd, mask=decay_mask)
+    core = optax.lamb(
+      schedule,
+      b1=optim.get('b1', 0.9),
+      b2=optim.get('b2', 0.999),
+      eps=optim.get('eps', 1e-6),
+      weight_decay=wd,
+      mask=decay_mask,
+    )
   clip = optim.get('clip_norm', 0.0)
   tx = optax.chain(optax.clip_by_global_norm(clip), core) if clip else core
   accum = int(optim.get('grad_accum_steps', 1))

@@ -27,8 +27,7 @@ class Reporter:
 
     self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
     if self.tty:
-      self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit='step',
-                            dynamic_ncols=True)
+      self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit='step', dynamic_ncols=True)
 
   def log(self, msg: str) -> None:
     if not self.enabled:
@@ -81,8 +80,9 @@ def plot_curves(workdir: str) -> str:
   import matplotlib.pyplot as plt
 
   rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
-  keys = [k for k in ('loss', 'accuracy', 'bits_per_byte', 'exact_match')
-          if any(k in r for r in rows)]
+  keys = [
+    k for k in ('loss', 'accuracy', 'bits_per_byte', 'exact_match') if any(k in r for r in rows)
+  ]
   fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
   for ax, key in zip(axes[0], keys):
     for split in ('train', 'eval'):

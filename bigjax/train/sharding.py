@@ -21,9 +21,9 @@ def make_mesh(mesh: ml_collections.ConfigDict, devices=None) -> Mesh:
     data = devices.size // (fsdp * tensor)
   if data * fsdp * tensor != devices.size:
     raise ValueError(
-        f'mesh data={data} x fsdp={fsdp} x tensor={tensor} does not cover the '
-        f'{devices.size} devices: set --config.mesh.data=-1 or sizes whose product is '
-        f'{devices.size}'
+      f'mesh data={data} x fsdp={fsdp} x tensor={tensor} does not cover the '
+      f'{devices.size} devices: set --config.mesh.data=-1 or sizes whose product is '
+      f'{devices.size}'
     )
   return Mesh(devices.reshape(data, fsdp, tensor), AXES)
 
@@ -44,8 +44,8 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = 'train.batch_size'
   shards = batch_shards(mesh) * 1
   if batch_size % shards or batch_size % jax.process_count():
     raise ValueError(
-        f'{what}={batch_size} does not divide over {shards} devices: use a multiple of '
-        f'{shards}, e.g. --config.{what}={max(shards, batch_size // shards * shards)}'
+      f'{what}={batch_size} does not divide over {shards} devices: use a multiple of '
+      f'{shards}, e.g. --config.{what}={max(shards, batch_size // shards * shards)}'
     )
 
 
@@ -53,5 +53,5 @@ def global_batch(local: Batch, mesh: Mesh) -> PyTree:
   """Host-local numpy batch -> global jax.Arrays sharded along the batch axis."""
   sharding = batch_sharding(mesh)
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local
   )

@@ -30,13 +30,15 @@ _TRANSIENT = ('intermediates', 'cache')
 
 
 def init_state(
-    model: nn.Module, tx: optax.GradientTransformation, rng: PRNGKey, inputs: tuple
+  model: nn.Module, tx: optax.GradientTransformation, rng: PRNGKey, inputs: tuple
 ) -> TrainState:
   """Initialises parameters from example inputs (shapes only matter)."""
   variables = model.init({'params': rng, 'dropout': rng}, *inputs, train=False)
   params = variables['params']
   model_state = {k: v for k, v in variables.items() if k != 'params' and k not in _TRANSIENT}
   return TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-      model_state=model_state,
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=tx.init(params),
+    model_state=model_state,
   )

@@ -12,11 +12,11 @@ from bigjax.typing import Batch, PRNGKey
 
 
 def make_train_step(
-    model: nn.Module,
-    task: Task,
-    config: ml_collections.ConfigDict,
-    schedule: optax.Schedule,
-    tx: optax.GradientTransformation,
+  model: nn.Module,
+  task: Task,
+  config: ml_collections.ConfigDict,
+  schedule: optax.Schedule,
+  tx: optax.GradientTransformation,
 ):
   """Returns train_step(state, batch, rng) -> (state, metrics); jit it once."""
   accum = int(config.optim.get('grad_accum_steps', 1))
@@ -29,17 +29,18 @@ def make_train_step(
 
     def loss_fn(params):
       out = model.apply(
-          {'params': params, **state.model_state}, *task.inputs(batch), train=True,
-          rngs={'dropout': dropout_rng}, mutable=mutable or False,
+        {'params': params, **state.model_state},
+        *task.inputs(batch),
+        train=True,
+        rngs={'dropout': dropout_rng},
+        mutable=mutable or False,
       )
       outputs, new_model_state = out if mutable else (out, {})
       per_example, weight = task.loss(outputs, batch, config)
       loss = jnp.sum(per_example * weight) / jnp.maximum(jnp.sum(weight), 1e-8)
       return loss, (outputs, new_model_state)
 
-    (_, (outputs, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params
-    )
+    (_, (outputs, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = task.metrics(jax.tree.map(lambda x: x.astype(jnp.float32), outputs), batch)
@@ -47,8 +48,10 @@ def make_train_step(
     metrics['grad_norm'] = (optax.global_norm(grads), one)
     metrics['learning_rate'] = (schedule(state.step // accum), one)
     new_state = state.replace(
-        step=state.step + 1, params=params, opt_state=opt_state,
-        model_state={**state.model_state, **new_model_state},
+      step=state.step + 1,
+      params=params,
+      opt_state=opt_state,
+      model_state={**state.model_state, **new_model_state},
     )
     return new_state, metrics
 

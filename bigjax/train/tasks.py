@@ -28,7 +28,7 @@ class Task:
   metrics: Callable[[Any, Batch], Metrics]
   # (batch, rng, config) -> batch, applied in the train step only (e.g. mixup)
   augment: Callable[[Batch, PRNGKey, ml_collections.ConfigDict], Batch] = (
-      lambda batch, rng, config: batch
+    lambda batch, rng, config: batch
   )
 
 
@@ -48,7 +48,7 @@ def _cls_loss(outputs, batch, config):
   mask = _example_mask(batch, batch['label'].shape[0])
   smoothing = config.train.get('label_smoothing', 0.0)
   ce = lambda logits: losses.softmax_cross_entropy(  # noqa: E731
-      logits, batch['label'], label_smoothing=smoothing, where=mask
+    logits, batch['label'], label_smoothing=smoothing, where=mask
   )
   if isinstance(outputs, tuple):  # auxiliary classifier (Inception v3)
     logits, aux = outputs
@@ -77,9 +77,7 @@ def _cls_augment(batch, rng, config):
 
   num_classes = config.model.get('num_classes', 1000)
   onehot = jax.nn.one_hot(batch['label'], num_classes)
-  images, labels = mixup_cutmix(
-      batch['image'], onehot, rng, mixup_alpha=mixup, cutmix_alpha=cutmix
-  )
+  images, labels = mixup_cutmix(batch['image'], onehot, rng, mixup_alpha=mixup, cutmix_alpha=cutmix)
   return {**batch, 'image': images, 'label': labels}
 
 
@@ -97,7 +95,7 @@ def _lm_loss(outputs, batch, config):
   targets = batch['targets']
   w = _token_weights(batch, targets)
   per_token = losses.softmax_cross_entropy(
-      outputs, targets, label_smoothing=config.train.get('label_smoothing', 0.0), where=w
+    outputs, targets, label_smoothing=config.train.get('label_smoothing', 0.0), where=w
   )  # [B, T]
   return per_token.sum(-1) / jnp.maximum(w.sum(-1), 1), w.any(-1).astype(jnp.float32)
 
@@ -107,9 +105,9 @@ def _token_metrics(logits, targets, w):
   loss = losses.softmax_cross_entropy(logits, targets, where=w)
   correct = (jnp.argmax(logits, -1) == targets) & w
   return {
-      'loss': (loss.sum(), count),
-      'accuracy': (correct.sum(), count),
-      'bits_per_token': (loss.sum() / math.log(2), count),
+    'loss': (loss.sum(), count),
+    'accuracy': (correct.sum(), count),
+    'bits_per_token': (loss.sum() / math.log(2), count),
   }
 
 
@@ -133,8 +131,10 @@ def _s2s_weights(batch):
 def _s2s_loss(outputs, batch, config):
   w = _s2s_weights(batch)
   per_token = losses.softmax_cross_entropy(
-      outputs, batch['tgt_out'], label_smoothing=config.train.get('label_smoothing', 0.0),
-      where=w,
+    outputs,
+    batch['tgt_out'],
+    label_smoothing=config.train.get('label_smoothing', 0.0),
+    where=w,
   )  # [B, T]
   # Token-level average, as in the Transformer paper: weight each sequence by its length.
   return per_token.sum(-1) / jnp.maximum(w.sum(-1), 1), w.sum(-1).astype(jnp.float32)
@@ -152,11 +152,11 @@ def _s2s_metrics(outputs, batch):
 
 
 TASKS = {
-    'classification': Task(
-        'classification', lambda b: (b['image'],), _cls_loss, _cls_metrics, _cls_augment
-    ),
-    'lm': Task('lm', lambda b: (b['inputs'],), _lm_loss, _lm_metrics),
-    'seq2seq': Task('seq2seq', lambda b: (b['src'], b['tgt_in']), _s2s_loss, _s2s_metrics),
+  'classification': Task(
+    'classification', lambda b: (b['image'],), _cls_loss, _cls_metrics, _cls_augment
+  ),
+  'lm': Task('lm', lambda b: (b['inputs'],), _lm_loss, _lm_metrics),
+  'seq2seq': Task('seq2seq', lambda b: (b['src'], b['tgt_in']), _s2s_loss, _s2s_metrics),
 }
 
 

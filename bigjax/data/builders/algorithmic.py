@@ -43,13 +43,20 @@ def _config(task: str, **kw) -> AlgorithmicConfig:
   return AlgorithmicConfig(name=task, task=task, description=f'{task}, {kw}', **kw)
 
 
-def custom_config(task: str, min_length: int, max_length: int, num_train: int, num_test: int,
-                  seed: int = 0) -> AlgorithmicConfig:
+def custom_config(
+  task: str, min_length: int, max_length: int, num_train: int, num_test: int, seed: int = 0
+) -> AlgorithmicConfig:
   """A config for other lengths or sizes, with a name that encodes them (its own folder)."""
   name = f'{task}_len{min_length}to{max_length}_n{num_train}x{num_test}_seed{seed}'
-  return AlgorithmicConfig(name=name, task=task, min_length=min_length,
-                           max_length=max_length, num_train=num_train, num_test=num_test,
-                           seed=seed)
+  return AlgorithmicConfig(
+    name=name,
+    task=task,
+    min_length=min_length,
+    max_length=max_length,
+    num_train=num_train,
+    num_test=num_test,
+    seed=seed,
+  )
 
 
 def digits_to_ids(number: int) -> list[int]:
@@ -74,8 +81,9 @@ def _number(rng: np.random.Generator, num_digits: int) -> int:
   return int(rng.integers(low, 10**num_digits))
 
 
-def sample_problem(config: AlgorithmicConfig, rng: np.random.Generator,
-                   test: bool) -> tuple[list[int], list[int]]:
+def sample_problem(
+  config: AlgorithmicConfig, rng: np.random.Generator, test: bool
+) -> tuple[list[int], list[int]]:
   """One (src, tgt) pair of token ids, before the split rule is applied."""
   lo, hi = config.min_length, config.max_length
   if config.task == 'addition':
@@ -94,7 +102,7 @@ def generate_split(config: AlgorithmicConfig, split: str) -> list[tuple[list[int
     raise ValueError(f'unknown algorithmic task {config.task!r}; choose one of {TASKS}')
   if not 1 <= config.min_length <= config.max_length:
     raise ValueError(
-        f'need 1 <= min_length <= max_length, got {config.min_length}, {config.max_length}'
+      f'need 1 <= min_length <= max_length, got {config.min_length}, {config.max_length}'
     )
   test = split == 'test'
   wanted = config.num_test if test else config.num_train
@@ -111,9 +119,9 @@ def generate_split(config: AlgorithmicConfig, split: str) -> list[tuple[list[int
       seen.add(key)
       problems.append((src, tgt))
   raise ValueError(
-      f'could not draw {wanted} distinct {split} problems for {config.name!r}: lengths '
-      f'{config.min_length}..{config.max_length} allow too few; raise max_length or lower '
-      f'num_{split}'
+    f'could not draw {wanted} distinct {split} problems for {config.name!r}: lengths '
+    f'{config.min_length}..{config.max_length} allow too few; raise max_length or lower '
+    f'num_{split}'
   )
 
 
@@ -123,22 +131,22 @@ class Algorithmic(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Hash-held-out test split, seed 0.'}
   BUILDER_CONFIGS = [
-      _config('copy'),
-      _config('reverse'),
-      _config('sort'),
-      _config('addition', max_length=8, num_train=50_000, num_test=1_000),
+    _config('copy'),
+    _config('reverse'),
+    _config('sort'),
+    _config('addition', max_length=8, num_train=50_000, num_test=1_000),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        description=(
-            'Algorithmic seq2seq tasks. Ids: 0 pad, 1 BOS, 2 EOS, 3..12 digits, 13 "+".'
-        ),
-        features=tfds.features.FeaturesDict({
-            'src': tfds.features.Tensor(shape=(None,), dtype=np.int32),
-            'tgt': tfds.features.Tensor(shape=(None,), dtype=np.int32),
-        }),
-        supervised_keys=('src', 'tgt'),
+      description=('Algorithmic seq2seq tasks. Ids: 0 pad, 1 BOS, 2 EOS, 3..12 digits, 13 "+".'),
+      features=tfds.features.FeaturesDict(
+        {
+          'src': tfds.features.Tensor(shape=(None,), dtype=np.int32),
+          'tgt': tfds.features.Tensor(shape=(None,), dtype=np.int32),
+        }
+      ),
+      supervised_keys=('src', 'tgt'),
     )
 
   def _split_generators(self, dl_manager):

@@ -21,12 +21,14 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        description='scikit-learn load_digits: 8x8 grey images scaled to 0..255.',
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
-            'label': tfds.features.ClassLabel(num_classes=10),
-        }),
-        supervised_keys=('image', 'label'),
+      description='scikit-learn load_digits: 8x8 grey images scaled to 0..255.',
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
+          'label': tfds.features.ClassLabel(num_classes=10),
+        }
+      ),
+      supervised_keys=('image', 'label'),
     )
 
   def _split_generators(self, dl_manager):
@@ -39,8 +41,8 @@ class Digits(tfds.core.GeneratorBasedBuilder):
     n_test = int(round(len(images) * TEST_FRACTION))
     parts = {'test': order[:n_test], 'train': np.sort(order[n_test:])}
     return {
-        split: self._generate_examples(images[idx], data.target[idx], idx)
-        for split, idx in parts.items()
+      split: self._generate_examples(images[idx], data.target[idx], idx)
+      for split, idx in parts.items()
     }
 
   def _generate_examples(self, images, labels, ids):

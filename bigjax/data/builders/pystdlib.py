@@ -40,11 +40,13 @@ class Pystdlib(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        description='Python standard library sources, byte level.',
-        features=tfds.features.FeaturesDict({
-            'path': tfds.features.Text(),
-            'bytes': tfds.features.Tensor(shape=(None,), dtype=np.uint8),
-        }),
+      description='Python standard library sources, byte level.',
+      features=tfds.features.FeaturesDict(
+        {
+          'path': tfds.features.Text(),
+          'bytes': tfds.features.Tensor(shape=(None,), dtype=np.uint8),
+        }
+      ),
     )
 
   def _split_generators(self, dl_manager):
@@ -52,8 +54,8 @@ class Pystdlib(tfds.core.GeneratorBasedBuilder):
     root = sysconfig.get_paths()['stdlib']
     files = stdlib_files(root)
     return {
-        'train': self._generate_examples(root, [f for f in files if not is_validation(f)]),
-        'validation': self._generate_examples(root, [f for f in files if is_validation(f)]),
+      'train': self._generate_examples(root, [f for f in files if not is_validation(f)]),
+      'validation': self._generate_examples(root, [f for f in files if is_validation(f)]),
     }
 
   def _generate_examples(self, root, files):

@@ -1,0 +1,120 @@
+"""The encoder-decoder stacks against torch.nn.Transformer with the same weights (fp32)."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch', reason='parity tests need torch (the parity extra)')
+
+import jax.numpy as jnp  # noqa: E402
+
+from bigjax.models.transformer import Transformer  # noqa: E402
+
+pytestmark = pytest.mark.parity
+
+B, S, T, D, H, F, N = 3, 7, 6, 32, 4, 64, 2
+
+
+def _attention(sd, prefix):
+  """torch MultiheadAttention (packed in_proj [3D, D], out_proj [D, D]) -> bigjax params."""
+  w = sd[f'{prefix}.in_proj_weight']  # [3D, D], rows q | k | v
+  b = sd[f'{prefix}.in_proj_bias']
+  k = D // H
+  params = {}
+  for i, name in enumerate(('query', 'key', 'value')):
+    params[name] = {
+        'kernel': w[i * D : (i + 1) * D].T.reshape(D, H, k),  # [D, H, K]
+        'bias': b[i * D : (i + 1) * D].reshape(H, k),
+    }
+  params['out'] = {
+      'kernel': sd[f'{prefix}.out_proj.weight'].T.reshape(H, k, D),  # [H, K, D]
+      'bias': sd[f'{prefix}.out_proj.bias'],
+  }
+  return params
+
+
+def _dense(sd, prefix):
+  return {'kernel': sd[f'{prefix}.weight'].T, 'bias': sd[f'{prefix}.bias']}
+
+
+def _norm(sd, prefix):
+  return {'scale': sd[f'{prefix}.weight'], 'bias': sd[f'{prefix}.bias']}
+
+
+def params_from_torch(sd: dict) -> dict:
+  """A torch.nn.Transformer state dict (numpy) -> the bigjax `encoder` and `decoder` params.
+
+  torch names its post-LN norms by position: encoder norm1 (attention), norm2 (MLP);
+  decoder norm1 (self-attention), norm2 (cross-attention), norm3 (MLP).
+  """
+  encoder, decoder = {}, {}
+  for i in range(N):
+    p = f'encoder.layers.{i}'
+    encoder[f'block_{i}'] = {
+        'attn': _attention(sd, f'{p}.self_attn'),
+        'attn_norm': _norm(sd, f'{p}.norm1'),
+        'mlp': {'fc1': _dense(sd, f'{p}.linear1'), 'fc2': _dense(sd, f'{p}.linear2')},
+        'mlp_norm': _norm(sd, f'{p}.norm2'),
+    }
+    p = f'decoder.layers.{i}'
+    decoder[f'block_{i}'] = {
+        'self_attn': _attention(sd, f'{p}.self_attn'),
+        'self_norm': _norm(sd, f'{p}.norm1'),
+        'cross_attn': _attention(sd, f'{p}.multihead_attn'),
+        'cross_norm': _norm(sd, f'{p}.norm2'),
+        'mlp': {'fc1': _dense(sd, f'{p}.linear1'), 'fc2': _dense(sd, f'{p}.linear2')},
+        'mlp_norm': _norm(sd, f'{p}.norm3'),
+    }
+  encoder['norm'] = _norm(sd, 'encoder.norm')
+  decoder['norm'] = _norm(sd, 'decoder.norm')
+  return {'encoder': encoder, 'decoder': decoder}
+
+
+def test_matches_torch_transformer():
+  torch.manual_seed(0)
+  ref = torch.nn.Transformer(
+      d_model=D, nhead=H, num_encoder_layers=N, num_decoder_layers=N, dim_feedforward=F,
+      dropout=0.0, batch_first=True,
+  ).eval()
+  # torch initialises LayerNorm to (1, 0); random affine parameters make the copy count.
+  with torch.no_grad():
+    for name, p in ref.named_parameters():
+      if 'norm' in name:
+        p.add_(0.3 * torch.randn_like(p))
+  sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+
+  rng = np.random.default_rng(0)
+  src = rng.normal(size=(B, S, D)).astype(np.float32)
+  tgt = rng.normal(size=(B, T, D)).astype(np.float32)
+  src_valid = np.arange(S)[None] < np.array([[S], [4], [2]])  # [B, S]
+  tgt_valid = np.arange(T)[None] < np.array([[T], [T], [3]])  # [B, T]
+  with torch.no_grad():
+    want = ref(
+        torch.from_numpy(src), torch.from_numpy(tgt),
+        tgt_mask=torch.triu(torch.ones(T, T, dtype=torch.bool), 1), tgt_is_causal=True,
+        src_key_padding_mask=torch.from_numpy(~src_valid),
+        tgt_key_padding_mask=torch.from_numpy(~tgt_valid),
+        memory_key_padding_mask=torch.from_numpy(~src_valid),
+    ).numpy()
+    memory = ref.encoder(torch.from_numpy(src),
+                         src_key_padding_mask=torch.from_numpy(~src_valid)).numpy()
+
+  model = Transformer(
+      vocab_size=16, hidden_size=D, num_heads=H, mlp_dim=F, num_encoder_layers=N,
+      num_decoder_layers=N, dropout_rate=0.0, pre_norm=False, final_norm=True,
+      layer_norm_eps=1e-5, activation='relu',
+  )
+  params = params_from_torch(sd)
+
+  def stacks(module, src, src_valid, tgt, tgt_valid):
+    encoded = module.encoder(src, src_valid)
+    return encoded, module.decoder(tgt, encoded, src_valid, tgt_valid)
+
+  encoded, got = model.apply(
+      {'params': params}, jnp.asarray(src), jnp.asarray(src_valid), jnp.asarray(tgt),
+      jnp.asarray(tgt_valid), method=stacks,
+  )
+  # torch zeroes padded encoder positions (nested tensors); only valid ones are compared.
+  np.testing.assert_allclose(np.asarray(encoded)[src_valid], memory[src_valid], atol=1e-4)
+  diff = np.abs(np.asarray(got) - want).max()
+  print(f'max |bigjax - torch| decoder output: {diff:.2e}')
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=0)
