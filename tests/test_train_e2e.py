@@ -276,3 +276,32 @@ def test_checkpoint_of_another_model_is_refused_and_kept(capsys, tmp_path, data_
     'other parameter shapes',
   )
   assert snapshot() == before
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_global_batch(tmp_path, data_dir):
+  """Two CPU processes (2 devices each) join one mesh through jax.distributed (gloo)."""
+  import socket
+
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  workdir = str(tmp_path / 'run')
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable, TRAIN, '--config', _config('mlp_digits.py') + ':test',
+        '--workdir', workdir, f'--config.data.data_dir={data_dir}', '--distributed',
+        f'--coordinator_address=localhost:{port}', '--num_processes=2', f'--process_id={i}',
+      ],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    for i in range(2)
+  ]  # fmt: skip
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  assert '4 device(s)' in outs[0] and 'final eval at step 6' in outs[0]
+  assert 'final eval' not in outs[1]  # only process 0 reports
+  data_state = os.listdir(os.path.join(workdir, 'checkpoints', '6', 'data'))
+  assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(data_state)

@@ -59,7 +59,7 @@ def _pad(ids: list[int] | np.ndarray, length: int, what: str) -> np.ndarray:
 
 
 class Seq2SeqExample(grain.transforms.Map):
-  """{'src', 'tgt'} ids -> {'src': src+EOS, 'tgt_in': BOS+tgt, 'tgt_out': tgt+EOS}, padded."""
+  """{'src', 'tgt'} ids -> {'src': src+EOS, 'tgt_in': BOS+tgt(+EOS), 'tgt_out': tgt+EOS}, padded."""
 
   def __init__(self, max_len: int):
     self.max_len = max_len
@@ -67,10 +67,11 @@ class Seq2SeqExample(grain.transforms.Map):
   def map(self, record):
     src = np.asarray(record['src'], np.int32)
     tgt = np.asarray(record['tgt'], np.int32)
+    tgt_out = _pad(np.append(tgt, EOS), self.max_len, 'target')
     return {
         'src': _pad(np.append(src, EOS), self.max_len, 'source'),
-        'tgt_in': _pad(np.insert(tgt, 0, BOS), self.max_len, 'target'),
-        'tgt_out': _pad(np.append(tgt, EOS), self.max_len, 'target'),
+        'tgt_in': np.insert(tgt_out[:-1], 0, BOS),  # teacher forcing: BOS + tgt_out[:-1]
+        'tgt_out': tgt_out,
     }
 
 

@@ -14,7 +14,7 @@ import ml_collections
 
 USAGE = (
   'train.py [--config configs/X.py[:arg]] [--workdir DIR] [--config.key=value ...] '
-  '[--verbose] [--distributed]'
+  '[--verbose] [--distributed [--coordinator_address H:P --num_processes N --process_id I]]'
 )
 
 
@@ -107,8 +107,14 @@ def parse_args(argv: list[str], default_config: str | None):
   parser.add_argument('--workdir', default=None, help='default: runs/<config name>/')
   parser.add_argument('--verbose', action='store_true', help='show tracebacks')
   parser.add_argument(
-    '--distributed', action='store_true', help='call jax.distributed.initialize() (multi-host runs)'
+    '--distributed',
+    action='store_true',
+    help='call jax.distributed.initialize() (multi-host runs); on SLURM, Open MPI and '
+    'cloud TPU the next three flags are detected',
   )
+  parser.add_argument('--coordinator_address', default=None, help='host:port of process 0')
+  parser.add_argument('--num_processes', type=int, default=None)
+  parser.add_argument('--process_id', type=int, default=None)
   args, rest = parser.parse_known_args(argv)
   overrides = []
   i = 0
@@ -143,7 +149,11 @@ def main(argv: list[str] | None = None, *, default_config: str | None = None) ->
     if args.distributed:
       import jax
 
-      jax.distributed.initialize()
+      jax.distributed.initialize(
+        coordinator_address=args.coordinator_address,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
+      )
     from bigjax.train.loop import train_and_evaluate
 
     workdir = args.workdir or os.path.join('runs', name)

@@ -1,0 +1,42 @@
+"""ImageNet-1k (ILSVRC 2012) from TFDS `imagenet2012`, read without TensorFlow.
+
+TFDS stores the images as JPEG bytes; `tfds.data_source` decodes them with Pillow
+(`tfds.features.Image.decode_example_np`, OpenCV if installed), so the pipeline needs
+no TensorFlow. Records are {'image': uint8 [H, W, 3] of any size, 'label': int64,
+'file_name'}; `bigjax.data.images.image_transforms` crops them to `data.image_size`
+(`data.augment='inception'`: random-resized crops in training, resize + centre crop at
+evaluation). The evaluation split is 'validation' (50,000 images).
+"""
+
+import os
+
+import ml_collections
+import tensorflow_datasets as tfds
+
+from bigjax.data import images
+from bigjax.data.datasets import DatasetSpec, register_dataset
+
+NAME = 'imagenet2012'
+
+
+def open_split(split: str, data_dir: str | None, data: ml_collections.ConfigDict):
+  """A random-access source over a prepared `imagenet2012` split."""
+  del data
+  try:
+    return tfds.data_source(NAME, split=split, data_dir=data_dir, download=False)
+  except (AssertionError, FileNotFoundError, NotImplementedError,
+          tfds.core.registered.DatasetNotFoundError) as e:
+    where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
+    raise FileNotFoundError(
+        f'{NAME} is not prepared in {where}. ImageNet cannot be downloaded automatically: '
+        f'put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in '
+        f'{where}/downloads/manual/, run `tfds build {NAME} --data_dir={where} '
+        f'--file_format=array_record` (or copy a prepared copy there), then pass '
+        f'--config.data.data_dir={where} ({type(e).__name__})'
+    ) from None
+
+
+register_dataset(
+    NAME, DatasetSpec('classification', open_split, images.image_transforms,
+                      train_split='train', eval_split='validation')
+)
