@@ -1,0 +1,114 @@
+"""Train-step throughput of bigjax against the PyTorch peer, side by side, same run.
+
+  .venv/bin/python bench/train_step_cpu.py [--steps 200] [--models mlp,lenet]
+
+Same architecture, batch, optimiser (Adam) and float32 on both sides; reports median
+milliseconds per step over `steps` after warm-up (compilation excluded for JAX).
+Not a test: numbers go to bench/RESULTS.md with the date and machine.
+"""
+
+import argparse
+import statistics
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+import bigjax
+from bigjax.train import optim
+from bigjax.train.state import init_state
+from bigjax.train.step import make_train_step
+from bigjax.train.tasks import get_task
+
+CASES = {
+  # name: (model overrides, image shape, batch)
+  'mlp': ({'depth': 2, 'width': 256}, (8, 8, 1), 128),
+  'lenet': ({}, (28, 28, 1), 128),
+}
+
+
+def bench_jax(name, steps):
+  kw, shape, batch = CASES[name]
+  model = bigjax.create_model(name, **kw)
+  config = ml_collections.ConfigDict({'train': {'label_smoothing': 0.0}, 'data': {},
+                                      'optim': {'grad_accum_steps': 1}, 'model': {}})
+  schedule = optax.constant_schedule(1e-3)
+  tx = optim.make_optimizer(ml_collections.ConfigDict({'name': 'adam'}), schedule)
+  rng = np.random.default_rng(0)
+  data = {'image': rng.normal(size=(batch, *shape)).astype(np.float32),
+          'label': rng.integers(0, 10, batch).astype(np.int32)}
+  state = init_state(model, tx, jax.random.key(0), (data['image'][:1],))
+  step = jax.jit(make_train_step(model, get_task('classification'), config, schedule, tx),
+                 donate_argnums=0)
+  data = jax.device_put(data)
+  key = jax.random.key(1)
+  for _ in range(10):
+    state, m = step(state, data, key)
+  jax.block_until_ready(m)
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    state, m = step(state, data, key)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t)
+  return statistics.median(times) * 1e3
+
+
+def bench_torch(name, steps):
+  import torch
+  from torch import nn
+
+  kw, shape, batch = CASES[name]
+  if name == 'mlp':
+    d = int(np.prod(shape))
+    net = nn.Sequential(nn.Flatten(), nn.Linear(d, 256), nn.ReLU(), nn.Linear(256, 256),
+                        nn.ReLU(), nn.Linear(256, 10))
+  else:  # LeNet-5 with 'SAME' padding at 28x28, as bigjax's lenet
+    net = nn.Sequential(
+      nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+      nn.Conv2d(6, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+      nn.Linear(16 * 7 * 7, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
+    )  # fmt: skip
+  opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+  rng = np.random.default_rng(0)
+  x = torch.tensor(rng.normal(size=(batch, shape[2], shape[0], shape[1])).astype(np.float32))
+  y = torch.tensor(rng.integers(0, 10, batch))
+  loss_fn = nn.CrossEntropyLoss()
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    loss = loss_fn(net(x), y)
+    loss.backward()
+    opt.step()
+    return loss
+
+  for _ in range(10):
+    step()
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t)
+  return statistics.median(times) * 1e3
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--steps', type=int, default=200)
+  parser.add_argument('--models', default='mlp,lenet')
+  args = parser.parse_args()
+  import torch
+
+  print(f'jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__}, '
+        f'torch threads {torch.get_num_threads()}')
+  print('| model | batch | bigjax ms/step | PyTorch ms/step | PyTorch / bigjax |')
+  print('| --- | --- | --- | --- | --- |')
+  for name in args.models.split(','):
+    j, t = bench_jax(name, args.steps), bench_torch(name, args.steps)
+    print(f'| {name} | {CASES[name][2]} | {j:.3f} | {t:.3f} | {t / j:.2f} |')
+
+
+if __name__ == '__main__':
+  main()
