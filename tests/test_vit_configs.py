@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', ['vit_s16_cifar10'])
+@pytest.mark.parametrize('name', ['vit_s16_cifar10', 'vit_b16_imagenet2012'])
 def test_config_trains_and_evaluates(name, tmp_path):
   config = os.path.join(ROOT, 'configs', f'{name}.py')
   with tfds.testing.mock_data(num_examples=64):

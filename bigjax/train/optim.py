@@ -95,3 +95,11 @@ def make_optimizer(
   if accum > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=accum)
   return tx
+
+
+def from_config(config: ml_collections.ConfigDict):
+  """(schedule, optimiser) for a run. The schedule counts optimiser updates: with
+  gradient accumulation over k micro-steps it spans train.steps // k updates."""
+  accum = int(config.optim.get('grad_accum_steps', 1))
+  schedule = make_schedule(config.schedule, config.optim.lr, config.train.steps // accum)
+  return schedule, make_optimizer(config.optim, schedule)
