@@ -24,19 +24,29 @@ def open_split(split: str, data_dir: str | None, data: ml_collections.ConfigDict
   del data
   try:
     return tfds.data_source(NAME, split=split, data_dir=data_dir, download=False)
-  except (AssertionError, FileNotFoundError, NotImplementedError,
-          tfds.core.registered.DatasetNotFoundError) as e:
+  except (
+    AssertionError,
+    FileNotFoundError,
+    NotImplementedError,
+    tfds.core.registered.DatasetNotFoundError,
+  ) as e:
     where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
     raise FileNotFoundError(
-        f'{NAME} is not prepared in {where}. ImageNet cannot be downloaded automatically: '
-        f'put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in '
-        f'{where}/downloads/manual/, run `tfds build {NAME} --data_dir={where} '
-        f'--file_format=array_record` (or copy a prepared copy there), then pass '
-        f'--config.data.data_dir={where} ({type(e).__name__})'
+      f'{NAME} is not prepared in {where}. ImageNet cannot be downloaded automatically: '
+      f'put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in '
+      f'{where}/downloads/manual/, run `tfds build {NAME} --data_dir={where} '
+      f'--file_format=array_record` (or copy a prepared copy there), then pass '
+      f'--config.data.data_dir={where} ({type(e).__name__})'
     ) from None
 
 
 register_dataset(
-    NAME, DatasetSpec('classification', open_split, images.image_transforms,
-                      train_split='train', eval_split='validation')
+  NAME,
+  DatasetSpec(
+    'classification',
+    open_split,
+    images.image_transforms,
+    train_split='train',
+    eval_split='validation',
+  ),
 )

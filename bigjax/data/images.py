@@ -91,8 +91,9 @@ def _resize_hw(image: np.ndarray, h: int, w: int) -> np.ndarray:
   return top * (1 - wy) + bottom * wy
 
 
-def random_crop_box(h: int, w: int, rng: np.random.Generator,
-                    scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def random_crop_box(
+  h: int, w: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
+) -> tuple[int, int, int, int]:
   """(top, left, height, width) of a random-resized crop (Szegedy et al., 2015): area a
   uniform fraction `scale` of the image, aspect ratio log-uniform in `ratio`; after 10
   misses, the largest central crop with a ratio in range."""
@@ -118,11 +119,12 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
   """Resizes the shorter side to size / 0.875, then takes the central size x size crop."""
   h, w = image.shape[:2]
   short = int(round(size / CENTER_CROP_FRACTION))
-  nh, nw = (short, max(size, round(w * short / h))) if h <= w else (
-      max(size, round(h * short / w)), short)
+  nh, nw = (
+    (short, max(size, round(w * short / h))) if h <= w else (max(size, round(h * short / w)), short)
+  )
   image = _resize_hw(image, nh, nw)
   top, left = (nh - size) // 2, (nw - size) // 2
-  return image[top:top + size, left:left + size]
+  return image[top : top + size, left : left + size]
 
 
 class Normalize(grain.transforms.Map):
@@ -157,8 +159,10 @@ class CenterCrop(grain.transforms.Map):
     self.image_size = image_size
 
   def map(self, element):
-    return {'image': center_crop(_as_float(element['image']), self.image_size),
-            'label': element['label']}
+    return {
+      'image': center_crop(_as_float(element['image']), self.image_size),
+      'label': element['label'],
+    }
 
 
 class RandomCropFlip(grain.transforms.RandomMap):
@@ -175,7 +179,7 @@ class RandomCropFlip(grain.transforms.RandomMap):
     if p:
       padded = np.pad(image, ((p, p), (p, p), (0, 0)))
       top, left = rng.integers(0, 2 * p + 1, size=2)
-      image = padded[top:top + h, left:left + w]
+      image = padded[top : top + h, left : left + w]
     if self.flip and rng.random() < 0.5:
       image = image[:, ::-1]
     return {**element, 'image': np.ascontiguousarray(image)}
@@ -191,7 +195,7 @@ class RandomResizedCrop(grain.transforms.RandomMap):
   def random_map(self, element, rng: np.random.Generator):
     image = _as_float(element['image'])
     top, left, ch, cw = random_crop_box(image.shape[0], image.shape[1], rng)
-    image = _resize_hw(image[top:top + ch, left:left + cw], self.image_size, self.image_size)
+    image = _resize_hw(image[top : top + ch, left : left + cw], self.image_size, self.image_size)
     if self.flip and rng.random() < 0.5:
       image = image[:, ::-1]
     return {'image': np.ascontiguousarray(image), 'label': element['label']}
@@ -213,15 +217,22 @@ def image_transforms(data: ml_collections.ConfigDict, train: bool) -> list:
       ops.append(RandomCropFlip(data.get('crop_padding', 4), flip))
     return ops + [Normalize(mean, std)]
   if not size:
-    raise ValueError("data.augment='inception' crops to a fixed size: set data.image_size "
-                     '(e.g. 224, or 299 for Inception v3)')
+    raise ValueError(
+      "data.augment='inception' crops to a fixed size: set data.image_size "
+      '(e.g. 224, or 299 for Inception v3)'
+    )
   crop = RandomResizedCrop(size, flip) if train else CenterCrop(size)
   return [crop, Normalize(mean, std)]
 
 
-def mixup_cutmix(images: jax.Array, labels: jax.Array, rng: jax.Array, *,
-                 mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0
-                 ) -> tuple[jax.Array, jax.Array]:
+def mixup_cutmix(
+  images: jax.Array,
+  labels: jax.Array,
+  rng: jax.Array,
+  *,
+  mixup_alpha: float = 0.0,
+  cutmix_alpha: float = 0.0,
+) -> tuple[jax.Array, jax.Array]:
   """Mixes each example with another of the batch (pure JAX, jit-able).
 
   images [B, H, W, C], labels [B, N] one-hot or soft -> (images, labels) of the same shapes.
@@ -242,8 +253,9 @@ def mixup_cutmix(images: jax.Array, labels: jax.Array, rng: jax.Array, *,
   outputs = []
   if mixup_alpha:
     lam = jax.random.beta(k_mix, mixup_alpha, mixup_alpha)
-    outputs.append((lam * images + (1 - lam) * other_images,
-                    lam * labels + (1 - lam) * other_labels))
+    outputs.append(
+      (lam * images + (1 - lam) * other_images, lam * labels + (1 - lam) * other_labels)
+    )
   if cutmix_alpha:
     lam = jax.random.beta(k_cut, cutmix_alpha, cutmix_alpha)
     cut = jnp.sqrt(1.0 - lam)  # box sides are sqrt(1 - lam) of the image's
@@ -255,8 +267,12 @@ def mixup_cutmix(images: jax.Array, labels: jax.Array, rng: jax.Array, *,
     rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
     box = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)  # [H, W]
     kept = 1.0 - box.mean()  # fraction of x_i that remains
-    outputs.append((jnp.where(box[None, :, :, None], other_images, images),
-                    kept * labels + (1 - kept) * other_labels))
+    outputs.append(
+      (
+        jnp.where(box[None, :, :, None], other_images, images),
+        kept * labels + (1 - kept) * other_labels,
+      )
+    )
   if len(outputs) == 1:
     mixed_images, mixed_labels = outputs[0]
   else:

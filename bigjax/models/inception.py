@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bigjax.layers import initializers
 from bigjax.registry import register
 from bigjax.typing import Dtype
 
@@ -42,12 +43,26 @@ class ConvBN(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    x = nn.Conv(self.features, self.kernel_size, (self.strides, self.strides),
-                padding=self.padding, use_bias=False,
-                kernel_init=nn.initializers.truncated_normal(0.1),
-                dtype=self.dtype, param_dtype=self.param_dtype, name='conv')(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3,
-                     dtype=self.dtype, param_dtype=self.param_dtype, name='bn')(x)
+    # torchvision draws N(0, 0.1) truncated at +-2, i.e. 20 sigma: a plain normal.
+    x = nn.Conv(
+      self.features,
+      self.kernel_size,
+      (self.strides, self.strides),
+      padding=self.padding,
+      use_bias=False,
+      kernel_init=initializers.normal(0.1),
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='conv',
+    )(x)
+    x = nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-3,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='bn',
+    )(x)
     return nn.relu(x)
 
 
@@ -64,15 +79,17 @@ class _Block(nn.Module):
     return max(1, round(c * self.width))
 
   @nn.nowrap
-  def conv(self, name: str, c: int, k: tuple[int, int], strides: int = 1,
-           same: bool = False) -> ConvBN:
+  def conv(
+    self, name: str, c: int, k: tuple[int, int], strides: int = 1, same: bool = False
+  ) -> ConvBN:
     # 'same' convolutions keep the grid; the others are unpadded unless small_inputs.
     if same:
       padding = tuple((kk // 2, kk // 2) for kk in k)
     else:
       padding = 'SAME' if self.small_inputs else 'VALID'
-    return ConvBN(self.ch(c), k, strides, padding, dtype=self.dtype,
-                  param_dtype=self.param_dtype, name=name)
+    return ConvBN(
+      self.ch(c), k, strides, padding, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+    )
 
   @nn.nowrap
   def max_pool(self, x: jax.Array) -> jax.Array:
@@ -156,16 +173,22 @@ class InceptionE(_Block):
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     b1 = self.conv('branch1x1', 320, (1, 1))(x, train=train)
     b3 = self.conv('branch3x3_1', 384, (1, 1))(x, train=train)
-    b3 = jnp.concatenate([
+    b3 = jnp.concatenate(
+      [
         self.conv('branch3x3_2a', 384, (1, 3), same=True)(b3, train=train),
         self.conv('branch3x3_2b', 384, (3, 1), same=True)(b3, train=train),
-    ], axis=-1)
+      ],
+      axis=-1,
+    )
     bd = self.conv('branch3x3dbl_1', 448, (1, 1))(x, train=train)
     bd = self.conv('branch3x3dbl_2', 384, (3, 3), same=True)(bd, train=train)
-    bd = jnp.concatenate([
+    bd = jnp.concatenate(
+      [
         self.conv('branch3x3dbl_3a', 384, (1, 3), same=True)(bd, train=train),
         self.conv('branch3x3dbl_3b', 384, (3, 1), same=True)(bd, train=train),
-    ], axis=-1)
+      ],
+      axis=-1,
+    )
     bp = self.conv('branch_pool', 192, (1, 1))(self.avg_pool(x), train=train)
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)  # [B, H, W, 2048]
 
@@ -182,8 +205,13 @@ class InceptionAux(_Block):
     x = self.conv('conv0', 128, (1, 1))(x, train=train)
     x = self.conv('conv1', 768, (5, 5))(x, train=train)  # [B, 1, 1, 768]
     x = jnp.mean(x, axis=(1, 2))  # [B, 768]
-    return nn.Dense(self.num_classes, kernel_init=nn.initializers.truncated_normal(0.001),
-                    dtype=self.dtype, param_dtype=self.param_dtype, name='fc')(x)
+    return nn.Dense(
+      self.num_classes,
+      kernel_init=initializers.normal(0.001),
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='fc',
+    )(x)
 
 
 class InceptionV3(_Block):
@@ -200,10 +228,16 @@ class InceptionV3(_Block):
     training the pair ([B, N] logits, [B, N] auxiliary logits)."""
     chex.assert_rank(x, 4)
     if not self.small_inputs and min(x.shape[1:3]) < 75:
-      raise ValueError(f'Inception v3 needs images of at least 75x75 (299x299 in the paper), '
-                       f'got {x.shape[1:3]}; pass small_inputs=True for small images')
-    kw = dict(width=self.width, small_inputs=self.small_inputs, dtype=self.dtype,
-              param_dtype=self.param_dtype)
+      raise ValueError(
+        f'Inception v3 needs images of at least 75x75 (299x299 in the paper), '
+        f'got {x.shape[1:3]}; pass small_inputs=True for small images'
+      )
+    kw = dict(
+      width=self.width,
+      small_inputs=self.small_inputs,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
     x = x.astype(self.dtype)
     x = self.conv('Conv2d_1a_3x3', 32, (3, 3), strides=2)(x, train=train)  # [B, 149, 149, 32]
     x = self.conv('Conv2d_2a_3x3', 32, (3, 3))(x, train=train)  # [B, 147, 147, 32]
@@ -218,8 +252,7 @@ class InceptionV3(_Block):
     x = InceptionA(pool_features=64, name='Mixed_5c', **kw)(x, train=train)  # 288
     x = InceptionA(pool_features=64, name='Mixed_5d', **kw)(x, train=train)  # 288
     x = InceptionB(name='Mixed_6a', **kw)(x, train=train)  # [B, 17, 17, 768]
-    for name, c7 in (('Mixed_6b', 128), ('Mixed_6c', 160), ('Mixed_6d', 160),
-                     ('Mixed_6e', 192)):
+    for name, c7 in (('Mixed_6b', 128), ('Mixed_6c', 160), ('Mixed_6d', 160), ('Mixed_6e', 192)):
       x = InceptionC(channels_7x7=c7, name=name, **kw)(x, train=train)  # [B, 17, 17, 768]
     aux = None
     # The auxiliary head runs in training (and at init, so its params always exist).
@@ -231,17 +264,22 @@ class InceptionV3(_Block):
     x = jnp.mean(x, axis=(1, 2))  # [B, 2048]
     self.sow('intermediates', 'features', x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.truncated_normal(0.1),
-                      dtype=self.dtype, param_dtype=self.param_dtype, name='head')(x)
+    logits = nn.Dense(
+      self.num_classes,
+      kernel_init=initializers.normal(0.1),
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='head',
+    )(x)
     if train and aux is not None:
       return logits, aux
     return logits
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    'inception_v3': dict(),
-    # Tiny, for CPU tests: 1/16 of every width, padded so 16x16 or 32x32 images work.
-    'inception_test': dict(num_classes=10, width=1 / 16, small_inputs=True),
+  'inception_v3': dict(),
+  # Tiny, for CPU tests: 1/16 of every width, padded so 16x16 or 32x32 images work.
+  'inception_test': dict(num_classes=10, width=1 / 16, small_inputs=True),
 }
 
 for _name, _defaults in VARIANTS.items():

@@ -34,11 +34,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bigjax.layers import initializers
 from bigjax.registry import register
 from bigjax.typing import Dtype
 
-# torchvision initialises convolutions with Kaiming normal, fan_out mode.
-conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+# torchvision initialises convolutions with Kaiming normal, fan_out mode, and the
+# classifier with torch's default U(+-1/sqrt(fan_in)).
+conv_init = initializers.he_normal('fan_out')
 
 
 def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -58,10 +60,17 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init,
-                             dtype=self.dtype, param_dtype=self.param_dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
+    conv = functools.partial(
+      nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype, param_dtype=self.param_dtype
+    )
+    norm = functools.partial(
+      nn.BatchNorm,
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
     last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
     s = (self.strides, self.strides)
     y = conv(self.features, (3, 3), s, padding=_pad(3), name='conv1')(x)
@@ -83,10 +92,17 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init,
-                             dtype=self.dtype, param_dtype=self.param_dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype)
+    conv = functools.partial(
+      nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype, param_dtype=self.param_dtype
+    )
+    norm = functools.partial(
+      nn.BatchNorm,
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
     last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
     s = (self.strides, self.strides)
     out = self.features * self.expansion
@@ -109,11 +125,24 @@ class Downsample(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    x = nn.Conv(self.features, (1, 1), (self.strides, self.strides), use_bias=False,
-                kernel_init=conv_init, dtype=self.dtype, param_dtype=self.param_dtype,
-                name='conv')(x)
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                        dtype=self.dtype, param_dtype=self.param_dtype, name='bn')(x)
+    x = nn.Conv(
+      self.features,
+      (1, 1),
+      (self.strides, self.strides),
+      use_bias=False,
+      kernel_init=conv_init,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='conv',
+    )(x)
+    return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='bn',
+    )(x)
 
 
 def _shortcut(block: nn.Module, x: jax.Array, out: int, train: bool) -> jax.Array:
@@ -121,8 +150,9 @@ def _shortcut(block: nn.Module, x: jax.Array, out: int, train: bool) -> jax.Arra
   if block.strides == 1 and x.shape[-1] == out:
     return x
   # Called inside the block's compact method, so the block becomes the parent.
-  return Downsample(out, block.strides, dtype=block.dtype, param_dtype=block.param_dtype,
-                    name='downsample')(x, train=train)
+  return Downsample(
+    out, block.strides, dtype=block.dtype, param_dtype=block.param_dtype, name='downsample'
+  )(x, train=train)
 
 
 BLOCKS: dict[str, Any] = {'basic': BasicBlock, 'bottleneck': Bottleneck}
@@ -142,9 +172,14 @@ class Stage(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     for j in range(self.num_blocks):
-      x = self.block_cls(self.features, strides=self.strides if j == 0 else 1,
-                         zero_init_residual=self.zero_init_residual, dtype=self.dtype,
-                         param_dtype=self.param_dtype, name=f'block_{j}')(x, train=train)
+      x = self.block_cls(
+        self.features,
+        strides=self.strides if j == 0 else 1,
+        zero_init_residual=self.zero_init_residual,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=f'block_{j}',
+      )(x, train=train)
     return x
 
 
@@ -175,37 +210,70 @@ class ResNet(nn.Module):
     block_cls = BLOCKS[self.block]
     x = x.astype(self.dtype)
     if self.cifar_stem:
-      x = nn.Conv(self.width, (3, 3), padding=_pad(3), use_bias=False, kernel_init=conv_init,
-                  dtype=self.dtype, param_dtype=self.param_dtype, name='stem_conv')(x)
+      x = nn.Conv(
+        self.width,
+        (3, 3),
+        padding=_pad(3),
+        use_bias=False,
+        kernel_init=conv_init,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name='stem_conv',
+      )(x)
     else:
-      x = nn.Conv(self.width, (7, 7), (2, 2), padding=_pad(7), use_bias=False,
-                  kernel_init=conv_init, dtype=self.dtype, param_dtype=self.param_dtype,
-                  name='stem_conv')(x)  # [B, H/2, W/2, C]
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     dtype=self.dtype, param_dtype=self.param_dtype, name='stem_bn')(x)
+      x = nn.Conv(
+        self.width,
+        (7, 7),
+        (2, 2),
+        padding=_pad(7),
+        use_bias=False,
+        kernel_init=conv_init,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name='stem_conv',
+      )(x)  # [B, H/2, W/2, C]
+    x = nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='stem_bn',
+    )(x)
     x = nn.relu(x)
     if not self.cifar_stem:
       x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3))  # [B, H/4, W/4, C]
     for i, n in enumerate(self.stage_sizes):
-      x = Stage(block_cls, self.width * 2**i, n, strides=1 if i == 0 else 2,
-                zero_init_residual=self.zero_init_residual, dtype=self.dtype,
-                param_dtype=self.param_dtype, name=f'stage_{i}')(x, train=train)
+      x = Stage(
+        block_cls,
+        self.width * 2**i,
+        n,
+        strides=1 if i == 0 else 2,
+        zero_init_residual=self.zero_init_residual,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=f'stage_{i}',
+      )(x, train=train)
     x = jnp.mean(x, axis=(1, 2))  # [B, C_final]
     self.sow('intermediates', 'features', x)
-    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                    name='head')(x)
+    return nn.Dense(
+      self.num_classes,
+      kernel_init=initializers.fan_in_uniform(),
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='head',
+    )(x)
 
 
 # He et al. (2016), Table 1.
 VARIANTS: dict[str, dict[str, Any]] = {
-    'resnet18': dict(stage_sizes=(2, 2, 2, 2), block='basic'),
-    'resnet34': dict(stage_sizes=(3, 4, 6, 3), block='basic'),
-    'resnet50': dict(stage_sizes=(3, 4, 6, 3), block='bottleneck'),
-    'resnet101': dict(stage_sizes=(3, 4, 23, 3), block='bottleneck'),
-    'resnet152': dict(stage_sizes=(3, 8, 36, 3), block='bottleneck'),
-    # Tiny, for CPU tests: two stages of one basic block, 8 channels, CIFAR stem.
-    'resnet_test': dict(stage_sizes=(1, 1), block='basic', width=8, num_classes=10,
-                        cifar_stem=True),
+  'resnet18': dict(stage_sizes=(2, 2, 2, 2), block='basic'),
+  'resnet34': dict(stage_sizes=(3, 4, 6, 3), block='basic'),
+  'resnet50': dict(stage_sizes=(3, 4, 6, 3), block='bottleneck'),
+  'resnet101': dict(stage_sizes=(3, 4, 23, 3), block='bottleneck'),
+  'resnet152': dict(stage_sizes=(3, 8, 36, 3), block='bottleneck'),
+  # Tiny, for CPU tests: two stages of one basic block, 8 channels, CIFAR stem.
+  'resnet_test': dict(stage_sizes=(1, 1), block='basic', width=8, num_classes=10, cifar_stem=True),
 }
 
 for _name, _defaults in VARIANTS.items():

@@ -24,18 +24,39 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bigjax.layers import initializers
 from bigjax.registry import register
 from bigjax.typing import Dtype
 
 # Layer configurations of Table 1: ints are 3x3 conv widths, 'M' a 2x2 max-pool.
 CONFIGS: dict[str, tuple[Any, ...]] = {
-    'A': (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'),
-    'B': (64, 64, 'M', 128, 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'),
-    'D': (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M',
-          512, 512, 512, 'M'),
-    'E': (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M',
-          512, 512, 512, 512, 'M'),
-    'test': (8, 'M', 16, 'M'),
+  'A': (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'),
+  'B': (64, 64, 'M', 128, 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'),
+  'D': (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M'),
+  'E': (
+    64,
+    64,
+    'M',
+    128,
+    128,
+    'M',
+    256,
+    256,
+    256,
+    256,
+    'M',
+    512,
+    512,
+    512,
+    512,
+    'M',
+    512,
+    512,
+    512,
+    512,
+    'M',
+  ),
+  'test': (8, 'M', 16, 'M'),
 }
 
 
@@ -77,41 +98,65 @@ class VGG(nn.Module):
     layers = CONFIGS[self.config]
     pools = sum(v == 'M' for v in layers)
     if min(x.shape[1:3]) < 2**pools:
-      raise ValueError(f'VGG config {self.config!r} halves the image {pools} times; '
-                       f'give images of at least {2**pools}x{2**pools}, got {x.shape[1:3]}')
+      raise ValueError(
+        f'VGG config {self.config!r} halves the image {pools} times; '
+        f'give images of at least {2**pools}x{2**pools}, got {x.shape[1:3]}'
+      )
     x = x.astype(self.dtype)
     i = 0
     for v in layers:
       if v == 'M':
         x = nn.max_pool(x, (2, 2), (2, 2))  # [B, H/2, W/2, C]
         continue
-      x = nn.Conv(v, (3, 3), padding=((1, 1), (1, 1)),
-                  kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
-                  dtype=self.dtype, param_dtype=self.param_dtype, name=f'conv_{i}')(x)
+      x = nn.Conv(
+        v,
+        (3, 3),
+        padding=((1, 1), (1, 1)),
+        kernel_init=initializers.he_normal('fan_out'),
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=f'conv_{i}',
+      )(x)
       if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         dtype=self.dtype, param_dtype=self.param_dtype, name=f'bn_{i}')(x)
+        x = nn.BatchNorm(
+          use_running_average=not train,
+          momentum=0.9,
+          epsilon=1e-5,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f'bn_{i}',
+        )(x)
       x = nn.relu(x)
       i += 1
     x = adaptive_avg_pool(x, self.pool_size)  # [B, P, P, C]
     x = x.reshape(x.shape[0], -1)  # [B, P*P*C]
     for k in range(2):
-      x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype,
-                   kernel_init=nn.initializers.normal(0.01), name=f'fc_{k}')(x)
+      x = nn.Dense(
+        self.hidden,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=initializers.normal(0.01),
+        name=f'fc_{k}',
+      )(x)
       x = nn.relu(x)
       x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     self.sow('intermediates', 'features', x)
-    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                    kernel_init=nn.initializers.normal(0.01), name='head')(x)
+    return nn.Dense(
+      self.num_classes,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=initializers.normal(0.01),
+      name='head',
+    )(x)
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    'vgg11': dict(config='A'),
-    'vgg13': dict(config='B'),
-    'vgg16': dict(config='D'),
-    'vgg19': dict(config='E'),
-    # Tiny, for CPU tests: two convolutions, a 2x2 pool and 32-unit hidden layers.
-    'vgg_test': dict(config='test', num_classes=10, pool_size=2, hidden=32),
+  'vgg11': dict(config='A'),
+  'vgg13': dict(config='B'),
+  'vgg16': dict(config='D'),
+  'vgg19': dict(config='E'),
+  # Tiny, for CPU tests: two convolutions, a 2x2 pool and 32-unit hidden layers.
+  'vgg_test': dict(config='test', num_classes=10, pool_size=2, hidden=32),
 }
 
 for _name, _defaults in VARIANTS.items():
