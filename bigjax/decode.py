@@ -44,8 +44,7 @@ def filter_logits(logits: jax.Array, *, top_k: int = 0, top_p: float = 1.0) -> j
   smallest set of most likely tokens whose probability reaches top_p; the most likely
   token is always kept. Ties at the cut-off are kept.
   """
-  if top_k < 0 or not 0.0 < top_p <= 1.0:
-    raise ValueError(f'need top_k >= 0 and 0 < top_p <= 1, got top_k={top_k}, top_p={top_p}')
+  _check_filter(top_k, top_p)
   logits = logits.astype(jnp.float32)
   if top_k and top_k < logits.shape[-1]:
     kth = jax.lax.top_k(logits, top_k)[0][..., -1:]  # [..., 1]
@@ -59,6 +58,11 @@ def filter_logits(logits: jax.Array, *, top_k: int = 0, top_p: float = 1.0) -> j
     cutoff = jnp.take_along_axis(ordered, count - 1, axis=-1)  # [..., 1]
     logits = jnp.where(logits < cutoff, -jnp.inf, logits)
   return logits
+
+
+def _check_filter(top_k: int, top_p: float) -> None:
+  if top_k < 0 or not 0.0 < top_p <= 1.0:
+    raise ValueError(f'need top_k >= 0 and 0 < top_p <= 1, got top_k={top_k}, top_p={top_p}')
 
 
 def _choose(logits, rng, temperature, top_k, top_p):
@@ -132,7 +136,7 @@ def sample(step: StepFn, cache: PyTree, prompt: jax.Array, rng: PRNGKey, *,
   _check_prompt(prompt, max_new_tokens)
   if temperature < 0:
     raise ValueError(f'temperature must be >= 0, got {temperature}')
-  filter_logits(jnp.zeros((1, 2)), top_k=top_k, top_p=top_p)  # validates the arguments
+  _check_filter(top_k, top_p)
   return _sample_loop(
       _as_pytree_fn(step), cache, jnp.asarray(prompt, jnp.int32), rng,
       max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k),

@@ -42,12 +42,14 @@ class _Bytes(_Codec):
 
 
 class _Algorithmic(_Codec):
-  """Digits and '+', one token each; the source ends with EOS."""
+  """Digits and '+', one token each; the source ends with EOS. For `algorithmic_reversed`
+  (`reversed_target`) answers come out backwards and are turned round, and operands are
+  zero-padded to `pad_width` digits as in training."""
 
-  def __init__(self):
+  def __init__(self, reversed_target: bool = False, pad_width: int = 0):
     from bigjax.data.builders import algorithmic as alg
 
-    self.alg = alg
+    self.alg, self.reversed_target, self.pad_width = alg, reversed_target, pad_width
     self.bos_id, self.eos_id = alg.BOS, alg.EOS
     self.ids = {str(d): alg.DIGIT0 + d for d in range(10)}
     self.ids['+'] = alg.PLUS
@@ -59,13 +61,20 @@ class _Algorithmic(_Codec):
       raise ValueError(
           f'an algorithmic prompt is digits and "+", like 12+345; got {text!r}'
       )
-    return np.array([self.ids[c] for c in text] + [self.eos_id], np.int32)
+    ids = np.array([self.ids[c] for c in text], np.int32)
+    if self.pad_width:
+      from bigjax.data.algorithmic_reversed import pad_operands
+
+      if text.count('+') != 1:
+        raise ValueError(f'an addition prompt has one "+", like 12+345; got {text!r}')
+      ids = pad_operands(ids, self.pad_width)
+    return np.append(ids, self.eos_id).astype(np.int32)
 
   def decode(self, ids):
     ids = [int(i) for i in ids]
     if self.eos_id in ids:
       ids = ids[: ids.index(self.eos_id)]
-    return self.alg.ids_to_text(ids)
+    return self.alg.ids_to_text(ids[::-1] if self.reversed_target else ids)
 
 
 class _Subwords(_Codec):
@@ -91,6 +100,10 @@ def codec_for(config, workdir: str) -> _Codec:
   name = config.data.name
   if name == 'algorithmic':
     return _Algorithmic()
+  if name == 'algorithmic_reversed':
+    from bigjax.data.algorithmic_reversed import operand_width
+
+    return _Algorithmic(reversed_target=True, pad_width=operand_width(config.data))
   if name.startswith('wmt'):
     path = config.data.get('tokenizer', '') or os.path.join(workdir, 'tokenizer.json')
     return _Subwords(path, int(config.data.get('max_len', 256)))

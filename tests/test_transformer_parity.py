@@ -69,6 +69,7 @@ def params_from_torch(sd: dict) -> dict:
   return {'encoder': encoder, 'decoder': decoder}
 
 
+@pytest.mark.filterwarnings('ignore:The PyTorch API of nested tensors')
 def test_matches_torch_transformer():
   torch.manual_seed(0)
   ref = torch.nn.Transformer(

@@ -6,7 +6,7 @@ import jax
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
-from bigjax.data import algorithmic, imagenet, images, text, wmt  # noqa: F401  (self-registering)
+from bigjax.data import algorithmic, algorithmic_reversed, imagenet, images, text, wmt  # noqa: F401
 from bigjax.data.builders.digits import Digits
 from bigjax.data.builders.pystdlib import Pystdlib
 from bigjax.data.datasets import DatasetSpec, register_dataset

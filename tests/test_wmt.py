@@ -1,0 +1,66 @@
+"""WMT'14 en-de data under tfds.testing.mock_data: tokenizer on first use, examples."""
+
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from bigjax.data import wmt
+from bigjax.data.datasets import dataset_spec
+
+
+def _data(workdir, **kw):
+  return ml_collections.ConfigDict({
+      'name': wmt.NAME, 'source_lang': 'en', 'target_lang': 'de', 'max_len': 48,
+      'vocab_size': 300, 'tokenizer_sample': 40, 'workdir': str(workdir), 'tokenizer': '',
+      **kw,
+  })
+
+
+def test_tokenizer_is_trained_once_and_examples_are_well_formed(tmp_path):
+  spec = dataset_spec(wmt.NAME)
+  assert spec.task == 'seq2seq' and spec.eval_split == 'validation'
+  data = _data(tmp_path)
+  with tfds.testing.mock_data(num_examples=30):
+    source = spec.open_split('validation', None, data)
+    path = tmp_path / 'tokenizer.json'
+    assert path.exists()
+    stamp = os.stat(path).st_mtime_ns
+    spec.open_split('train', None, data)
+    assert os.stat(path).st_mtime_ns == stamp  # reused, not retrained
+    (transform,) = spec.transforms(data, False)
+    record = source[0]
+    example = transform.map(record)
+  tok = wmt.load_tokenizer(str(path))
+  assert [tok.token_to_id(t) for t in ('<pad>', '<s>', '</s>')] == [0, 1, 2]
+  assert tok.get_vocab_size() <= 300
+  for key in ('src', 'tgt_in', 'tgt_out'):
+    assert example[key].shape == (48,) and example[key].dtype == np.int32
+  src, tgt_in, tgt_out = example['src'], example['tgt_in'], example['tgt_out']
+  assert tgt_in[0] == wmt.BOS_ID
+  np.testing.assert_array_equal(tgt_in[1:], tgt_out[:-1])  # shifted by one
+  # Round trip: the ids decode to the sentences (mock text is short ASCII), EOS then pads.
+  n = len(tok.encode(record['de']).ids)
+  assert n + 1 < 48
+  assert wmt.decode_target(tok, tgt_out) == record['de']
+  assert tgt_out[n] == wmt.EOS_ID and (tgt_out[n + 1 :] == 0).all()
+  assert wmt.decode_target(tok, src) == record['en']
+  # The other direction swaps the languages.
+  de_en = wmt.transforms(_data(tmp_path, source_lang='de', target_lang='en'), False)[0]
+  swapped = de_en.map(record)
+  assert wmt.decode_target(tok, swapped['src']) == record['de']
+  assert wmt.decode_target(tok, swapped['tgt_out']) == record['en']
+  # Truncation keeps the source's EOS.
+  short = wmt.transforms(_data(tmp_path, max_len=4), False)[0].map(record)
+  assert short['src'][-1] == wmt.EOS_ID and short['tgt_in'][0] == wmt.BOS_ID
+
+
+def test_config_errors(tmp_path):
+  with pytest.raises(ValueError, match='data.workdir'):
+    wmt.tokenizer_path(_data(''))
+  with pytest.raises(ValueError, match='source_lang'):
+    wmt.transforms(_data(tmp_path, source_lang='fr'), True)
+  with pytest.raises(FileNotFoundError, match='tokenizer'):
+    wmt.load_tokenizer(str(tmp_path / 'missing.json'))
