@@ -1,15 +1,13 @@
 """Registers every dataset bigjax knows: the project's own builders and public TFDS ones."""
 
-import os
 
 import jax
-import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
 from bigjax.data import algorithmic, algorithmic_reversed, imagenet, images, text, wmt  # noqa: F401
 from bigjax.data.builders.digits import Digits
 from bigjax.data.builders.pystdlib import Pystdlib
-from bigjax.data.datasets import DatasetSpec, register_dataset
+from bigjax.data.datasets import DatasetSpec, open_public, register_dataset
 
 
 def prepare_builder(builder_cls, data_dir: str | None, **kwargs):
@@ -44,20 +42,7 @@ def public_split(name: str):
 
   def open_split(split, data_dir, data):
     del data
-    try:
-      return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except (
-      AssertionError,
-      FileNotFoundError,
-      NotImplementedError,
-      tfds.core.registered.DatasetNotFoundError,
-    ) as e:
-      where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
-      raise FileNotFoundError(
-        f'dataset {name!r} is not prepared in {where}: on a machine with network run '
-        f'`tfds build {name} --data_dir={where} --file_format=array_record` (or copy a '
-        f'prepared copy there), then pass --config.data.data_dir={where} ({type(e).__name__})'
-      ) from None
+    return open_public(name, split, data_dir)
 
   return open_split
 

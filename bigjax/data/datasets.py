@@ -7,10 +7,12 @@ The pipeline (`bigjax.data.pipeline`) adds sharding, shuffling, batching and pad
 
 import dataclasses
 import difflib
+import os
 from typing import Any, Callable
 
 import grain
 import ml_collections
+import tensorflow_datasets as tfds
 
 Source = Any  # a grain RandomAccessDataSource: __len__ and __getitem__
 
@@ -60,3 +62,27 @@ def dataset_spec(name: str) -> DatasetSpec:
       f'unknown dataset {name!r}: {hint}known datasets: {", ".join(sorted(_DATASETS))}'
     )
   return _DATASETS[name]
+
+
+def open_public(name: str, split: str, data_dir: str | None, manual: str = '') -> Source:
+  """A random-access source over a prepared public TFDS split; a clear error otherwise.
+
+  `manual` names files the user must fetch by hand first (ImageNet), if any.
+  """
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except (
+    AssertionError,  # tfds asserts on a missing dataset_info.json
+    FileNotFoundError,
+    NotImplementedError,  # nothing prepared: tfds falls back to TFRecord, which has no source
+    tfds.core.registered.DatasetNotFoundError,
+  ) as e:
+    where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
+    first = f'put {manual} in {where}/downloads/manual/, then ' if manual else (
+      'on a machine with network '
+    )
+    raise FileNotFoundError(
+      f'dataset {name!r} is not prepared in {where}: {first}run '
+      f'`tfds build {name} --data_dir={where} --file_format=array_record` (or copy a '
+      f'prepared copy there), then pass --config.data.data_dir={where} ({type(e).__name__})'
+    ) from None

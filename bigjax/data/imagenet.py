@@ -8,13 +8,11 @@ no TensorFlow. Records are {'image': uint8 [H, W, 3] of any size, 'label': int64
 evaluation). The evaluation split is 'validation' (50,000 images).
 """
 
-import os
 
 import ml_collections
-import tensorflow_datasets as tfds
 
 from bigjax.data import images
-from bigjax.data.datasets import DatasetSpec, register_dataset
+from bigjax.data.datasets import DatasetSpec, open_public, register_dataset
 
 NAME = 'imagenet2012'
 
@@ -22,22 +20,9 @@ NAME = 'imagenet2012'
 def open_split(split: str, data_dir: str | None, data: ml_collections.ConfigDict):
   """A random-access source over a prepared `imagenet2012` split."""
   del data
-  try:
-    return tfds.data_source(NAME, split=split, data_dir=data_dir, download=False)
-  except (
-    AssertionError,
-    FileNotFoundError,
-    NotImplementedError,
-    tfds.core.registered.DatasetNotFoundError,
-  ) as e:
-    where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
-    raise FileNotFoundError(
-      f'{NAME} is not prepared in {where}. ImageNet cannot be downloaded automatically: '
-      f'put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in '
-      f'{where}/downloads/manual/, run `tfds build {NAME} --data_dir={where} '
-      f'--file_format=array_record` (or copy a prepared copy there), then pass '
-      f'--config.data.data_dir={where} ({type(e).__name__})'
-    ) from None
+  return open_public(
+    NAME, split, data_dir, manual='ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar'
+  )
 
 
 register_dataset(

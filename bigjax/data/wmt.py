@@ -24,11 +24,10 @@ import tempfile
 import grain
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from bigjax.data.datasets import DatasetSpec, register_dataset
+from bigjax.data.datasets import DatasetSpec, open_public, register_dataset
 
 NAME = 'wmt14_translate/de-en'
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -111,15 +110,7 @@ def ensure_tokenizer(data: ml_collections.ConfigDict, train_source) -> str:
 def _data_source(split: str, data_dir: str | None):
   import tensorflow_datasets.translate.wmt14  # noqa: F401  (registers the builder)
 
-  try:
-    return tfds.data_source(NAME, split=split, data_dir=data_dir, download=False)
-  except (AssertionError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
-    where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
-    raise FileNotFoundError(
-        f'dataset {NAME!r} is not prepared in {where}: on a machine with network run '
-        f'`tfds build {NAME} --data_dir={where} --file_format=array_record` (or copy a '
-        f'prepared copy there), then pass --config.data.data_dir={where} ({type(e).__name__})'
-    ) from None
+  return open_public(NAME, split, data_dir)
 
 
 def _check_langs(data: ml_collections.ConfigDict) -> tuple[str, str]:
