@@ -31,12 +31,12 @@ def get_config(arg=None):
   c.optim.clip_norm = 1.0
   c.schedule.name = 'cosine'
   c.schedule.warmup_steps = 50
-  c.train.steps = 1500
+  c.train.steps = 600  # exact match reaches 1.0 by about step 400
   c.train.batch_size = 128
   c.train.eval_batch_size = 500
   c.train.log_every = 50
-  c.train.eval_every = 500
-  c.train.checkpoint_every = 500
+  c.train.eval_every = 200
+  c.train.checkpoint_every = 200
   if arg == 'test':
     common.shrink_for_test(c)
     c.model.embed_dim = 8

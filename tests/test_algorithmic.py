@@ -97,4 +97,5 @@ def test_bad_configs_say_what_to_do():
   with pytest.raises(ValueError, match='raise max_length'):
     alg.generate_split(_small('copy', max_length=1, num_train=50), 'train')
   with pytest.raises(ValueError, match='choose one of'):
-    dataset_spec('algorithmic').open_split('train', None, ml_collections.ConfigDict({'task': 'add'}))
+    data = ml_collections.ConfigDict({'task': 'add'})
+    dataset_spec('algorithmic').open_split('train', None, data)

@@ -39,6 +39,13 @@ def lm():
 
 
 @pytest.fixture(scope='module')
+def gru_lm():
+  """A one-layer GRU LM, as `lm`."""
+  model = bigjax.create_model('gru_lm_test')
+  return model, jax.jit(model.init)(KEY, LM_TOKENS)['params'], jitted(model)
+
+
+@pytest.fixture(scope='module')
 def s2s():
   """A two-layer attention seq2seq over the algorithmic vocabulary, as `lm`."""
   model = bigjax.create_model('seq2seq_lstm_test', vocab_size=14, num_layers=2)
@@ -48,16 +55,18 @@ def s2s():
 # --- shapes -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('name', ['gru_lm_test', 'rnn_lm_test'])
-def test_lm_shapes(name):
-  model = bigjax.create_model(name, vocab_size=20)
-  tokens = _tokens((2, 5), 20)
-  variables = jax.jit(model.init)(KEY, tokens)
-  logits = jitted(model)(variables, tokens)
-  chex.assert_shape(logits, (2, 5, 20))
+def test_lm_shapes(gru_lm):
+  model, params, apply = gru_lm
+  logits = apply({'params': params}, LM_TOKENS)
+  chex.assert_shape(logits, (2, 7, 256))
   chex.assert_type(logits, jnp.float32)
-  assert set(variables['params']) == {'embed', 'rnn', 'head'}
-  assert set(variables['params']['rnn']['layer_0']['fwd']) == {'ih', 'hh'}
+  assert set(params) == {'embed', 'rnn', 'head'}
+  assert set(params['rnn']['layer_0']['fwd']) == {'ih', 'hh'}
+  chex.assert_shape(params['rnn']['layer_0']['fwd']['hh']['kernel'], (32, 3 * 32))  # [H, G*H]
+  elman = bigjax.create_model('rnn_lm_test', vocab_size=20)
+  variables = jax.eval_shape(elman.init, KEY, LM_TOKENS % 20)  # shapes only: no compile
+  shapes = jax.eval_shape(elman.apply, variables, LM_TOKENS % 20)
+  chex.assert_shape(shapes, (2, 7, 20))
 
 
 @pytest.mark.parametrize('name', ['lstm_classifier_test', 'gru_classifier_test'])
@@ -148,14 +157,14 @@ def test_left_padding_is_skipped_too():
   np.testing.assert_array_equal(y[0, :2], 0.0)
 
 
-@pytest.mark.parametrize('pooling', ['last', 'mean'])
-def test_classifier_ignores_padding(pooling):
-  model = bigjax.create_model('lstm_classifier_test', pooling=pooling, vocab_size=14)
+def test_classifier_ignores_padding():
+  model = bigjax.create_model('lstm_classifier_test', vocab_size=14)
   tokens = _tokens((1, 4))
   padded = jnp.pad(tokens, ((0, 0), (0, 3)))  # pad id 0
   variables = jax.jit(model.init)(KEY, tokens)
-  apply = jitted(model)
-  np.testing.assert_allclose(apply(variables, padded), apply(variables, tokens), atol=1e-6)
+  for pooling in ('last', 'mean'):  # the same params serve both poolings
+    apply = jitted(model.clone(pooling=pooling))
+    np.testing.assert_allclose(apply(variables, padded), apply(variables, tokens), atol=1e-6)
 
 
 def test_seq2seq_masks_source_padding(s2s):
@@ -209,10 +218,8 @@ def test_lstm_lm_cached_decoding_equals_the_full_pass(lm):
   _lm_cached_matches_full(*lm)
 
 
-def test_gru_lm_cached_decoding_equals_the_full_pass():
-  model = bigjax.create_model('gru_lm_test')
-  params = jax.jit(model.init)(KEY, LM_TOKENS)['params']
-  _lm_cached_matches_full(model, params, jitted(model))
+def test_gru_lm_cached_decoding_equals_the_full_pass(gru_lm):
+  _lm_cached_matches_full(*gru_lm)
 
 
 def test_seq2seq_incremental_decoding_equals_full_decoding(s2s):
@@ -238,3 +245,22 @@ def test_jit_equals_no_jit(lm, s2s):
         apply({'params': params}, *inputs), model.apply({'params': params}, *inputs),
         atol=1e-6,
     )
+
+
+def test_bigjax_decode_drives_the_lm_and_seq2seq(lm, s2s):
+  """The decode contract: bigjax.decode's greedy output is the argmax of the full model
+  run over that same output (teacher forcing), at every step."""
+  from bigjax import decode
+
+  model, params, apply = lm
+  prompt = LM_TOKENS[:, :3]
+  out = decode.generate_lm(model, {'params': params}, prompt, max_new_tokens=4)
+  logits = apply({'params': params}, jnp.concatenate([prompt, out], axis=1))  # [B, 7, V]
+  np.testing.assert_array_equal(out, jnp.argmax(logits[:, 2:6], -1))
+  model, params, apply = s2s
+  out = decode.generate_seq2seq(model, {'params': params}, SRC, bos_id=1, max_new_tokens=5)
+  logits = apply({'params': params}, SRC, jnp.concatenate([TGT[:, :1], out[:, :4]], axis=1))
+  np.testing.assert_array_equal(out, jnp.argmax(logits, -1))
+  beams = decode.generate_seq2seq(model, {'params': params}, SRC, bos_id=1, max_new_tokens=5,
+                                  method='beam', beam_size=2)
+  chex.assert_shape(beams, (2, 5))

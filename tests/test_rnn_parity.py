@@ -12,15 +12,15 @@ from bigjax.models.rnn import RNN  # noqa: E402
 
 pytestmark = pytest.mark.parity
 
-B, T, I, H = 3, 7, 5, 6
+B, T, D_IN, H = 3, 7, 5, 6
 TORCH = {'rnn': torch.nn.RNN, 'lstm': torch.nn.LSTM, 'gru': torch.nn.GRU}
 
 
 def _run_both(cell, num_layers, bidirectional, seed=0):
   torch.manual_seed(seed)
-  ref = TORCH[cell](I, H, num_layers=num_layers, bidirectional=bidirectional,
+  ref = TORCH[cell](D_IN, H, num_layers=num_layers, bidirectional=bidirectional,
                     batch_first=True)
-  x = np.random.default_rng(seed).normal(size=(B, T, I)).astype(np.float32)
+  x = np.random.default_rng(seed).normal(size=(B, T, D_IN)).astype(np.float32)
   with torch.no_grad():
     out, state = ref(torch.from_numpy(x))
   state_dict = {k: v.detach().numpy() for k, v in ref.state_dict().items()}

@@ -17,6 +17,12 @@ recurrent half (`hh`) over time with `nn.scan`, so compile time does not grow wi
 With a [B, T] validity mask a padded step leaves the carry unchanged and outputs zeros, so
 the backward direction (a reversed scan) starts at each sequence's last valid step.
 Carries: LSTM (c, h), Elman and GRU h, each [B, H], held in float32.
+
+Parameter names (stable):
+  RNN:           layer_{i}/{fwd,bwd}/ih/{kernel [I, G*H], bias [G*H]}
+                 layer_{i}/{fwd,bwd}/hh/{kernel [H, G*H], bias [G*H]}
+  LM:            embed/embedding [V, E], rnn/layer_{i}/fwd/..., head/{kernel [H, V], bias}
+  classifier:    embed/embedding [V, E], rnn/layer_{i}/{fwd,bwd}/..., head/{kernel, bias}
 """
 
 from typing import Any, Callable, Sequence
