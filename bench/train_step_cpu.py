@@ -32,16 +32,20 @@ CASES = {
 def bench_jax(name, steps):
   kw, shape, batch = CASES[name]
   model = bigjax.create_model(name, **kw)
-  config = ml_collections.ConfigDict({'train': {'label_smoothing': 0.0}, 'data': {},
-                                      'optim': {'grad_accum_steps': 1}, 'model': {}})
+  config = ml_collections.ConfigDict(
+    {'train': {'label_smoothing': 0.0}, 'data': {}, 'optim': {'grad_accum_steps': 1}, 'model': {}}
+  )
   schedule = optax.constant_schedule(1e-3)
   tx = optim.make_optimizer(ml_collections.ConfigDict({'name': 'adam'}), schedule)
   rng = np.random.default_rng(0)
-  data = {'image': rng.normal(size=(batch, *shape)).astype(np.float32),
-          'label': rng.integers(0, 10, batch).astype(np.int32)}
+  data = {
+    'image': rng.normal(size=(batch, *shape)).astype(np.float32),
+    'label': rng.integers(0, 10, batch).astype(np.int32),
+  }
   state = init_state(model, tx, jax.random.key(0), (data['image'][:1],))
-  step = jax.jit(make_train_step(model, get_task('classification'), config, schedule, tx),
-                 donate_argnums=0)
+  step = jax.jit(
+    make_train_step(model, get_task('classification'), config, schedule, tx), donate_argnums=0
+  )
   data = jax.device_put(data)
   key = jax.random.key(1)
   for _ in range(10):
@@ -63,8 +67,9 @@ def bench_torch(name, steps):
   kw, shape, batch = CASES[name]
   if name == 'mlp':
     d = int(np.prod(shape))
-    net = nn.Sequential(nn.Flatten(), nn.Linear(d, 256), nn.ReLU(), nn.Linear(256, 256),
-                        nn.ReLU(), nn.Linear(256, 10))
+    net = nn.Sequential(
+      nn.Flatten(), nn.Linear(d, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+    )
   else:  # LeNet-5 with 'SAME' padding at 28x28, as bigjax's lenet
     net = nn.Sequential(
       nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
@@ -101,8 +106,10 @@ def main():
   args = parser.parse_args()
   import torch
 
-  print(f'jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__}, '
-        f'torch threads {torch.get_num_threads()}')
+  print(
+    f'jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__}, '
+    f'torch threads {torch.get_num_threads()}'
+  )
   print('| model | batch | bigjax ms/step | PyTorch ms/step | PyTorch / bigjax |')
   print('| --- | --- | --- | --- | --- |')
   for name in args.models.split(','):

@@ -86,11 +86,12 @@ def _check_prompt(prompt: jax.Array, max_new_tokens: int) -> None:
 
 # ------------------------------------------------------------------- greedy and sampling
 @functools.partial(
-    jax.jit,
-    static_argnames=('max_new_tokens', 'temperature', 'top_k', 'top_p', 'eos_id', 'pad_id'),
+  jax.jit,
+  static_argnames=('max_new_tokens', 'temperature', 'top_k', 'top_p', 'eos_id', 'pad_id'),
 )
-def _sample_loop(step, cache, prompt, rng, *, max_new_tokens, temperature, top_k, top_p,
-                 eos_id, pad_id):
+def _sample_loop(
+  step, cache, prompt, rng, *, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id
+):
   batch = prompt.shape[0]
   logits, cache = step(cache, prompt)  # prefill: [B, P, V]
   rng, sub = jax.random.split(rng)
@@ -117,20 +118,44 @@ def _sample_loop(step, cache, prompt, rng, *, max_new_tokens, temperature, top_k
   return jax.lax.while_loop(cond, body, state)[3]
 
 
-def greedy(step: StepFn, cache: PyTree, prompt: jax.Array, *, max_new_tokens: int,
-           eos_id: int | None = None, pad_id: int = 0) -> jax.Array:
+def greedy(
+  step: StepFn,
+  cache: PyTree,
+  prompt: jax.Array,
+  *,
+  max_new_tokens: int,
+  eos_id: int | None = None,
+  pad_id: int = 0,
+) -> jax.Array:
   """Argmax decoding after the [B, P] prompt -> [B, N] new tokens (pad after EOS)."""
   _check_prompt(prompt, max_new_tokens)
   return _sample_loop(
-      _as_pytree_fn(step), cache, jnp.asarray(prompt, jnp.int32), jax.random.key(0),
-      max_new_tokens=max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, eos_id=eos_id,
-      pad_id=pad_id,
+    _as_pytree_fn(step),
+    cache,
+    jnp.asarray(prompt, jnp.int32),
+    jax.random.key(0),
+    max_new_tokens=max_new_tokens,
+    temperature=0.0,
+    top_k=0,
+    top_p=1.0,
+    eos_id=eos_id,
+    pad_id=pad_id,
   )
 
 
-def sample(step: StepFn, cache: PyTree, prompt: jax.Array, rng: PRNGKey, *,
-           max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           eos_id: int | None = None, pad_id: int = 0) -> jax.Array:
+def sample(
+  step: StepFn,
+  cache: PyTree,
+  prompt: jax.Array,
+  rng: PRNGKey,
+  *,
+  max_new_tokens: int,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  eos_id: int | None = None,
+  pad_id: int = 0,
+) -> jax.Array:
   """Ancestral sampling from softmax(logits / temperature), optionally restricted to the
   top-k tokens and/or the top-p nucleus -> [B, N] new tokens. temperature=0 is greedy."""
   _check_prompt(prompt, max_new_tokens)
@@ -138,9 +163,16 @@ def sample(step: StepFn, cache: PyTree, prompt: jax.Array, rng: PRNGKey, *,
     raise ValueError(f'temperature must be >= 0, got {temperature}')
   _check_filter(top_k, top_p)
   return _sample_loop(
-      _as_pytree_fn(step), cache, jnp.asarray(prompt, jnp.int32), rng,
-      max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k),
-      top_p=float(top_p), eos_id=eos_id, pad_id=pad_id,
+    _as_pytree_fn(step),
+    cache,
+    jnp.asarray(prompt, jnp.int32),
+    rng,
+    max_new_tokens=max_new_tokens,
+    temperature=float(temperature),
+    top_k=int(top_k),
+    top_p=float(top_p),
+    eos_id=eos_id,
+    pad_id=pad_id,
   )
 
 
@@ -156,7 +188,7 @@ def _map_batch_leaves(fn, tree, size):
 
 
 @functools.partial(
-    jax.jit, static_argnames=('beam_size', 'max_new_tokens', 'alpha', 'eos_id', 'pad_id')
+  jax.jit, static_argnames=('beam_size', 'max_new_tokens', 'alpha', 'eos_id', 'pad_id')
 )
 def _beam_loop(step, cache, prompt, *, beam_size, max_new_tokens, alpha, eos_id, pad_id):
   batch, width, n = prompt.shape[0], beam_size, max_new_tokens
@@ -207,9 +239,7 @@ def _beam_loop(step, cache, prompt, *, beam_size, max_new_tokens, alpha, eos_id,
   fin = (alive_seq, jnp.full((batch, width), -jnp.inf))
   done = jnp.zeros((batch,), bool)
   state = (jnp.array(0, jnp.int32), logits, cache, alive_seq, alive_logp, fin, done)
-  i, _, _, alive_seq, alive_logp, (fin_seq, fin_score), done = jax.lax.while_loop(
-      cond, body, state
-  )
+  i, _, _, alive_seq, alive_logp, (fin_seq, fin_score), done = jax.lax.while_loop(cond, body, state)
   # Rows that ran out of length also rank their unfinished hypotheses.
   alive_score = jnp.where(done[:, None], -jnp.inf, alive_logp / length_penalty(i * 1.0, alpha))
   pool_score = jnp.concatenate([fin_score, alive_score], axis=1)
@@ -218,9 +248,17 @@ def _beam_loop(step, cache, prompt, *, beam_size, max_new_tokens, alpha, eos_id,
   return seqs, scores
 
 
-def beam_search(step: StepFn, cache: PyTree, prompt: jax.Array, *, beam_size: int,
-                max_new_tokens: int, alpha: float = 0.6, eos_id: int | None = None,
-                pad_id: int = 0) -> tuple[jax.Array, jax.Array]:
+def beam_search(
+  step: StepFn,
+  cache: PyTree,
+  prompt: jax.Array,
+  *,
+  beam_size: int,
+  max_new_tokens: int,
+  alpha: float = 0.6,
+  eos_id: int | None = None,
+  pad_id: int = 0,
+) -> tuple[jax.Array, jax.Array]:
   """Beam search with the GNMT length penalty: score = log P(Y) / ((5 + |Y|) / 6)^alpha.
 
   `cache` is sized for the B prompt rows; it is copied to B*W rows after the prefill.
@@ -231,8 +269,14 @@ def beam_search(step: StepFn, cache: PyTree, prompt: jax.Array, *, beam_size: in
   if beam_size < 1:
     raise ValueError(f'beam_size must be at least 1, got {beam_size}')
   return _beam_loop(
-      _as_pytree_fn(step), cache, jnp.asarray(prompt, jnp.int32), beam_size=int(beam_size),
-      max_new_tokens=max_new_tokens, alpha=float(alpha), eos_id=eos_id, pad_id=pad_id,
+    _as_pytree_fn(step),
+    cache,
+    jnp.asarray(prompt, jnp.int32),
+    beam_size=int(beam_size),
+    max_new_tokens=max_new_tokens,
+    alpha=float(alpha),
+    eos_id=eos_id,
+    pad_id=pad_id,
   )
 
 
@@ -245,8 +289,7 @@ def _decoding_clone(model: nn.Module, encoder_decoder: bool) -> nn.Module:
     return model.clone(decode=True)
   kind = 'an encoder-decoder needs a `decoding`' if encoder_decoder else 'an LM needs a `decode`'
   raise ValueError(
-      f'{type(model).__name__} cannot decode with a cache: {kind} bool attribute '
-      '(see bigjax.decode)'
+    f'{type(model).__name__} cannot decode with a cache: {kind} bool attribute (see bigjax.decode)'
   )
 
 
@@ -261,9 +304,7 @@ class _LMStep:
   model: nn.Module
 
   def __call__(self, variables, cache, tokens):
-    logits, mutated = self.model.apply(
-        {**variables, 'cache': cache}, tokens, mutable=['cache']
-    )
+    logits, mutated = self.model.apply({**variables, 'cache': cache}, tokens, mutable=['cache'])
     return logits, mutated['cache']
 
 
@@ -276,7 +317,7 @@ class _Seq2SeqStep:
   def __call__(self, variables, state, tokens):
     cache, encoded = state
     logits, mutated = self.model.apply(
-        {**variables, 'cache': cache}, encoded, tokens, method='decode', mutable=['cache']
+      {**variables, 'cache': cache}, encoded, tokens, method='decode', mutable=['cache']
     )
     return logits, (mutated['cache'], encoded)
 
@@ -292,16 +333,18 @@ def _encode(model, variables, src):
   return model.apply(variables, src, method='encode')
 
 
-def lm_decoder(model: nn.Module, variables: PyTree, batch_size: int,
-               max_len: int) -> tuple[jax.tree_util.Partial, PyTree]:
+def lm_decoder(
+  model: nn.Module, variables: PyTree, batch_size: int, max_len: int
+) -> tuple[jax.tree_util.Partial, PyTree]:
   """(step, cache) for a decoder-only model, with room for max_len = P + N tokens."""
   model = _decoding_clone(model, encoder_decoder=False)
   cache = _init_cache(model, jnp.zeros((batch_size, max_len), jnp.int32))
   return jax.tree_util.Partial(_LMStep(model), _without_cache(variables)), cache
 
 
-def seq2seq_decoder(model: nn.Module, variables: PyTree, src: jax.Array,
-                    max_len: int) -> tuple[jax.tree_util.Partial, PyTree]:
+def seq2seq_decoder(
+  model: nn.Module, variables: PyTree, src: jax.Array, max_len: int
+) -> tuple[jax.tree_util.Partial, PyTree]:
   """(step, cache) for an encoder-decoder: encodes [B, S] src once; room for max_len
   target tokens (the BOS prompt included)."""
   variables = _without_cache(variables)
@@ -315,40 +358,90 @@ def seq2seq_decoder(model: nn.Module, variables: PyTree, src: jax.Array,
 
 def _run(step, cache, prompt, *, method, max_new_tokens, rng, eos_id, pad_id, **options):
   if method == 'greedy':
-    return greedy(step, cache, prompt, max_new_tokens=max_new_tokens, eos_id=eos_id,
-                  pad_id=pad_id)
+    return greedy(step, cache, prompt, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id)
   if method == 'sample':
     keys = ('temperature', 'top_k', 'top_p')
-    return sample(step, cache, prompt, jax.random.key(0) if rng is None else rng,
-                  max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
-                  **{k: options[k] for k in keys if k in options})
+    return sample(
+      step,
+      cache,
+      prompt,
+      jax.random.key(0) if rng is None else rng,
+      max_new_tokens=max_new_tokens,
+      eos_id=eos_id,
+      pad_id=pad_id,
+      **{k: options[k] for k in keys if k in options},
+    )
   if method == 'beam':
     keys = ('beam_size', 'alpha')
-    seqs, _ = beam_search(step, cache, prompt, max_new_tokens=max_new_tokens, eos_id=eos_id,
-                          pad_id=pad_id, **{k: options[k] for k in keys if k in options})
+    seqs, _ = beam_search(
+      step,
+      cache,
+      prompt,
+      max_new_tokens=max_new_tokens,
+      eos_id=eos_id,
+      pad_id=pad_id,
+      **{k: options[k] for k in keys if k in options},
+    )
     return seqs[:, 0]
   raise ValueError(f"unknown decoding method {method!r}; choose 'greedy', 'sample' or 'beam'")
 
 
-def generate_lm(model: nn.Module, variables: PyTree, prompt: jax.Array, *,
-                max_new_tokens: int, method: str = 'greedy', rng: PRNGKey | None = None,
-                eos_id: int | None = None, pad_id: int = 0, **options: Any) -> jax.Array:
+def generate_lm(
+  model: nn.Module,
+  variables: PyTree,
+  prompt: jax.Array,
+  *,
+  max_new_tokens: int,
+  method: str = 'greedy',
+  rng: PRNGKey | None = None,
+  eos_id: int | None = None,
+  pad_id: int = 0,
+  **options: Any,
+) -> jax.Array:
   """Continues [B, P] prompts with an LM -> [B, N] tokens. options: temperature, top_k,
   top_p (sample), beam_size, alpha (beam; the best hypothesis is returned)."""
   prompt = jnp.asarray(prompt, jnp.int32)
   _check_prompt(prompt, max_new_tokens)
   step, cache = lm_decoder(model, variables, prompt.shape[0], prompt.shape[1] + max_new_tokens)
-  return _run(step, cache, prompt, method=method, max_new_tokens=max_new_tokens, rng=rng,
-              eos_id=eos_id, pad_id=pad_id, **options)
+  return _run(
+    step,
+    cache,
+    prompt,
+    method=method,
+    max_new_tokens=max_new_tokens,
+    rng=rng,
+    eos_id=eos_id,
+    pad_id=pad_id,
+    **options,
+  )
 
 
-def generate_seq2seq(model: nn.Module, variables: PyTree, src: jax.Array, *, bos_id: int,
-                     max_new_tokens: int, method: str = 'greedy', rng: PRNGKey | None = None,
-                     eos_id: int | None = None, pad_id: int = 0, **options: Any) -> jax.Array:
+def generate_seq2seq(
+  model: nn.Module,
+  variables: PyTree,
+  src: jax.Array,
+  *,
+  bos_id: int,
+  max_new_tokens: int,
+  method: str = 'greedy',
+  rng: PRNGKey | None = None,
+  eos_id: int | None = None,
+  pad_id: int = 0,
+  **options: Any,
+) -> jax.Array:
   """Translates [B, S] sources -> [B, N] target tokens (after BOS; pad after EOS)."""
   src = jnp.asarray(src, jnp.int32)
   prompt = jnp.full((src.shape[0], 1), bos_id, jnp.int32)
   _check_prompt(prompt, max_new_tokens)
   step, cache = seq2seq_decoder(model, variables, src, 1 + max_new_tokens)
-  return _run(step, cache, prompt, method=method, max_new_tokens=max_new_tokens, rng=rng,
-              eos_id=eos_id, pad_id=pad_id, **options)
+  return _run(
+    step,
+    cache,
+    prompt,
+    method=method,
+    max_new_tokens=max_new_tokens,
+    rng=rng,
+    eos_id=eos_id,
+    pad_id=pad_id,
+    **options,
+  )

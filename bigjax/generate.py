@@ -58,9 +58,7 @@ class _Algorithmic(_Codec):
     text = ''.join(text.split())
     bad = sorted({c for c in text if c not in self.ids})
     if bad or not text:
-      raise ValueError(
-          f'an algorithmic prompt is digits and "+", like 12+345; got {text!r}'
-      )
+      raise ValueError(f'an algorithmic prompt is digits and "+", like 12+345; got {text!r}')
     ids = np.array([self.ids[c] for c in text], np.int32)
     if self.pad_width:
       from bigjax.data.algorithmic_reversed import pad_operands
@@ -128,8 +126,15 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def generate(workdir: str, prompt: str, *, max_new_tokens: int = 100, method: str = 'greedy',
-             seed: int = 0, **options) -> str:
+def generate(
+  workdir: str,
+  prompt: str,
+  *,
+  max_new_tokens: int = 100,
+  method: str = 'greedy',
+  seed: int = 0,
+  **options,
+) -> str:
   """Loads the run in `workdir` and returns the generated text."""
   from bigjax.data.datasets import dataset_spec
   from bigjax.train.loop import restore_from_workdir
@@ -140,8 +145,13 @@ def generate(workdir: str, prompt: str, *, max_new_tokens: int = 100, method: st
   task = dataset_spec(config.data.name).task
   codec = codec_for(config, workdir)
   ids = codec.encode(prompt)[None]  # [1, L]
-  kw = dict(max_new_tokens=max_new_tokens, method=method, rng=jax.random.key(seed),
-            eos_id=codec.eos_id, **options)
+  kw = dict(
+    max_new_tokens=max_new_tokens,
+    method=method,
+    rng=jax.random.key(seed),
+    eos_id=codec.eos_id,
+    **options,
+  )
   if task == 'lm':  # the prompt is continued
     out = decode.generate_lm(model, variables, ids, **kw)
     return codec.decode(np.concatenate([ids[0], np.asarray(out[0])]))
@@ -153,11 +163,22 @@ def generate(workdir: str, prompt: str, *, max_new_tokens: int = 100, method: st
 
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-  options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                 beam_size=args.beam_size, alpha=args.alpha)
+  options = dict(
+    temperature=args.temperature,
+    top_k=args.top_k,
+    top_p=args.top_p,
+    beam_size=args.beam_size,
+    alpha=args.alpha,
+  )
   try:
-    text = generate(args.workdir, args.prompt, max_new_tokens=args.max_new_tokens,
-                    method=args.method, seed=args.seed, **options)
+    text = generate(
+      args.workdir,
+      args.prompt,
+      max_new_tokens=args.max_new_tokens,
+      method=args.method,
+      seed=args.seed,
+      **options,
+    )
   except (ValueError, OSError) as e:
     if args.verbose:
       raise

@@ -15,14 +15,20 @@ def _text_number(ids) -> int:
 
 
 def _small(task, **kw):
-  return alg.custom_config(task, kw.pop('min_length', 1), kw.pop('max_length', 6),
-                           kw.pop('num_train', 200), kw.pop('num_test', 40), **kw)
+  return alg.custom_config(
+    task,
+    kw.pop('min_length', 1),
+    kw.pop('max_length', 6),
+    kw.pop('num_train', 200),
+    kw.pop('num_test', 40),
+    **kw,
+  )
 
 
 @pytest.fixture(scope='module')
 def reverse_source(data_dir):
   data = ml_collections.ConfigDict(
-      {'task': 'reverse', 'max_length': 6, 'num_train': 200, 'num_test': 40, 'max_len': 8}
+    {'task': 'reverse', 'max_length': 6, 'num_train': 200, 'num_test': 40, 'max_len': 8}
   )
   spec = dataset_spec('algorithmic')
   return spec, data, {s: spec.open_split(s, data_dir, data) for s in ('train', 'test')}

@@ -43,9 +43,17 @@ PROBS = np.array([0.5, 0.3, 0.15, 0.05])
 
 
 @pytest.mark.parametrize(
-    'top_k,top_p,kept',
-    [(0, 0.4, {0}), (0, 0.7, {0, 1}), (0, 0.85, {0, 1, 2}), (0, 0.97, {0, 1, 2, 3}),
-     (0, 1.0, {0, 1, 2, 3}), (2, 1.0, {0, 1}), (1, 1.0, {0}), (3, 0.7, {0, 1})],
+  'top_k,top_p,kept',
+  [
+    (0, 0.4, {0}),
+    (0, 0.7, {0, 1}),
+    (0, 0.85, {0, 1, 2}),
+    (0, 0.97, {0, 1, 2, 3}),
+    (0, 1.0, {0, 1, 2, 3}),
+    (2, 1.0, {0, 1}),
+    (1, 1.0, {0}),
+    (3, 0.7, {0, 1}),
+  ],
 )
 def test_filter_logits_hand_made(top_k, top_p, kept):
   # Shuffled, so the cut-off must follow probability, not position.
@@ -53,8 +61,9 @@ def test_filter_logits_hand_made(top_k, top_p, kept):
   logits = jnp.log(jnp.asarray(PROBS[order]))[None]  # [1, V]
   out = np.asarray(decode.filter_logits(logits, top_k=top_k, top_p=top_p))[0]
   assert {int(order[i]) for i in np.flatnonzero(np.isfinite(out))} == kept
-  np.testing.assert_allclose(out[np.isfinite(out)], np.log(PROBS[order])[np.isfinite(out)],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    out[np.isfinite(out)], np.log(PROBS[order])[np.isfinite(out)], rtol=1e-6
+  )
 
 
 def test_nucleus_sampling_renormalises():
@@ -72,13 +81,22 @@ def test_nucleus_sampling_renormalises():
 def test_bad_options_raise():
   step = jax.tree_util.Partial(_counter)
   with pytest.raises(ValueError, match='top_p'):
-    decode.sample(step, _counts(1), jnp.ones((1, 1), jnp.int32), jax.random.key(0),
-                  max_new_tokens=2, top_p=0.0)
+    decode.sample(
+      step, _counts(1), jnp.ones((1, 1), jnp.int32), jax.random.key(0), max_new_tokens=2, top_p=0.0
+    )
   with pytest.raises(ValueError, match='prompt'):
     decode.greedy(step, _counts(1), jnp.ones((3,), jnp.int32), max_new_tokens=2)
   with pytest.raises(ValueError, match='method'):
-    decode._run(step, _counts(1), jnp.ones((1, 1), jnp.int32), method='nucleus',
-                max_new_tokens=2, rng=None, eos_id=None, pad_id=0)
+    decode._run(
+      step,
+      _counts(1),
+      jnp.ones((1, 1), jnp.int32),
+      method='nucleus',
+      max_new_tokens=2,
+      rng=None,
+      eos_id=None,
+      pad_id=0,
+    )
   with pytest.raises(ValueError, match='decode'):
     decode.lm_decoder(bigjax.create_model('mlp'), {}, 1, 4)
 
@@ -102,12 +120,14 @@ def test_top_k_1_sampling_and_beam_1_equal_greedy_on_a_bigram_model():
   greedy = decode.greedy(step, _counts(8), prompt, max_new_tokens=10, eos_id=EOS)
   ended = (np.asarray(greedy) == EOS).any(axis=1)
   assert ended.any() and not ended.all()  # both outcomes are exercised
-  top1 = decode.sample(step, _counts(8), prompt, jax.random.key(5), max_new_tokens=10,
-                       top_k=1, eos_id=EOS)
+  top1 = decode.sample(
+    step, _counts(8), prompt, jax.random.key(5), max_new_tokens=10, top_k=1, eos_id=EOS
+  )
   np.testing.assert_array_equal(top1, greedy)
   for alpha in (0.0, 0.6):
-    beams, scores = decode.beam_search(step, _counts(8), prompt, beam_size=1,
-                                       max_new_tokens=10, alpha=alpha, eos_id=EOS)
+    beams, scores = decode.beam_search(
+      step, _counts(8), prompt, beam_size=1, max_new_tokens=10, alpha=alpha, eos_id=EOS
+    )
     np.testing.assert_array_equal(beams[:, 0], greedy)
     assert np.isfinite(np.asarray(scores)).all()
 
@@ -127,8 +147,9 @@ def test_beam_search_beats_greedy_on_a_garden_path():
   greedy = decode.greedy(step, _counts(2), prompt, max_new_tokens=5, eos_id=EOS)
   np.testing.assert_array_equal(greedy[0], [3, 5, EOS, 0, 0])
   for alpha in (0.0, 0.6):
-    beams, scores = decode.beam_search(step, _counts(2), prompt, beam_size=2,
-                                       max_new_tokens=5, alpha=alpha, eos_id=EOS)
+    beams, scores = decode.beam_search(
+      step, _counts(2), prompt, beam_size=2, max_new_tokens=5, alpha=alpha, eos_id=EOS
+    )
     np.testing.assert_array_equal(beams[:, 0], [[4, EOS, 0, 0, 0]] * 2)
     penalty = lambda n: ((5 + n) / 6) ** alpha  # noqa: E731
     np.testing.assert_allclose(scores[:, 0], math.log(0.36) / penalty(2), rtol=1e-5)
@@ -140,14 +161,14 @@ def test_beam_search_without_eos_keeps_the_most_likely_sequences():
   table = jax.nn.softmax(jax.random.normal(jax.random.key(0), (6, 6)))
   step = _bigram_step(table)
   prompt = jnp.array([[1], [4]], jnp.int32)
-  beams, scores = decode.beam_search(step, _counts(2), prompt, beam_size=36,
-                                     max_new_tokens=2, alpha=0.0)
+  beams, scores = decode.beam_search(
+    step, _counts(2), prompt, beam_size=36, max_new_tokens=2, alpha=0.0
+  )
   # With a beam as wide as all 6^2 continuations the search is exhaustive.
   logp = np.log(np.asarray(table))
   for row, first in enumerate((1, 4)):
     every = logp[first][:, None] + logp  # [V, V]
-    np.testing.assert_allclose(np.sort(scores[row])[::-1], np.sort(every.ravel())[::-1],
-                               rtol=1e-5)
+    np.testing.assert_allclose(np.sort(scores[row])[::-1], np.sort(every.ravel())[::-1], rtol=1e-5)
     a, b = np.asarray(beams[row, 0])
     np.testing.assert_allclose(every[a, b], every.max(), rtol=1e-6)
 
@@ -172,11 +193,20 @@ def test_transformer_greedy_matches_teacher_forced_argmax(transformer):
   full = jax.jit(model.apply)(variables, src, tgt_in)
   np.testing.assert_array_equal(out, jnp.argmax(full, axis=-1))
   assert len(np.unique(np.asarray(out))) > 2  # a non-trivial sequence
-  top1 = decode.generate_seq2seq(model, variables, src, bos_id=BOS, max_new_tokens=6,
-                                 method='sample', top_k=1, rng=jax.random.key(9))
+  top1 = decode.generate_seq2seq(
+    model,
+    variables,
+    src,
+    bos_id=BOS,
+    max_new_tokens=6,
+    method='sample',
+    top_k=1,
+    rng=jax.random.key(9),
+  )
   np.testing.assert_array_equal(top1, out)
-  beam1 = decode.generate_seq2seq(model, variables, src, bos_id=BOS, max_new_tokens=6,
-                                  method='beam', beam_size=1)
+  beam1 = decode.generate_seq2seq(
+    model, variables, src, bos_id=BOS, max_new_tokens=6, method='beam', beam_size=1
+  )
   np.testing.assert_array_equal(beam1, out)
 
 
@@ -207,8 +237,12 @@ def test_lstm_lm_cached_steps_equal_full_forward():
   step, cache = decode.lm_decoder(model, variables, batch_size=2, max_len=6)
   steps = _step_through(step, cache, tokens, [(0, 3), (3, 4), (4, 5), (5, 6)])
   np.testing.assert_allclose(steps, full, atol=1e-5, rtol=1e-5)
-  sampled = [decode.generate_lm(model, variables, tokens[:, :2], max_new_tokens=8,
-                                method='sample', rng=jax.random.key(s)) for s in (0, 0, 1)]
+  sampled = [
+    decode.generate_lm(
+      model, variables, tokens[:, :2], max_new_tokens=8, method='sample', rng=jax.random.key(s)
+    )
+    for s in (0, 0, 1)
+  ]
   np.testing.assert_array_equal(sampled[0], sampled[1])
   assert not np.array_equal(sampled[0], sampled[2])
 

@@ -76,11 +76,14 @@ def test_unknown_optimizer():
 
 
 def test_schedule_counts_optimizer_updates_under_accumulation():
-  config = ml_collections.ConfigDict({
-    'optim': {'name': 'sgd', 'lr': 1.0, 'grad_accum_steps': 4},
-    'schedule': {'name': 'cosine', 'warmup_steps': 0, 'end_factor': 0.0},
-    'train': {'steps': 100},
-  })
+  config = ml_collections.ConfigDict(
+    {
+      'optim': {'name': 'sgd', 'lr': 1.0, 'grad_accum_steps': 4},
+      'schedule': {'name': 'cosine', 'warmup_steps': 0, 'end_factor': 0.0},
+      'train': {'steps': 100},
+    }
+  )
   schedule, _ = optim.from_config(config)
-  np.testing.assert_allclose([schedule(0), schedule(12.5), schedule(25)], [1.0, 0.5, 0.0],
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    [schedule(0), schedule(12.5), schedule(25)], [1.0, 0.5, 0.0], atol=1e-6
+  )

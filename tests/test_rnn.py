@@ -25,7 +25,6 @@ def _tokens(shape, vocab=14, seed=1, low=3):
   return jax.random.randint(jax.random.key(seed), shape, low, vocab)
 
 
-
 LM_TOKENS = _tokens((2, 7), 256)
 SRC = jnp.array([[3, 4, 5, 6, 2, 0, 0], [7, 8, 9, 10, 11, 12, 2]])  # one row padded
 TGT = jnp.array([[1, 6, 5, 4, 3], [1, 12, 11, 10, 9]])
@@ -186,7 +185,7 @@ def test_dropout_only_in_training_and_not_after_the_last_layer(lm):
   tokens = LM_TOKENS
   eval_out = jitted(model)({'params': params}, tokens)
   train_apply = jax.jit(
-      lambda p, t, key: model.apply({'params': p}, t, train=True, rngs={'dropout': key})
+    lambda p, t, key: model.apply({'params': p}, t, train=True, rngs={'dropout': key})
   )
   train = lambda seed: train_apply(params, tokens, jax.random.key(seed))  # noqa: E731
   assert np.abs(np.asarray(train(0) - eval_out)).max() > 1e-3
@@ -242,8 +241,9 @@ def test_jit_equals_no_jit(lm, s2s):
   for model, params, apply in (lm, s2s):
     inputs = (LM_TOKENS,) if model is lm[0] else (SRC, TGT)
     np.testing.assert_allclose(
-        apply({'params': params}, *inputs), model.apply({'params': params}, *inputs),
-        atol=1e-6,
+      apply({'params': params}, *inputs),
+      model.apply({'params': params}, *inputs),
+      atol=1e-6,
     )
 
 
@@ -261,6 +261,7 @@ def test_bigjax_decode_drives_the_lm_and_seq2seq(lm, s2s):
   out = decode.generate_seq2seq(model, {'params': params}, SRC, bos_id=1, max_new_tokens=5)
   logits = apply({'params': params}, SRC, jnp.concatenate([TGT[:, :1], out[:, :4]], axis=1))
   np.testing.assert_array_equal(out, jnp.argmax(logits, -1))
-  beams = decode.generate_seq2seq(model, {'params': params}, SRC, bos_id=1, max_new_tokens=5,
-                                  method='beam', beam_size=2)
+  beams = decode.generate_seq2seq(
+    model, {'params': params}, SRC, bos_id=1, max_new_tokens=5, method='beam', beam_size=2
+  )
   chex.assert_shape(beams, (2, 5))

@@ -18,8 +18,7 @@ TORCH = {'rnn': torch.nn.RNN, 'lstm': torch.nn.LSTM, 'gru': torch.nn.GRU}
 
 def _run_both(cell, num_layers, bidirectional, seed=0):
   torch.manual_seed(seed)
-  ref = TORCH[cell](D_IN, H, num_layers=num_layers, bidirectional=bidirectional,
-                    batch_first=True)
+  ref = TORCH[cell](D_IN, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=True)
   x = np.random.default_rng(seed).normal(size=(B, T, D_IN)).astype(np.float32)
   with torch.no_grad():
     out, state = ref(torch.from_numpy(x))

@@ -12,9 +12,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # config -> (model, the metric its eval must report)
 CONFIGS = {
-    'lstm_pystdlib': ('lstm_lm', 'bits_per_byte'),
-    'gru_pystdlib': ('gru_lm', 'bits_per_byte'),
-    'seq2seq_reverse': ('seq2seq_lstm', 'exact_match'),
+  'lstm_pystdlib': ('lstm_lm', 'bits_per_byte'),
+  'gru_pystdlib': ('gru_lm', 'bits_per_byte'),
+  'seq2seq_reverse': ('seq2seq_lstm', 'exact_match'),
 }
 
 
@@ -23,8 +23,9 @@ CONFIGS = {
 def test_config_trains_and_evaluates(name, tmp_path, data_dir):
   workdir = tmp_path / 'run'
   config = os.path.join(ROOT, 'configs', f'{name}.py')
-  code = main(['--config', f'{config}:test', '--workdir', str(workdir),
-               f'--config.data.data_dir={data_dir}'])
+  code = main(
+    ['--config', f'{config}:test', '--workdir', str(workdir), f'--config.data.data_dir={data_dir}']
+  )
   assert code == 0
   with open(workdir / 'config.json') as f:
     assert json.load(f)['model']['name'] == CONFIGS[name][0]

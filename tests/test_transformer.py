@@ -44,7 +44,7 @@ def test_jit_matches_eager_and_dropout(post_ln):
   jitted = apply(variables, SRC, TGT)
   np.testing.assert_allclose(eager, jitted, atol=1e-5)
   drop = lambda seed: apply(  # noqa: E731
-      variables, SRC, TGT, train=True, rngs={'dropout': jax.random.key(seed)}
+    variables, SRC, TGT, train=True, rngs={'dropout': jax.random.key(seed)}
   )
   assert not np.allclose(drop(0), eager, atol=1e-3)
   assert not np.allclose(drop(0), drop(1), atol=1e-3)
@@ -84,9 +84,9 @@ def test_target_padding_does_not_leak_into_valid_positions(post_ln):
 
 
 @pytest.mark.parametrize(
-    'options',
-    [dict(), dict(pre_norm=True, tie_output=False, share_embeddings=False)],
-    ids=['post_ln_tied', 'pre_ln_untied'],
+  'options',
+  [dict(), dict(pre_norm=True, tie_output=False, share_embeddings=False)],
+  ids=['post_ln_tied', 'pre_ln_untied'],
 )
 def test_incremental_decoding_equals_full_forward(options):
   model = _model(**options)
@@ -95,12 +95,14 @@ def test_incremental_decoding_equals_full_forward(options):
   full = model.apply(variables, SRC, tgt)
   decoder = model.clone(decoding=True)
   encoded = model.apply(variables, SRC, method='encode')
-  cache = decoder.init(jax.random.key(0), encoded, jnp.zeros((2, 8), jnp.int32),
-                       method='decode')['cache']
+  cache = decoder.init(jax.random.key(0), encoded, jnp.zeros((2, 8), jnp.int32), method='decode')[
+    'cache'
+  ]
   chunks = []
   for start, stop in [(0, 2), (2, 3), (3, 4), (4, 6)]:  # a 2-token prefill, then steps
-    logits, mutated = decoder.apply({**variables, 'cache': cache}, encoded,
-                                    tgt[:, start:stop], method='decode', mutable=['cache'])
+    logits, mutated = decoder.apply(
+      {**variables, 'cache': cache}, encoded, tgt[:, start:stop], method='decode', mutable=['cache']
+    )
     cache = mutated['cache']
     chunks.append(logits)
   np.testing.assert_allclose(jnp.concatenate(chunks, axis=1), full, atol=1e-5, rtol=1e-5)
@@ -123,7 +125,7 @@ def test_layout_options():
 def _count(name, vocab):
   model = bigjax.create_model(name, vocab_size=vocab)
   shapes = jax.eval_shape(
-      model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 4), jnp.int32)
+    model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 4), jnp.int32)
   )
   return sum(x.size for x in jax.tree.leaves(shapes['params']))
 

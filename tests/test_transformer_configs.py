@@ -22,8 +22,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _train(name, workdir, data_dir, *extra):
   config = os.path.join(ROOT, 'configs', f'{name}.py')
-  rc = cli.main(['--config', f'{config}:test', '--workdir', str(workdir),
-                 f'--config.data.data_dir={data_dir}', *extra])
+  rc = cli.main(
+    [
+      '--config',
+      f'{config}:test',
+      '--workdir',
+      str(workdir),
+      f'--config.data.data_dir={data_dir}',
+      *extra,
+    ]
+  )
   assert rc == 0
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
@@ -58,7 +66,7 @@ def test_prompt_codecs():
   assert text.eos_id is None
   assert text.decode(text.encode('héllo, wörld')) == 'héllo, wörld'
   adder = generate.codec_for(
-      config(name='algorithmic_reversed', task='addition', pad_operands=True), ''
+    config(name='algorithmic_reversed', task='addition', pad_operands=True), ''
   )
   ids = lambda s: [DIGIT0 + int(c) if c.isdigit() else PLUS for c in s]  # noqa: E731
   np.testing.assert_array_equal(adder.encode('12 + 345'), ids('00000012+00000345') + [EOS])
@@ -71,8 +79,20 @@ def test_prompt_codecs():
 @pytest.mark.slow
 def test_addition_config_and_generate(addition_run, capsys):
   assert os.listdir(addition_run / 'checkpoints')
-  rc = generate.main(['--workdir', str(addition_run), '--prompt', '12+345',
-                      '--max_new_tokens', '6', '--method', 'beam', '--beam_size', '2'])
+  rc = generate.main(
+    [
+      '--workdir',
+      str(addition_run),
+      '--prompt',
+      '12+345',
+      '--max_new_tokens',
+      '6',
+      '--method',
+      'beam',
+      '--beam_size',
+      '2',
+    ]
+  )
   assert rc == 0
   out = capsys.readouterr().out.strip().splitlines()[-1]
   # At most 6 symbols, from the answer vocabulary (the tiny model is untrained).
@@ -86,8 +106,20 @@ def test_wmt_config_under_mock_data_and_generate(tmp_path, data_dir, capsys):
   with tfds.testing.mock_data(num_examples=64):
     _train('transformer_wmt14_ende', tmp_path, data_dir)
   assert os.path.exists(tmp_path / 'tokenizer.json')  # trained on first use, in the workdir
-  rc = generate.main(['--workdir', str(tmp_path), '--prompt', 'ab cd ef',
-                      '--max_new_tokens', '5', '--method', 'sample', '--top_p', '0.9'])
+  rc = generate.main(
+    [
+      '--workdir',
+      str(tmp_path),
+      '--prompt',
+      'ab cd ef',
+      '--max_new_tokens',
+      '5',
+      '--method',
+      'sample',
+      '--top_p',
+      '0.9',
+    ]
+  )
   assert rc == 0
   assert isinstance(capsys.readouterr().out, str)
 
@@ -96,8 +128,11 @@ def test_wmt_config_under_mock_data_and_generate(tmp_path, data_dir, capsys):
 def test_generate_cli_exit_code_without_checkpoint(tmp_path):
   (tmp_path / 'config.json').write_text(json.dumps({'data': {'name': 'algorithmic'}}))
   result = subprocess.run(
-      [sys.executable, '-m', 'bigjax.generate', '--workdir', str(tmp_path), '--prompt', '1+2'],
-      capture_output=True, text=True, cwd=ROOT, timeout=120,
+    [sys.executable, '-m', 'bigjax.generate', '--workdir', str(tmp_path), '--prompt', '1+2'],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=120,
   )
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith('error: ')

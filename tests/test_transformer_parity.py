@@ -22,12 +22,12 @@ def _attention(sd, prefix):
   params = {}
   for i, name in enumerate(('query', 'key', 'value')):
     params[name] = {
-        'kernel': w[i * D : (i + 1) * D].T.reshape(D, H, k),  # [D, H, K]
-        'bias': b[i * D : (i + 1) * D].reshape(H, k),
+      'kernel': w[i * D : (i + 1) * D].T.reshape(D, H, k),  # [D, H, K]
+      'bias': b[i * D : (i + 1) * D].reshape(H, k),
     }
   params['out'] = {
-      'kernel': sd[f'{prefix}.out_proj.weight'].T.reshape(H, k, D),  # [H, K, D]
-      'bias': sd[f'{prefix}.out_proj.bias'],
+    'kernel': sd[f'{prefix}.out_proj.weight'].T.reshape(H, k, D),  # [H, K, D]
+    'bias': sd[f'{prefix}.out_proj.bias'],
   }
   return params
 
@@ -50,19 +50,19 @@ def params_from_torch(sd: dict) -> dict:
   for i in range(N):
     p = f'encoder.layers.{i}'
     encoder[f'block_{i}'] = {
-        'attn': _attention(sd, f'{p}.self_attn'),
-        'attn_norm': _norm(sd, f'{p}.norm1'),
-        'mlp': {'fc1': _dense(sd, f'{p}.linear1'), 'fc2': _dense(sd, f'{p}.linear2')},
-        'mlp_norm': _norm(sd, f'{p}.norm2'),
+      'attn': _attention(sd, f'{p}.self_attn'),
+      'attn_norm': _norm(sd, f'{p}.norm1'),
+      'mlp': {'fc1': _dense(sd, f'{p}.linear1'), 'fc2': _dense(sd, f'{p}.linear2')},
+      'mlp_norm': _norm(sd, f'{p}.norm2'),
     }
     p = f'decoder.layers.{i}'
     decoder[f'block_{i}'] = {
-        'self_attn': _attention(sd, f'{p}.self_attn'),
-        'self_norm': _norm(sd, f'{p}.norm1'),
-        'cross_attn': _attention(sd, f'{p}.multihead_attn'),
-        'cross_norm': _norm(sd, f'{p}.norm2'),
-        'mlp': {'fc1': _dense(sd, f'{p}.linear1'), 'fc2': _dense(sd, f'{p}.linear2')},
-        'mlp_norm': _norm(sd, f'{p}.norm3'),
+      'self_attn': _attention(sd, f'{p}.self_attn'),
+      'self_norm': _norm(sd, f'{p}.norm1'),
+      'cross_attn': _attention(sd, f'{p}.multihead_attn'),
+      'cross_norm': _norm(sd, f'{p}.norm2'),
+      'mlp': {'fc1': _dense(sd, f'{p}.linear1'), 'fc2': _dense(sd, f'{p}.linear2')},
+      'mlp_norm': _norm(sd, f'{p}.norm3'),
     }
   encoder['norm'] = _norm(sd, 'encoder.norm')
   decoder['norm'] = _norm(sd, 'decoder.norm')
@@ -73,8 +73,13 @@ def params_from_torch(sd: dict) -> dict:
 def test_matches_torch_transformer():
   torch.manual_seed(0)
   ref = torch.nn.Transformer(
-      d_model=D, nhead=H, num_encoder_layers=N, num_decoder_layers=N, dim_feedforward=F,
-      dropout=0.0, batch_first=True,
+    d_model=D,
+    nhead=H,
+    num_encoder_layers=N,
+    num_decoder_layers=N,
+    dim_feedforward=F,
+    dropout=0.0,
+    batch_first=True,
   ).eval()
   # torch initialises LayerNorm to (1, 0); random affine parameters make the copy count.
   with torch.no_grad():
@@ -90,19 +95,30 @@ def test_matches_torch_transformer():
   tgt_valid = np.arange(T)[None] < np.array([[T], [T], [3]])  # [B, T]
   with torch.no_grad():
     want = ref(
-        torch.from_numpy(src), torch.from_numpy(tgt),
-        tgt_mask=torch.triu(torch.ones(T, T, dtype=torch.bool), 1), tgt_is_causal=True,
-        src_key_padding_mask=torch.from_numpy(~src_valid),
-        tgt_key_padding_mask=torch.from_numpy(~tgt_valid),
-        memory_key_padding_mask=torch.from_numpy(~src_valid),
+      torch.from_numpy(src),
+      torch.from_numpy(tgt),
+      tgt_mask=torch.triu(torch.ones(T, T, dtype=torch.bool), 1),
+      tgt_is_causal=True,
+      src_key_padding_mask=torch.from_numpy(~src_valid),
+      tgt_key_padding_mask=torch.from_numpy(~tgt_valid),
+      memory_key_padding_mask=torch.from_numpy(~src_valid),
     ).numpy()
-    memory = ref.encoder(torch.from_numpy(src),
-                         src_key_padding_mask=torch.from_numpy(~src_valid)).numpy()
+    memory = ref.encoder(
+      torch.from_numpy(src), src_key_padding_mask=torch.from_numpy(~src_valid)
+    ).numpy()
 
   model = Transformer(
-      vocab_size=16, hidden_size=D, num_heads=H, mlp_dim=F, num_encoder_layers=N,
-      num_decoder_layers=N, dropout_rate=0.0, pre_norm=False, final_norm=True,
-      layer_norm_eps=1e-5, activation='relu',
+    vocab_size=16,
+    hidden_size=D,
+    num_heads=H,
+    mlp_dim=F,
+    num_encoder_layers=N,
+    num_decoder_layers=N,
+    dropout_rate=0.0,
+    pre_norm=False,
+    final_norm=True,
+    layer_norm_eps=1e-5,
+    activation='relu',
   )
   params = params_from_torch(sd)
 
@@ -111,8 +127,12 @@ def test_matches_torch_transformer():
     return encoded, module.decoder(tgt, encoded, src_valid, tgt_valid)
 
   encoded, got = model.apply(
-      {'params': params}, jnp.asarray(src), jnp.asarray(src_valid), jnp.asarray(tgt),
-      jnp.asarray(tgt_valid), method=stacks,
+    {'params': params},
+    jnp.asarray(src),
+    jnp.asarray(src_valid),
+    jnp.asarray(tgt),
+    jnp.asarray(tgt_valid),
+    method=stacks,
   )
   # torch zeroes padded encoder positions (nested tensors); only valid ones are compared.
   np.testing.assert_allclose(np.asarray(encoded)[src_valid], memory[src_valid], atol=1e-4)

@@ -12,11 +12,19 @@ from bigjax.data.datasets import dataset_spec
 
 
 def _data(workdir, **kw):
-  return ml_collections.ConfigDict({
-      'name': wmt.NAME, 'source_lang': 'en', 'target_lang': 'de', 'max_len': 48,
-      'vocab_size': 300, 'tokenizer_sample': 40, 'workdir': str(workdir), 'tokenizer': '',
+  return ml_collections.ConfigDict(
+    {
+      'name': wmt.NAME,
+      'source_lang': 'en',
+      'target_lang': 'de',
+      'max_len': 48,
+      'vocab_size': 300,
+      'tokenizer_sample': 40,
+      'workdir': str(workdir),
+      'tokenizer': '',
       **kw,
-  })
+    }
+  )
 
 
 def test_tokenizer_is_trained_once_and_examples_are_well_formed(tmp_path):

@@ -29,12 +29,12 @@ def rnn_params_from_torch(state_dict: Mapping[str, Any], prefix: str = '') -> di
       continue
     kind, part, layer, rev = match.groups()
     found.setdefault((int(layer), 'bwd' if rev else 'fwd'), {})[f'{kind}_{part}'] = np.asarray(
-        value, np.float32
+      value, np.float32
     )
   if not found:
     raise ValueError(
-        f'no torch RNN weights (weight_ih_l0, ...) with prefix {prefix!r} in the state dict; '
-        f'keys start with: {sorted(state_dict)[:5]}'
+      f'no torch RNN weights (weight_ih_l0, ...) with prefix {prefix!r} in the state dict; '
+      f'keys start with: {sorted(state_dict)[:5]}'
     )
   params: dict[str, dict] = {}
   for (layer, direction), w in sorted(found.items()):
@@ -43,8 +43,8 @@ def rnn_params_from_torch(state_dict: Mapping[str, Any], prefix: str = '') -> di
     width = w['weight_ih'].shape[0]
     zeros = np.zeros((width,), np.float32)
     params.setdefault(f'layer_{layer}', {})[direction] = {
-        'ih': {'kernel': w['weight_ih'].T.copy(), 'bias': w.get('bias_ih', zeros)},
-        'hh': {'kernel': w['weight_hh'].T.copy(), 'bias': w.get('bias_hh', zeros)},
+      'ih': {'kernel': w['weight_ih'].T.copy(), 'bias': w.get('bias_ih', zeros)},
+      'hh': {'kernel': w['weight_hh'].T.copy(), 'bias': w.get('bias_hh', zeros)},
     }
   return params
 

@@ -14,11 +14,11 @@ import ml_collections
 import numpy as np
 
 from bigjax.data.builders.algorithmic import (
-    BOS,
-    EOS,
-    PAD,
-    Algorithmic,
-    custom_config,
+  BOS,
+  EOS,
+  PAD,
+  Algorithmic,
+  custom_config,
 )
 from bigjax.data.datasets import DatasetSpec, register_dataset
 
@@ -42,16 +42,14 @@ def builder_config(data: ml_collections.ConfigDict):
 def open_split(split: str, data_dir: str | None, data: ml_collections.ConfigDict):
   from bigjax.data.catalog import prepare_builder  # catalog imports this module
 
-  return prepare_builder(Algorithmic, data_dir, config=builder_config(data)).as_data_source(
-      split
-  )
+  return prepare_builder(Algorithmic, data_dir, config=builder_config(data)).as_data_source(split)
 
 
 def _pad(ids: list[int] | np.ndarray, length: int, what: str) -> np.ndarray:
   if len(ids) > length:
     raise ValueError(
-        f'an algorithmic {what} needs {len(ids)} tokens (BOS/EOS included) but '
-        f'data.max_len={length}: raise --config.data.max_len'
+      f'an algorithmic {what} needs {len(ids)} tokens (BOS/EOS included) but '
+      f'data.max_len={length}: raise --config.data.max_len'
     )
   out = np.full((length,), PAD, np.int32)
   out[: len(ids)] = ids
@@ -69,9 +67,9 @@ class Seq2SeqExample(grain.transforms.Map):
     tgt = np.asarray(record['tgt'], np.int32)
     tgt_out = _pad(np.append(tgt, EOS), self.max_len, 'target')
     return {
-        'src': _pad(np.append(src, EOS), self.max_len, 'source'),
-        'tgt_in': np.insert(tgt_out[:-1], 0, BOS),  # teacher forcing: BOS + tgt_out[:-1]
-        'tgt_out': tgt_out,
+      'src': _pad(np.append(src, EOS), self.max_len, 'source'),
+      'tgt_in': np.insert(tgt_out[:-1], 0, BOS),  # teacher forcing: BOS + tgt_out[:-1]
+      'tgt_out': tgt_out,
     }
 
 

@@ -57,6 +57,4 @@ def transforms(data: ml_collections.ConfigDict, train: bool) -> list:
   return [Reformat(operand_width(data)), *algorithmic.transforms(data, train)]
 
 
-register_dataset(
-    'algorithmic_reversed', DatasetSpec('seq2seq', algorithmic.open_split, transforms)
-)
+register_dataset('algorithmic_reversed', DatasetSpec('seq2seq', algorithmic.open_split, transforms))

@@ -1,6 +1,5 @@
 """Registers every dataset bigjax knows: the project's own builders and public TFDS ones."""
 
-
 import jax
 from jax.experimental import multihost_utils
 

@@ -78,8 +78,10 @@ def open_public(name: str, split: str, data_dir: str | None, manual: str = '') -
     tfds.core.registered.DatasetNotFoundError,
   ) as e:
     where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
-    first = f'put {manual} in {where}/downloads/manual/, then ' if manual else (
-      'on a machine with network '
+    first = (
+      f'put {manual} in {where}/downloads/manual/, then '
+      if manual
+      else ('on a machine with network ')
     )
     raise FileNotFoundError(
       f'dataset {name!r} is not prepared in {where}: {first}run '

@@ -8,7 +8,6 @@ no TensorFlow. Records are {'image': uint8 [H, W, 3] of any size, 'label': int64
 evaluation). The evaluation split is 'validation' (50,000 images).
 """
 
-
 import ml_collections
 
 from bigjax.data import images

@@ -44,8 +44,8 @@ def tokenizer_path(data: ml_collections.ConfigDict) -> str:
   workdir = data.get('workdir', None)
   if not workdir:
     raise ValueError(
-        'the wmt14 data needs a place for its tokenizer: set data.workdir (the trainer does) '
-        'or data.tokenizer to a tokenizer.json path'
+      'the wmt14 data needs a place for its tokenizer: set data.workdir (the trainer does) '
+      'or data.tokenizer to a tokenizer.json path'
     )
   return os.path.join(os.fspath(workdir), TOKENIZER_FILE)
 
@@ -63,8 +63,11 @@ def train_tokenizer(texts, vocab_size: int) -> tokenizers.Tokenizer:
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
   tok.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(
-      vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS,
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    vocab_size=vocab_size,
+    min_frequency=2,
+    special_tokens=SPECIAL_TOKENS,
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    show_progress=False,
   )
   tok.train_from_iterator(texts, trainer=trainer)
   for i, name in enumerate(SPECIAL_TOKENS):
@@ -75,8 +78,8 @@ def train_tokenizer(texts, vocab_size: int) -> tokenizers.Tokenizer:
 def load_tokenizer(path: str) -> tokenizers.Tokenizer:
   if not os.path.exists(path):
     raise FileNotFoundError(
-        f'no subword tokenizer at {path}: it is written there when a wmt14 run first opens '
-        'its data; point data.tokenizer (or --workdir) at a run that has one'
+      f'no subword tokenizer at {path}: it is written there when a wmt14 run first opens '
+      'its data; point data.tokenizer (or --workdir) at a run that has one'
     )
   return tokenizers.Tokenizer.from_file(path)
 
@@ -116,8 +119,9 @@ def _data_source(split: str, data_dir: str | None):
 def _check_langs(data: ml_collections.ConfigDict) -> tuple[str, str]:
   src, tgt = data.get('source_lang', 'en'), data.get('target_lang', 'de')
   if {src, tgt} != set(LANGS):
-    raise ValueError(f"wmt14 de-en needs source_lang/target_lang 'en'/'de' (either way), "
-                     f'got {src!r}/{tgt!r}')
+    raise ValueError(
+      f"wmt14 de-en needs source_lang/target_lang 'en'/'de' (either way), got {src!r}/{tgt!r}"
+    )
   return src, tgt
 
 
@@ -169,9 +173,9 @@ class Tokenize(grain.transforms.Map):
     src = self._tok.encode(_text(record[self.source_lang])).ids
     tgt = self._tok.encode(_text(record[self.target_lang])).ids + [EOS_ID]
     return {
-        'src': _fit(src[: self.max_len - 1] + [EOS_ID], self.max_len),
-        'tgt_in': _fit([BOS_ID] + tgt[: self.max_len - 1], self.max_len),
-        'tgt_out': _fit(tgt, self.max_len),
+      'src': _fit(src[: self.max_len - 1] + [EOS_ID], self.max_len),
+      'tgt_in': _fit([BOS_ID] + tgt[: self.max_len - 1], self.max_len),
+      'tgt_out': _fit(tgt, self.max_len),
     }
 
 

@@ -129,8 +129,10 @@ class RecurrentStep(nn.Module):
     xp, valid = inputs
     width = GATES[self.cell] * self.hidden_size
     kernel = self.param(
-        'kernel', stacked_orthogonal(GATES[self.cell]), (self.hidden_size, width),
-        self.param_dtype,
+      'kernel',
+      stacked_orthogonal(GATES[self.cell]),
+      (self.hidden_size, width),
+      self.param_dtype,
     )
     bias = self.param('bias', nn.initializers.zeros, (width,), self.param_dtype)
     h = carry_output(self.cell, carry)
@@ -162,13 +164,20 @@ class Recurrence(nn.Module):
     """x [B, T, I], mask [B, T] bool, carry -> (final carry, outputs [B, T, H])."""
     _check_cell(self.cell)
     xp = nn.Dense(
-        GATES[self.cell] * self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=self.kernel_init, bias_init=input_bias_init(self.cell, self.hidden_size),
-        name='ih',
+      GATES[self.cell] * self.hidden_size,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=self.kernel_init,
+      bias_init=input_bias_init(self.cell, self.hidden_size),
+      name='ih',
     )(x)  # [B, T, G*H]
     scan = nn.scan(
-        RecurrentStep, variable_broadcast='params', split_rngs={'params': False},
-        in_axes=1, out_axes=1, reverse=self.reverse,
+      RecurrentStep,
+      variable_broadcast='params',
+      split_rngs={'params': False},
+      in_axes=1,
+      out_axes=1,
+      reverse=self.reverse,
     )
     step = scan(self.cell, self.hidden_size, self.dtype, self.param_dtype, name='hh')
     return step(carry, (xp, mask))
@@ -192,9 +201,12 @@ class RecurrentCell(nn.Module):
     """carry, x [B, I] -> (carry, h [B, H])."""
     _check_cell(self.cell)
     xp = nn.Dense(
-        GATES[self.cell] * self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=self.kernel_init, bias_init=input_bias_init(self.cell, self.hidden_size),
-        name='ih',
+      GATES[self.cell] * self.hidden_size,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=self.kernel_init,
+      bias_init=input_bias_init(self.cell, self.hidden_size),
+      name='ih',
     )(x)  # [B, G*H]
     valid = jnp.ones(x.shape[:1], bool)
     step = RecurrentStep(self.cell, self.hidden_size, self.dtype, self.param_dtype, name='hh')
@@ -213,8 +225,9 @@ class RecurrentLayer(nn.Module):
   @nn.compact
   def __call__(self, x, mask, carries: Sequence[Carry]) -> tuple[tuple[Carry, ...], jax.Array]:
     """x [B, T, I], mask [B, T], N carries -> (N final carries, outputs [B, T, N*H])."""
-    kw = dict(cell=self.cell, hidden_size=self.hidden_size, dtype=self.dtype,
-              param_dtype=self.param_dtype)
+    kw = dict(
+      cell=self.cell, hidden_size=self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype
+    )
     final, outs = Recurrence(**kw, name='fwd')(x, mask, carries[0])
     if not self.bidirectional:
       return (final,), outs
@@ -248,12 +261,12 @@ class RNN(nn.Module):
 
   @nn.compact
   def __call__(
-      self,
-      x: jax.Array,
-      *,
-      mask: jax.Array | None = None,
-      initial_carry: Sequence[Carry] | None = None,
-      train: bool = False,
+    self,
+    x: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    initial_carry: Sequence[Carry] | None = None,
+    train: bool = False,
   ) -> tuple[jax.Array, tuple[Carry, ...]]:
     """x [B, T, I] (mask [B, T] bool, True = valid) -> (outputs [B, T, N*H], L*N carries).
 
@@ -272,8 +285,8 @@ class RNN(nn.Module):
       initial_carry = self.zero_carries(batch)
     elif len(initial_carry) != self.num_layers * n:
       raise ValueError(
-          f'initial_carry needs num_layers * directions = {self.num_layers * n} carries, '
-          f'got {len(initial_carry)}'
+        f'initial_carry needs num_layers * directions = {self.num_layers * n} carries, '
+        f'got {len(initial_carry)}'
       )
     cdt = _carry_dtype(self.dtype)
     initial_carry = jax.tree.map(lambda a: jnp.asarray(a, cdt), tuple(initial_carry))
@@ -281,8 +294,14 @@ class RNN(nn.Module):
     for i in range(self.num_layers):
       if i > 0 and self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-      layer = RecurrentLayer(self.cell, self.hidden_size, self.bidirectional, self.dtype,
-                             self.param_dtype, name=f'layer_{i}')
+      layer = RecurrentLayer(
+        self.cell,
+        self.hidden_size,
+        self.bidirectional,
+        self.dtype,
+        self.param_dtype,
+        name=f'layer_{i}',
+      )
       final, x = layer(x, mask, initial_carry[i * n : (i + 1) * n])
       finals.extend(final)
     return x, tuple(finals)
@@ -308,16 +327,25 @@ class RNNLanguageModel(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, *, mask: jax.Array | None = None,
-               train: bool = False) -> jax.Array:
+  def __call__(
+    self, tokens: jax.Array, *, mask: jax.Array | None = None, train: bool = False
+  ) -> jax.Array:
     """tokens [B, T] int (mask [B, T], default all valid) -> logits [B, T, V]."""
     chex.assert_rank(tokens, 2)
     drop = nn.Dropout(self.dropout_rate)
-    x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype,
-                 param_dtype=self.param_dtype, name='embed')(tokens)  # [B, T, E]
+    x = nn.Embed(
+      self.vocab_size, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype, name='embed'
+    )(tokens)  # [B, T, E]
     x = drop(x, deterministic=not train)
-    rnn = RNN(self.cell, self.hidden_size, self.num_layers, dropout_rate=self.dropout_rate,
-              dtype=self.dtype, param_dtype=self.param_dtype, name='rnn')
+    rnn = RNN(
+      self.cell,
+      self.hidden_size,
+      self.num_layers,
+      dropout_rate=self.dropout_rate,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='rnn',
+    )
     carry = None
     if self.decode:
       cache = self.variable('cache', 'carry', rnn.zero_carries, tokens.shape[0])
@@ -326,8 +354,9 @@ class RNNLanguageModel(nn.Module):
     if self.decode and not self.is_initializing():
       cache.value = final
     y = drop(y, deterministic=not train)
-    logits = nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype,
-                      name='head')(y)  # [B, T, V]
+    logits = nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(
+      y
+    )  # [B, T, V]
     return logits
 
 
@@ -352,19 +381,29 @@ class RNNClassifier(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, *, mask: jax.Array | None = None,
-               train: bool = False) -> jax.Array:
+  def __call__(
+    self, tokens: jax.Array, *, mask: jax.Array | None = None, train: bool = False
+  ) -> jax.Array:
     """tokens [B, T] int (mask [B, T], default tokens != pad_id) -> logits [B, C]."""
     if self.pooling not in ('last', 'mean'):
       raise ValueError(f"pooling must be 'last' or 'mean', got {self.pooling!r}")
     chex.assert_rank(tokens, 2)
     mask = tokens != self.pad_id if mask is None else mask.astype(bool)
     drop = nn.Dropout(self.dropout_rate)
-    x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype,
-                 param_dtype=self.param_dtype, name='embed')(tokens)  # [B, T, E]
+    x = nn.Embed(
+      self.vocab_size, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype, name='embed'
+    )(tokens)  # [B, T, E]
     x = drop(x, deterministic=not train)
-    rnn = RNN(self.cell, self.hidden_size, self.num_layers, self.bidirectional,
-              self.dropout_rate, self.dtype, self.param_dtype, name='rnn')
+    rnn = RNN(
+      self.cell,
+      self.hidden_size,
+      self.num_layers,
+      self.bidirectional,
+      self.dropout_rate,
+      self.dtype,
+      self.param_dtype,
+      name='rnn',
+    )
     y, finals = rnn(x, mask=mask, train=train)  # [B, T, N*H]
     if self.pooling == 'last':
       top = finals[-rnn.num_directions :]
@@ -375,8 +414,9 @@ class RNNClassifier(nn.Module):
       feats = (y * m).sum(1) / jnp.maximum(m.sum(1), 1.0)  # [B, N*H]
     self.sow('intermediates', 'features', feats)
     feats = drop(feats, deterministic=not train)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                      name='head')(feats)
+    logits = nn.Dense(
+      self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head'
+    )(feats)
     chex.assert_rank(logits, 2)
     return logits
 
@@ -385,15 +425,15 @@ class RNNClassifier(nn.Module):
 # Zaremba et al. (2014), "Recurrent Neural Network Regularization" (650 and 1500 units,
 # dropout 0.5 and 0.65); 'small' is a one-layer byte model that trains on a CPU in minutes.
 LM_VARIANTS = {
-    'test': dict(embed_dim=16, hidden_size=32, num_layers=1),
-    'small': dict(embed_dim=128, hidden_size=512, num_layers=1),
-    'medium': dict(embed_dim=650, hidden_size=650, num_layers=2, dropout_rate=0.5),
-    'large': dict(embed_dim=1500, hidden_size=1500, num_layers=2, dropout_rate=0.65),
+  'test': dict(embed_dim=16, hidden_size=32, num_layers=1),
+  'small': dict(embed_dim=128, hidden_size=512, num_layers=1),
+  'medium': dict(embed_dim=650, hidden_size=650, num_layers=2, dropout_rate=0.5),
+  'large': dict(embed_dim=1500, hidden_size=1500, num_layers=2, dropout_rate=0.65),
 }
 # Sequence classifiers: a bidirectional one-layer encoder (Graves & Schmidhuber, 2005).
 CLASSIFIER_VARIANTS = {
-    'test': dict(embed_dim=16, hidden_size=16, num_layers=1),
-    'base': dict(embed_dim=128, hidden_size=256, num_layers=1, dropout_rate=0.2),
+  'test': dict(embed_dim=16, hidden_size=16, num_layers=1),
+  'base': dict(embed_dim=128, hidden_size=256, num_layers=1, dropout_rate=0.2),
 }
 
 for _cell in ('lstm', 'gru', 'rnn'):

@@ -54,14 +54,22 @@ class Seq2SeqEncoder(nn.Module):
   def __call__(self, src: jax.Array, *, train: bool = False) -> PyTree:
     valid = src != PAD_ID  # [B, S]
     dense = lambda n, **kw: nn.Dense(  # noqa: E731
-        n, dtype=self.dtype, param_dtype=self.param_dtype, **kw
+      n, dtype=self.dtype, param_dtype=self.param_dtype, **kw
     )
-    x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype,
-                 param_dtype=self.param_dtype, name='embed')(src)  # [B, S, E]
+    x = nn.Embed(
+      self.vocab_size, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype, name='embed'
+    )(src)  # [B, S, E]
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    rnn = RNN('lstm', self.hidden_size, self.num_layers, bidirectional=True,
-              dropout_rate=self.dropout_rate, dtype=self.dtype,
-              param_dtype=self.param_dtype, name='rnn')
+    rnn = RNN(
+      'lstm',
+      self.hidden_size,
+      self.num_layers,
+      bidirectional=True,
+      dropout_rate=self.dropout_rate,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name='rnn',
+    )
     hidden, finals = rnn(x, mask=valid, train=train)  # [B, S, 2H]
     top = jnp.concatenate([finals[-2][1], finals[-1][1]], axis=-1).astype(self.dtype)  # [B, 2H]
     init_h = jnp.tanh(dense(self.hidden_size, name='bridge')(top))  # [B, H]
@@ -84,10 +92,15 @@ class AttentionDecoderStep(nn.Module):
   @nn.compact
   def __call__(self, carry, embedded: jax.Array, encoded: PyTree):
     """L (c, h) carries, embedded y_{i-1} [B, E] -> (carries, (s_i [B, H], c_i, weights))."""
-    query = nn.Dense(self.attention_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                     name='attn_query')(carry[-1][1])  # [B, A]
-    v = self.param('attn_v', nn.initializers.normal(self.attention_dim**-0.5),
-                   (self.attention_dim,), self.param_dtype)
+    query = nn.Dense(
+      self.attention_dim, dtype=self.dtype, param_dtype=self.param_dtype, name='attn_query'
+    )(carry[-1][1])  # [B, A]
+    v = self.param(
+      'attn_v',
+      nn.initializers.normal(self.attention_dim**-0.5),
+      (self.attention_dim,),
+      self.param_dtype,
+    )
     energy = jnp.tanh(query[:, None, :] + encoded['keys'])  # [B, S, A]
     scores = jnp.einsum('bsa,a->bs', energy, v.astype(self.dtype)).astype(jnp.float32)
     # A finite minimum, not -inf: an all-padding source gives uniform weights, not NaN.
@@ -99,8 +112,9 @@ class AttentionDecoderStep(nn.Module):
     for i in range(self.num_layers):
       if i > 0:
         x = nn.Dropout(self.dropout_rate)(x, deterministic=self.deterministic)
-      c, x = RecurrentCell('lstm', self.hidden_size, self.dtype, self.param_dtype,
-                           name=f'layer_{i}')(carry[i], x)
+      c, x = RecurrentCell(
+        'lstm', self.hidden_size, self.dtype, self.param_dtype, name=f'layer_{i}'
+      )(carry[i], x)
       new.append(c)
     return tuple(new), (x, context, weights)
 
@@ -125,7 +139,7 @@ class AttentionDecoder(nn.Module):
     carry = tuple((jnp.zeros_like(start), start) for _ in range(self.num_layers))
     if self.decoding:
       zeros = lambda: tuple(  # noqa: E731
-          zero_carry('lstm', batch, self.hidden_size) for _ in range(self.num_layers)
+        zero_carry('lstm', batch, self.hidden_size) for _ in range(self.num_layers)
       )
       cached = self.variable('cache', 'carry', zeros)
       # False until the first decoding call; the state then comes from `encoded`.
@@ -133,26 +147,42 @@ class AttentionDecoder(nn.Module):
       keep = started.value[:, None]  # [B, 1]
       carry = jax.tree.map(lambda c, s: jnp.where(keep, c, s), cached.value, carry)
     drop = nn.Dropout(self.dropout_rate)
-    y = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype,
-                 param_dtype=self.param_dtype, name='embed')(tgt)  # [B, T, E]
+    y = nn.Embed(
+      self.vocab_size, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype, name='embed'
+    )(tgt)  # [B, T, E]
     y = drop(y, deterministic=not train)
     scan = nn.scan(
-        AttentionDecoderStep, variable_broadcast='params',
-        split_rngs={'params': False, 'dropout': True}, in_axes=(1, nn.broadcast), out_axes=1,
+      AttentionDecoderStep,
+      variable_broadcast='params',
+      split_rngs={'params': False, 'dropout': True},
+      in_axes=(1, nn.broadcast),
+      out_axes=1,
     )
-    step = scan(self.hidden_size, self.num_layers, self.attention_dim, self.dropout_rate,
-                not train, self.dtype, self.param_dtype, name='step')
+    step = scan(
+      self.hidden_size,
+      self.num_layers,
+      self.attention_dim,
+      self.dropout_rate,
+      not train,
+      self.dtype,
+      self.param_dtype,
+      name='step',
+    )
     final, (states, contexts, weights) = step(carry, y, encoded)  # [B, T, H], [B, T, 2H]
     self.sow('intermediates', 'attention_weights', weights)  # [B, T, S]
     if self.decoding and not self.is_initializing():
       cached.value = final
       started.value = jnp.ones((batch,), bool)
     out = jnp.concatenate([states, contexts.astype(states.dtype), y], axis=-1)  # [B, T, 3H+E]
-    out = jnp.tanh(nn.Dense(self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
-                            name='combine')(out))  # [B, T, H]
+    out = jnp.tanh(
+      nn.Dense(self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype, name='combine')(
+        out
+      )
+    )  # [B, T, H]
     out = drop(out, deterministic=not train)
-    return nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype,
-                    name='head')(out)  # [B, T, V]
+    return nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(
+      out
+    )  # [B, T, V]
 
 
 class LSTMSeq2Seq(nn.Module):
@@ -169,10 +199,16 @@ class LSTMSeq2Seq(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def setup(self):
-    kw = dict(vocab_size=self.vocab_size, embed_dim=self.embed_dim,
-              hidden_size=self.hidden_size, num_layers=self.num_layers,
-              attention_dim=self.attention_dim, dropout_rate=self.dropout_rate,
-              dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(
+      vocab_size=self.vocab_size,
+      embed_dim=self.embed_dim,
+      hidden_size=self.hidden_size,
+      num_layers=self.num_layers,
+      attention_dim=self.attention_dim,
+      dropout_rate=self.dropout_rate,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
     self.encoder = Seq2SeqEncoder(**kw)
     self.decoder = AttentionDecoder(**kw, decoding=self.decoding)
 
@@ -200,9 +236,9 @@ class LSTMSeq2Seq(nn.Module):
 # 'bahdanau' is RNNsearch's size (620-dim embeddings, 1000 units, 1000-dim attention;
 # Bahdanau et al., 2015, appendix A) with LSTM cells; 'small' suits the algorithmic tasks.
 VARIANTS = {
-    'test': dict(embed_dim=16, hidden_size=32, attention_dim=16),
-    'small': dict(embed_dim=64, hidden_size=128, attention_dim=128),
-    'bahdanau': dict(embed_dim=620, hidden_size=1000, attention_dim=1000, vocab_size=30000),
+  'test': dict(embed_dim=16, hidden_size=32, attention_dim=16),
+  'small': dict(embed_dim=64, hidden_size=128, attention_dim=128),
+  'bahdanau': dict(embed_dim=620, hidden_size=1000, attention_dim=1000, vocab_size=30000),
 }
 
 for _size, _kw in VARIANTS.items():

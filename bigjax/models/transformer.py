@@ -46,18 +46,33 @@ PAD_ID = 0
 
 # Table 3 of the paper: base and big (the big EN-DE model used P_drop = 0.3).
 VARIANTS: dict[str, dict] = {
-    'test': dict(
-        vocab_size=64, hidden_size=32, num_heads=2, mlp_dim=64, num_encoder_layers=2,
-        num_decoder_layers=2, dropout_rate=0.1,
-    ),
-    'base': dict(
-        vocab_size=32000, hidden_size=512, num_heads=8, mlp_dim=2048, num_encoder_layers=6,
-        num_decoder_layers=6, dropout_rate=0.1,
-    ),
-    'big': dict(
-        vocab_size=32000, hidden_size=1024, num_heads=16, mlp_dim=4096,
-        num_encoder_layers=6, num_decoder_layers=6, dropout_rate=0.3,
-    ),
+  'test': dict(
+    vocab_size=64,
+    hidden_size=32,
+    num_heads=2,
+    mlp_dim=64,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+    dropout_rate=0.1,
+  ),
+  'base': dict(
+    vocab_size=32000,
+    hidden_size=512,
+    num_heads=8,
+    mlp_dim=2048,
+    num_encoder_layers=6,
+    num_decoder_layers=6,
+    dropout_rate=0.1,
+  ),
+  'big': dict(
+    vocab_size=32000,
+    hidden_size=1024,
+    num_heads=16,
+    mlp_dim=4096,
+    num_encoder_layers=6,
+    num_decoder_layers=6,
+    dropout_rate=0.3,
+  ),
 }
 
 
@@ -81,15 +96,23 @@ class TransformerEncoder(nn.Module):
     mask = valid[:, None, None, :]  # [B, 1, 1, S]: padded keys are hidden
     for i in range(self.num_layers):
       x = EncoderBlock(
-          self.num_heads, self.mlp_dim, dropout_rate=self.dropout_rate,
-          pre_norm=self.pre_norm, layer_norm_eps=self.layer_norm_eps,
-          activation=get_activation(self.activation), dtype=self.dtype,
-          param_dtype=self.param_dtype, attention_impl=self.attention_impl, name=f'block_{i}',
+        self.num_heads,
+        self.mlp_dim,
+        dropout_rate=self.dropout_rate,
+        pre_norm=self.pre_norm,
+        layer_norm_eps=self.layer_norm_eps,
+        activation=get_activation(self.activation),
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        attention_impl=self.attention_impl,
+        name=f'block_{i}',
       )(x, mask=mask, train=train)
     if self.final_norm:
       x = nn.LayerNorm(
-          epsilon=self.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
-          name='norm',
+        epsilon=self.layer_norm_eps,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name='norm',
       )(x)
     return x
 
@@ -117,24 +140,36 @@ class TransformerDecoder(nn.Module):
 
   @nn.compact
   def __call__(
-      self, y: jax.Array, encoded: jax.Array, src_valid: jax.Array,
-      tgt_valid: jax.Array | None = None, *, train: bool = False,
+    self,
+    y: jax.Array,
+    encoded: jax.Array,
+    src_valid: jax.Array,
+    tgt_valid: jax.Array | None = None,
+    *,
+    train: bool = False,
   ) -> jax.Array:
     cross_mask = src_valid[:, None, None, :]  # [B, 1, 1, S]
     # While decoding, every cached key is a generated token, so only the causal mask applies.
     self_mask = None if tgt_valid is None or self.decoding else tgt_valid[:, None, None, :]
     for i in range(self.num_layers):
       y = DecoderBlock(
-          self.num_heads, self.mlp_dim, dropout_rate=self.dropout_rate,
-          pre_norm=self.pre_norm, layer_norm_eps=self.layer_norm_eps,
-          activation=get_activation(self.activation), dtype=self.dtype,
-          param_dtype=self.param_dtype, attention_impl=self.attention_impl, name=f'block_{i}',
-      )(y, encoded, self_mask=self_mask, cross_mask=cross_mask, train=train,
-        decode=self.decoding)
+        self.num_heads,
+        self.mlp_dim,
+        dropout_rate=self.dropout_rate,
+        pre_norm=self.pre_norm,
+        layer_norm_eps=self.layer_norm_eps,
+        activation=get_activation(self.activation),
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        attention_impl=self.attention_impl,
+        name=f'block_{i}',
+      )(y, encoded, self_mask=self_mask, cross_mask=cross_mask, train=train, decode=self.decoding)
     if self.final_norm:
       y = nn.LayerNorm(
-          epsilon=self.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
-          name='norm',
+        epsilon=self.layer_norm_eps,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name='norm',
       )(y)
     return y
 
@@ -155,8 +190,8 @@ class TargetPositions(nn.Module):
     if not initialised:  # `init` sizes the cache with the longest target
       if length > self.max_len:
         raise ValueError(
-            f'cannot decode {length} tokens: the position table has max_len={self.max_len}; '
-            'raise the model option max_len'
+          f'cannot decode {length} tokens: the position table has max_len={self.max_len}; '
+          'raise the model option max_len'
         )
       offset = 0
     else:
@@ -194,9 +229,13 @@ class Transformer(nn.Module):
     if d % self.num_heads:
       raise ValueError(f'hidden_size {d} is not divisible by num_heads {self.num_heads}')
     embed = lambda name: nn.Embed(  # noqa: E731
-        self.vocab_size, d, dtype=self.dtype, param_dtype=self.param_dtype,
-        # std D^-0.5, so that the sqrt(D)-scaled inputs have unit variance (tensor2tensor).
-        embedding_init=nn.initializers.normal(stddev=d**-0.5), name=name,
+      self.vocab_size,
+      d,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      # std D^-0.5, so that the sqrt(D)-scaled inputs have unit variance (tensor2tensor).
+      embedding_init=nn.initializers.normal(stddev=d**-0.5),
+      name=name,
     )
     if self.share_embeddings:
       self.embed = embed('embed')
@@ -205,20 +244,26 @@ class Transformer(nn.Module):
       self.tgt_embed = embed('tgt_embed')
     final_norm = self.pre_norm if self.final_norm is None else self.final_norm
     stack = dict(
-        num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
-        pre_norm=self.pre_norm, final_norm=final_norm, layer_norm_eps=self.layer_norm_eps,
-        activation=self.activation, dtype=self.dtype, param_dtype=self.param_dtype,
-        attention_impl=self.attention_impl,
+      num_heads=self.num_heads,
+      mlp_dim=self.mlp_dim,
+      dropout_rate=self.dropout_rate,
+      pre_norm=self.pre_norm,
+      final_norm=final_norm,
+      layer_norm_eps=self.layer_norm_eps,
+      activation=self.activation,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      attention_impl=self.attention_impl,
     )
     self.encoder = TransformerEncoder(self.num_encoder_layers, **stack, name='encoder')
     self.decoder = TransformerDecoder(
-        self.num_decoder_layers, decoding=self.decoding, **stack, name='decoder'
+      self.num_decoder_layers, decoding=self.decoding, **stack, name='decoder'
     )
     self.tgt_positions = TargetPositions(self.max_len, self.decoding, name='tgt_positions')
     self.embed_dropout = nn.Dropout(self.dropout_rate)
     if not self.tie_output:
       self.logits = nn.Dense(
-          self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype, name='logits'
+        self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype, name='logits'
       )
 
   def _embed(self, tokens: jax.Array, side: str) -> jax.Array:
