@@ -10,8 +10,9 @@ high learning rate with gradient clipping and a cosine decay. Cost per byte does
 depend on the batch size on a CPU, so small batches buy more updates for the same time.
 
 Command: python train.py --config configs/lstm_pystdlib.py --workdir /tmp/lstm
-Expected: 1.88 bits per byte on the validation files (a unigram model gets 4.67; measured
-1.880); 8 minutes on 2 CPU cores (measured 7m52s, startup and evaluation included).
+Expected: 1.80 bits per byte on the validation files (a unigram model gets 4.67; measured
+1.798, and 1.880 with lr 8e-3); 8 minutes on 2 idle CPU cores (measured 7m52s,
+startup and evaluation included; about 12 CPU-minutes, so longer on a busy machine).
 Then: python -m bigjax.generate --workdir /tmp/lstm --prompt 'def ' --method sample
 """
 
@@ -29,7 +30,7 @@ def get_config(arg=None):
   c.data.name = 'pystdlib'
   c.data.seq_len = 128
   c.optim.name = 'adam'
-  c.optim.lr = 8e-3  # high for Adam, but far from convergence faster is better
+  c.optim.lr = 1.5e-2  # high for Adam; still stable here (grad norms ~0.1) and far faster
   c.optim.clip_norm = 1.0
   c.schedule.name = 'cosine'
   c.schedule.warmup_steps = 50
