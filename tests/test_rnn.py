@@ -198,6 +198,17 @@ def test_dropout_only_in_training_and_not_after_the_last_layer(lm):
   np.testing.assert_array_equal(out_train, jitted(rnn)(v, x)[0])
 
 
+def test_seq2seq_dropout_only_in_training(s2s):
+  model, params, apply = s2s
+  model = model.clone(dropout_rate=0.3)  # also between the decoder's layers inside the scan
+  train = jax.jit(
+    lambda key: model.apply({'params': params}, SRC, TGT, train=True, rngs={'dropout': key})
+  )
+  a, b = train(jax.random.key(1)), train(jax.random.key(2))
+  assert np.abs(np.asarray(a - b)).max() > 1e-3
+  assert np.abs(np.asarray(a - apply({'params': params}, SRC, TGT))).max() > 1e-3
+
+
 def _lm_cached_matches_full(model, params, apply):
   tokens = LM_TOKENS
   full = apply({'params': params}, tokens)
