@@ -11,8 +11,9 @@ depend on the batch size on a CPU, so small batches buy more updates for the sam
 
 Command: python train.py --config configs/lstm_pystdlib.py --workdir /tmp/lstm
 Expected: 1.80 bits per byte on the validation files (a unigram model gets 4.67; measured
-1.798, and 1.880 with lr 8e-3); 8 minutes on 2 idle CPU cores (measured 7m52s,
-startup and evaluation included; about 12 CPU-minutes, so longer on a busy machine).
+1.798, and 1.880 with lr 8e-3); 8 minutes on 2 idle CPU cores (measured 7m52s, startup
+and evaluation included, 2.5 steps/s; 11m12s with another job on the machine for half
+the run: it needs about 14 CPU-minutes).
 Then: python -m bigjax.generate --workdir /tmp/lstm --prompt 'def ' --method sample
 """
 
