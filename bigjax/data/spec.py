@@ -8,14 +8,13 @@ data sets is `bigjax.data.datasets`.
 """
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 import grain
 import ml_collections
 
+from bigjax.data.sources import Source
 from bigjax.data.tokenizers import Tokenizer
-
-Source = Any  # a grain RandomAccessDataSource: __len__ and __getitem__
 
 
 @dataclasses.dataclass(frozen=True)

@@ -168,7 +168,8 @@ class SubwordTokenizer:
   """A `tokenizers.Tokenizer` (BPE or WordPiece) whose id 0 is its pad token.
 
   BOS / EOS are '<s>' / '</s>' (BPE) or '[CLS]' / '[SEP]' (WordPiece) when present; every
-  special token is reserved, and `decode` drops them ('[UNK]' included). `backend` is the underlying `tokenizers.Tokenizer`.
+  special token is reserved, and `decode` drops them ('[UNK]' included). `backend` is the
+  underlying `tokenizers.Tokenizer`.
   """
 
   byte_level = False  # subwords: several bytes per token
