@@ -26,7 +26,7 @@ import numpy as np
 from bigjax.data.sources import open_public
 from bigjax.data.spec import DatasetSpec
 from bigjax.data.tokenizers import SubwordTokenizer, load_tokenizer, train_bpe
-from bigjax.data.transforms.text import TokenizePair
+from bigjax.data.transforms.text import TokenizePair, as_text
 
 NAME = 'wmt14_translate/de-en'
 TOKENIZER_FILE = 'tokenizer.json'
@@ -58,10 +58,6 @@ def tokenizer(data: ml_collections.ConfigDict) -> SubwordTokenizer:
   return load_tokenizer(path)
 
 
-def _text(value) -> str:
-  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
-
-
 def ensure_tokenizer(data: ml_collections.ConfigDict, train_source) -> str:
   """Trains and saves the tokenizer on first use; returns its path."""
   path = tokenizer_path(data)
@@ -75,7 +71,7 @@ def ensure_tokenizer(data: ml_collections.ConfigDict, train_source) -> str:
     for i in index:
       record = train_source[int(i)]
       for lang in LANGS:
-        yield _text(record[lang])
+        yield as_text(record[lang])
 
   train_bpe(texts(), int(data.get('vocab_size', 32000))).save(path)
   return path

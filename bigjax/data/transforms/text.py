@@ -71,7 +71,8 @@ class ReverseTarget(grain.transforms.Map):
     return {'src': src, 'tgt': np.asarray(record['tgt'], np.int32)[::-1].copy()}
 
 
-def _text(value) -> str:
+def as_text(value) -> str:
+  """A TFDS text feature (bytes or str) as str."""
   return value.decode('utf-8') if isinstance(value, bytes) else str(value)
 
 
@@ -92,8 +93,8 @@ class TokenizePair(grain.transforms.Map):
     if self._tok is None:
       self._tok = load_tokenizer(self.path)
     bos, eos = self._tok.bos_id, self._tok.eos_id
-    src = self._tok.encode(_text(record[self.source_key]))
-    tgt = np.append(self._tok.encode(_text(record[self.target_key])), eos)
+    src = self._tok.encode(as_text(record[self.source_key]))
+    tgt = np.append(self._tok.encode(as_text(record[self.target_key])), eos)
     return {
       'src': fit_to(np.append(src[: self.max_len - 1], eos), self.max_len),
       'tgt_in': fit_to(np.insert(tgt[: self.max_len - 1], 0, bos), self.max_len),
