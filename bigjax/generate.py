@@ -5,10 +5,11 @@
       [--beam_size 4] [--alpha 0.6] [--seed 0]
 
 The run's config and latest checkpoint come from `bigjax.train.loop.restore_from_workdir`.
-How the prompt becomes tokens depends on the run's dataset: UTF-8 bytes for byte-level
-LMs (the prompt is continued), the digit vocabulary of the `algorithmic` tasks ('12+345'),
-and the subword tokenizer saved in the workdir for WMT (the prompt is translated).
-Bad input ends with a one-line message and exit code 2.
+The prompt becomes tokens through the run's data set's tokenizer
+(`bigjax.data.tokenizers`): a language model continues it; a sequence-to-sequence model
+reads it as the source (tokens + EOS, as in training) and its answer is decoded. Reserved
+ids (pad, BOS, ...) are never generated. Bad input ends with a one-line message and exit
+code 2.
 """
 
 import argparse
@@ -16,98 +17,49 @@ import os
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 
 from bigjax import decode
+from bigjax.data.datasets import dataset_spec
+from bigjax.data.tokenizers import Tokenizer
 
 
-class _Codec:
-  """Prompt text <-> token ids for one dataset: `encode(text)`, `decode(ids)`."""
+def run_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> Tokenizer:
+  """The tokenizer of the run's data set; files the run saved are looked up in `workdir`."""
+  data = ml_collections.ConfigDict(config.data.to_dict())
+  data.workdir = workdir  # where the run was trained, it may have moved since
+  spec = dataset_spec(data.name)
+  if spec.tokenizer is None:
+    raise ValueError(f'the {data.name!r} data set has no tokenizer: generation needs text data')
+  return spec.tokenizer(data)
 
-  bos_id: int | None = None
-  eos_id: int | None = None
 
+class Prompt:
+  """A tokenizer plus the task's prompt format: an LM continues the prompt's tokens; a
+  seq2seq model reads tokens + EOS (cut to `max_len` with the EOS kept), as in training."""
 
-class _Bytes(_Codec):
-  """Byte-level LMs: the prompt's UTF-8 bytes; no EOS, so N tokens are always produced."""
+  def __init__(self, tokenizer: Tokenizer, task: str, max_len: int | None = None):
+    self.tokenizer, self.task, self.max_len = tokenizer, task, max_len
+    self.bos_id, self.eos_id = tokenizer.bos_id, tokenizer.eos_id
 
-  def encode(self, text):
-    ids = np.frombuffer(text.encode('utf-8'), np.uint8).astype(np.int32)
+  def encode(self, text: str) -> np.ndarray:
+    ids = self.tokenizer.encode(text)
+    if self.task == 'seq2seq' and self.eos_id is not None:
+      ids = np.append(ids[: self.max_len - 1] if self.max_len else ids, self.eos_id)
     if not len(ids):
-      raise ValueError('the prompt is empty: a language model needs at least one byte')
-    return ids
+      raise ValueError('the prompt is empty: give at least one character')
+    return ids.astype(np.int32)
 
-  def decode(self, ids):
-    return bytes(int(i) for i in ids).decode('utf-8', errors='replace')
-
-
-class _Algorithmic(_Codec):
-  """Digits and '+', one token each; the source ends with EOS. For `algorithmic_reversed`
-  (`reversed_target`) answers come out backwards and are turned round, and operands are
-  zero-padded to `pad_width` digits as in training."""
-
-  def __init__(self, reversed_target: bool = False, pad_width: int = 0):
-    from bigjax.data.builders import algorithmic as alg
-
-    self.alg, self.reversed_target, self.pad_width = alg, reversed_target, pad_width
-    self.bos_id, self.eos_id = alg.BOS, alg.EOS
-    self.ids = {str(d): alg.DIGIT0 + d for d in range(10)}
-    self.ids['+'] = alg.PLUS
-
-  def encode(self, text):
-    text = ''.join(text.split())
-    bad = sorted({c for c in text if c not in self.ids})
-    if bad or not text:
-      raise ValueError(f'an algorithmic prompt is digits and "+", like 12+345; got {text!r}')
-    ids = np.array([self.ids[c] for c in text], np.int32)
-    if self.pad_width:
-      from bigjax.data.algorithmic_reversed import pad_operands
-
-      if text.count('+') != 1:
-        raise ValueError(f'an addition prompt has one "+", like 12+345; got {text!r}')
-      ids = pad_operands(ids, self.pad_width)
-    return np.append(ids, self.eos_id).astype(np.int32)
-
-  def decode(self, ids):
-    ids = [int(i) for i in ids]
-    if self.eos_id in ids:
-      ids = ids[: ids.index(self.eos_id)]
-    return self.alg.ids_to_text(ids[::-1] if self.reversed_target else ids)
+  def decode(self, ids) -> str:
+    return self.tokenizer.decode(ids)
 
 
-class _Subwords(_Codec):
-  """WMT: the BPE tokenizer saved in the workdir when the run first opened its data."""
-
-  def __init__(self, path: str, max_len: int):
-    from bigjax.data import wmt
-
-    self.wmt, self.max_len = wmt, max_len
-    self.tok = wmt.load_tokenizer(path)
-    self.bos_id, self.eos_id = wmt.BOS_ID, wmt.EOS_ID
-
-  def encode(self, text):
-    ids = self.wmt.encode_source(self.tok, text, self.max_len)
-    return ids[: max(int((ids != self.wmt.PAD_ID).sum()), 1)]
-
-  def decode(self, ids):
-    return self.wmt.decode_target(self.tok, ids)
-
-
-def codec_for(config, workdir: str) -> _Codec:
-  """The prompt codec of the run's dataset."""
-  name = config.data.name
-  if name == 'algorithmic':
-    return _Algorithmic()
-  if name == 'algorithmic_reversed':
-    from bigjax.data.algorithmic_reversed import operand_width
-
-    return _Algorithmic(reversed_target=True, pad_width=operand_width(config.data))
-  if name.startswith('wmt'):
-    path = config.data.get('tokenizer', '') or os.path.join(workdir, 'tokenizer.json')
-    return _Subwords(path, int(config.data.get('max_len', 256)))
-  if config.model.get('vocab_size', 256) == 256:
-    return _Bytes()
-  raise ValueError(f'bigjax.generate does not know how to encode prompts for {name!r}')
+def codec_for(config: ml_collections.ConfigDict, workdir: str) -> Prompt:
+  """The prompt format of the run in `workdir` (its data set's tokenizer and task)."""
+  task = dataset_spec(config.data.name).task
+  max_len = config.data.get('max_len', None)
+  return Prompt(run_tokenizer(config, workdir), task, int(max_len) if max_len else None)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -136,13 +88,11 @@ def generate(
   **options,
 ) -> str:
   """Loads the run in `workdir` and returns the generated text."""
-  from bigjax.data.datasets import dataset_spec
-  from bigjax.train.loop import restore_from_workdir
+  from bigjax.train.loop import restore_from_workdir  # the trainer, only when generating
 
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f'workdir {workdir!r} does not exist')
   config, model, variables = restore_from_workdir(workdir)
-  task = dataset_spec(config.data.name).task
   codec = codec_for(config, workdir)
   ids = codec.encode(prompt)[None]  # [1, L]
   kw = dict(
@@ -150,15 +100,20 @@ def generate(
     method=method,
     rng=jax.random.key(seed),
     eos_id=codec.eos_id,
+    banned_ids=tuple(codec.tokenizer.reserved_ids),
     **options,
   )
-  if task == 'lm':  # the prompt is continued
+  if codec.task == 'lm':  # the prompt is continued
     out = decode.generate_lm(model, variables, ids, **kw)
     return codec.decode(np.concatenate([ids[0], np.asarray(out[0])]))
-  if task == 'seq2seq':  # the prompt is the source
+  if codec.task == 'seq2seq':  # the prompt is the source
+    if codec.bos_id is None:
+      raise ValueError(f'the {config.data.name!r} tokenizer has no BOS id to start a target')
     out = decode.generate_seq2seq(model, variables, ids, bos_id=codec.bos_id, **kw)
     return codec.decode(np.asarray(out[0]))
-  raise ValueError(f'{workdir!r} holds a {task!r} model: generation needs an lm or seq2seq run')
+  raise ValueError(
+    f'{workdir!r} holds a {codec.task!r} model: generation needs an lm or seq2seq run'
+  )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from bigjax.data import wmt
 from bigjax.data.datasets import dataset_spec
+from bigjax.data.sets import wmt
+from bigjax.data.tokenizers import SubwordTokenizer
 
 
 def _data(workdir, **kw):
@@ -41,28 +42,35 @@ def test_tokenizer_is_trained_once_and_examples_are_well_formed(tmp_path):
     (transform,) = spec.transforms(data, False)
     record = source[0]
     example = transform.map(record)
-  tok = wmt.load_tokenizer(str(path))
-  assert [tok.token_to_id(t) for t in ('<pad>', '<s>', '</s>')] == [0, 1, 2]
-  assert tok.get_vocab_size() <= 300
+  tok = spec.tokenizer(data)  # the data set's tokenizer, read from the run's workdir
+  assert isinstance(tok, SubwordTokenizer)
+  assert [tok.backend.token_to_id(t) for t in ('<pad>', '<s>', '</s>')] == [0, 1, 2]
+  assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.reserved_ids) == (0, 1, 2, (0, 1, 2))
+  assert tok.vocab_size <= 300 and not tok.byte_level
   for key in ('src', 'tgt_in', 'tgt_out'):
     assert example[key].shape == (48,) and example[key].dtype == np.int32
   src, tgt_in, tgt_out = example['src'], example['tgt_in'], example['tgt_out']
-  assert tgt_in[0] == wmt.BOS_ID
+  assert tgt_in[0] == tok.bos_id
   np.testing.assert_array_equal(tgt_in[1:], tgt_out[:-1])  # shifted by one
   # Round trip: the ids decode to the sentences (mock text is short ASCII), EOS then pads.
-  n = len(tok.encode(record['de']).ids)
+  n = len(tok.encode(record['de']))
   assert n + 1 < 48
-  assert wmt.decode_target(tok, tgt_out) == record['de']
-  assert tgt_out[n] == wmt.EOS_ID and (tgt_out[n + 1 :] == 0).all()
-  assert wmt.decode_target(tok, src) == record['en']
+  assert tok.decode(tgt_out) == record['de']
+  assert tgt_out[n] == tok.eos_id and (tgt_out[n + 1 :] == 0).all()
+  assert tok.decode(src) == record['en']
+  np.testing.assert_array_equal(src[: n_en(tok, record) + 1], [*tok.encode(record['en']), 2])
   # The other direction swaps the languages.
   de_en = wmt.transforms(_data(tmp_path, source_lang='de', target_lang='en'), False)[0]
   swapped = de_en.map(record)
-  assert wmt.decode_target(tok, swapped['src']) == record['de']
-  assert wmt.decode_target(tok, swapped['tgt_out']) == record['en']
+  assert tok.decode(swapped['src']) == record['de']
+  assert tok.decode(swapped['tgt_out']) == record['en']
   # Truncation keeps the source's EOS.
   short = wmt.transforms(_data(tmp_path, max_len=4), False)[0].map(record)
-  assert short['src'][-1] == wmt.EOS_ID and short['tgt_in'][0] == wmt.BOS_ID
+  assert short['src'][-1] == tok.eos_id and short['tgt_in'][0] == tok.bos_id
+
+
+def n_en(tok, record):
+  return len(tok.encode(record['en']))
 
 
 def test_config_errors(tmp_path):
@@ -70,5 +78,5 @@ def test_config_errors(tmp_path):
     wmt.tokenizer_path(_data(''))
   with pytest.raises(ValueError, match='source_lang'):
     wmt.transforms(_data(tmp_path, source_lang='fr'), True)
-  with pytest.raises(FileNotFoundError, match='tokenizer'):
-    wmt.load_tokenizer(str(tmp_path / 'missing.json'))
+  with pytest.raises(FileNotFoundError, match='first opens its data'):
+    wmt.tokenizer(_data(tmp_path, tokenizer=str(tmp_path / 'missing.json')))

@@ -5,8 +5,13 @@ a single index: it is saved with each checkpoint, so a resumed run sees the same
 
 Each process reads its own shard of the records and yields host-local batches of
 global_batch / process_count examples; `bigjax.train.sharding` assembles global arrays.
+Training shards are trimmed to equal sizes (an epoch may skip up to process_count - 1
+records); evaluation is padded instead (`mask == False`), so every eval example is scored
+exactly once on any number of processes.
 """
 
+import functools
+import math
 from typing import Iterator
 
 import grain
@@ -14,7 +19,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from bigjax.data.datasets import DatasetSpec, dataset_spec
+from bigjax.data.datasets import dataset_spec
+from bigjax.data.spec import DatasetSpec
+from bigjax.data.tokenizers import Tokenizer
 from bigjax.typing import Batch
 
 
@@ -29,8 +36,8 @@ def _apply(ds: grain.MapDataset, transforms) -> grain.MapDataset:
   return ds
 
 
-def _process_shard(source) -> grain.MapDataset:
-  """This process's records: every process_count-th, equal counts on every process."""
+def _train_shard(source) -> grain.MapDataset:
+  """This process's training records: every process_count-th, equal counts everywhere."""
   ds = grain.MapDataset.source(source)
   count = jax.process_count()
   if count > 1:
@@ -54,6 +61,11 @@ class Data:
   def task(self) -> str:
     return self.spec.task
 
+  @functools.cached_property
+  def tokenizer(self) -> Tokenizer | None:
+    """The data set's tokenizer; None for data without one (images)."""
+    return self.spec.tokenizer(self.config) if self.spec.tokenizer else None
+
   def train_iter(self, global_batch: int, seed: int) -> grain.DatasetIterator:
     """An endless, shuffled, checkpointable iterator of host-local batches."""
     local = global_batch // jax.process_count()
@@ -62,7 +74,7 @@ class Data:
         f'the {self.train_split!r} split has {len(self.train_source)} examples, fewer than '
         f'one batch per process ({local}): lower --config.train.batch_size'
       )
-    ds = _process_shard(self.train_source).seed(seed).shuffle().repeat(None)
+    ds = _train_shard(self.train_source).seed(seed).shuffle().repeat(None)
     ds = _apply(ds, self.spec.transforms(self.config, True)).batch(local, drop_remainder=True)
     it = ds.to_iter_dataset()
     workers = self.config.get('workers', 0)
@@ -73,15 +85,24 @@ class Data:
   def eval_batches(self, global_batch: int, max_batches: int = -1) -> Iterator[Batch]:
     """One pass over the eval split in host-local batches, each padded to full size.
 
-    Padded examples carry `mask == False`; every process yields the same number of
-    batches so collective evaluation steps stay in lock-step.
+    Process p reads records p, p + P, p + 2P, ... of all N (P processes), nothing dropped.
+    Padded examples carry `mask == False`, and every process yields the same number of
+    batches, ceil(ceil(N / P) / local), so collective evaluation steps stay in lock-step:
+    a process with fewer records ends with padding (an all-padding batch if need be).
     """
-    local = global_batch // jax.process_count()
-    ds = _apply(_process_shard(self.eval_source), self.spec.transforms(self.config, False))
-    loader = ds.batch(local, drop_remainder=False)
-    for i, batch in enumerate(loader):
-      if 0 <= max_batches <= i:
-        break
+    count, index = jax.process_count(), jax.process_index()
+    local = global_batch // count
+    transforms = self.spec.transforms(self.config, False)
+    records = grain.MapDataset.source(self.eval_source)
+    num_batches = math.ceil(math.ceil(len(records) / count) / local)
+    if max_batches >= 0:
+      num_batches = min(num_batches, max_batches)
+    batches = iter(_apply(records[index::count], transforms).batch(local, drop_remainder=False))
+    for _ in range(num_batches):
+      batch = next(batches, None)
+      if batch is None:  # this process ran out first: a batch of padding only
+        example = _apply(records[:1], transforms)[0]
+        batch = jax.tree.map(lambda x: np.asarray(x)[None, ...][:0], example)
       yield pad_batch(batch, local)
 
 

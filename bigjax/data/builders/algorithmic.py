@@ -10,7 +10,7 @@ hardest problems; train has 1..max_length digits, minus the held-out pairs).
 
 Token ids: 0 pad, 1 BOS, 2 EOS, 3..12 the digits 0..9, 13 '+' (`VOCAB_SIZE` = 14).
 Records store the bare token ids, {'src': int32 [S], 'tgt': int32 [T]}; BOS, EOS and
-padding are added by `bigjax.data.algorithmic`.
+padding are added by the data set (`bigjax.data.sets.algorithmic`).
 """
 
 import dataclasses
@@ -19,7 +19,9 @@ import hashlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-PAD, BOS, EOS = 0, 1, 2
+from bigjax.vocab import PAD_ID
+
+PAD, BOS, EOS = PAD_ID, 1, 2
 DIGIT0 = 3  # token id of the digit 0
 PLUS = 13
 VOCAB_SIZE = 14

@@ -1,0 +1,1 @@
+"""Data set definitions: each module defines `DatasetSpec`s; `bigjax.data.datasets` lists them."""

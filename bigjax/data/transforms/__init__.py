@@ -1,0 +1,1 @@
+"""Per-record Grain transforms, one module per modality (`image`, `text`)."""
