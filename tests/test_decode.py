@@ -67,15 +67,17 @@ def test_filter_logits_hand_made(top_k, top_p, kept):
 
 
 def test_nucleus_sampling_renormalises():
-  step = jax.tree_util.Partial(_fixed, jnp.log(jnp.asarray(PROBS, jnp.float32)))
-  prompt = jnp.zeros((4000, 1), jnp.int32)
+  # Tokens 1..4 carry PROBS; the pad id 0 has probability 0.
+  logits = jnp.log(jnp.asarray(np.concatenate([[0.0], PROBS]), jnp.float32))
+  step = jax.tree_util.Partial(_fixed, logits)
+  prompt = jnp.ones((4000, 1), jnp.int32)
   out = decode.sample(step, {}, prompt, jax.random.key(0), max_new_tokens=1, top_p=0.7)
   tokens = np.asarray(out[:, 0])
-  assert set(np.unique(tokens)) == {0, 1}
-  assert abs((tokens == 0).mean() - 0.5 / 0.8) < 0.04  # p(0) renormalised over {0, 1}
-  # Temperature flattens: at T = 4 the rare token 3 shows up far more than 5% of the time.
+  assert set(np.unique(tokens)) == {1, 2}
+  assert abs((tokens == 1).mean() - 0.5 / 0.8) < 0.04  # p(1) renormalised over {1, 2}
+  # Temperature flattens: at T = 4 the rare token 4 shows up far more than 5% of the time.
   hot = decode.sample(step, {}, prompt, jax.random.key(1), max_new_tokens=1, temperature=4.0)
-  assert (np.asarray(hot) == 3).mean() > 0.15
+  assert (np.asarray(hot) == 4).mean() > 0.15
 
 
 def test_bad_options_raise():
@@ -158,8 +160,9 @@ def test_beam_search_beats_greedy_on_a_garden_path():
 
 
 def test_beam_search_without_eos_keeps_the_most_likely_sequences():
+  # Tokens 1..6; the pad id 0 is never generated, so it has no row or column here.
   table = jax.nn.softmax(jax.random.normal(jax.random.key(0), (6, 6)))
-  step = _bigram_step(table)
+  step = _bigram_step(np.pad(np.asarray(table), ((1, 0), (1, 0))))
   prompt = jnp.array([[1], [4]], jnp.int32)
   beams, scores = decode.beam_search(
     step, _counts(2), prompt, beam_size=36, max_new_tokens=2, alpha=0.0
@@ -167,9 +170,9 @@ def test_beam_search_without_eos_keeps_the_most_likely_sequences():
   # With a beam as wide as all 6^2 continuations the search is exhaustive.
   logp = np.log(np.asarray(table))
   for row, first in enumerate((1, 4)):
-    every = logp[first][:, None] + logp  # [V, V]
+    every = logp[first - 1][:, None] + logp  # [V, V] over tokens 1..6
     np.testing.assert_allclose(np.sort(scores[row])[::-1], np.sort(every.ravel())[::-1], rtol=1e-5)
-    a, b = np.asarray(beams[row, 0])
+    a, b = np.asarray(beams[row, 0]) - 1
     np.testing.assert_allclose(every[a, b], every.max(), rtol=1e-6)
 
 

@@ -93,15 +93,19 @@ def test_incremental_decoding_equals_full_forward(options):
   tgt = jnp.array([[1, 9, 8, 7, 6, 5], [1, 2, 3, 4, 10, 11]], jnp.int32)  # no padding
   variables = model.init(jax.random.key(1), SRC, tgt)
   full = model.apply(variables, SRC, tgt)
-  decoder = model.clone(decoding=True)
+  decoder = model.clone(decode=True)
   encoded = model.apply(variables, SRC, method='encode')
-  cache = decoder.init(jax.random.key(0), encoded, jnp.zeros((2, 8), jnp.int32), method='decode')[
-    'cache'
-  ]
+  cache = decoder.init(
+    jax.random.key(0), encoded, jnp.zeros((2, 8), jnp.int32), method='decode_targets'
+  )['cache']
   chunks = []
   for start, stop in [(0, 2), (2, 3), (3, 4), (4, 6)]:  # a 2-token prefill, then steps
     logits, mutated = decoder.apply(
-      {**variables, 'cache': cache}, encoded, tgt[:, start:stop], method='decode', mutable=['cache']
+      {**variables, 'cache': cache},
+      encoded,
+      tgt[:, start:stop],
+      method='decode_targets',
+      mutable=['cache'],
     )
     cache = mutated['cache']
     chunks.append(logits)
@@ -119,7 +123,7 @@ def test_layout_options():
   assert {'src_embed', 'tgt_embed', 'logits'} <= set(pre) and 'embed' not in pre
   assert 'norm' in params(_model(final_norm=True))['decoder']
   with pytest.raises(ValueError, match='max_len'):
-    jax.eval_shape(_model(max_len=4, decoding=True).init, jax.random.key(0), SRC, TGT)
+    jax.eval_shape(_model(max_len=4, decode=True).init, jax.random.key(0), SRC, TGT)
 
 
 def _count(name, vocab):
