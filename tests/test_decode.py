@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import bigjax
-from bigjax import decode
+from bigjax import decode, layers
 
 BOS, EOS = 1, 2
 
@@ -261,3 +261,67 @@ def test_lstm_seq2seq_cached_steps_equal_full_forward():
   step, cache = decode.seq2seq_decoder(model, variables, src, max_len=6)
   steps = _step_through(step, cache, tgt, [(0, 1), (1, 3), (3, 4), (4, 5), (5, 6)])
   np.testing.assert_allclose(steps, full, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------- reserved ids (pad)
+def test_pad_and_banned_ids_are_never_generated():
+  # The model prefers pad (0), then 3, then EOS-free filler 4: pad and 3 must never come out.
+  logits = jnp.log(jnp.array([0.5, 0.01, 0.01, 0.3, 0.18], jnp.float32))
+  step = jax.tree_util.Partial(_fixed, logits)
+  prompt = jnp.ones((3, 1), jnp.int32)
+  outs = [
+    decode.greedy(step, {}, prompt, max_new_tokens=4),
+    decode.greedy(step, {}, prompt, max_new_tokens=4, banned_ids=(3,)),
+    decode.sample(step, {}, prompt, jax.random.key(0), max_new_tokens=50, banned_ids=(3,)),
+    decode.beam_search(step, {}, prompt, beam_size=2, max_new_tokens=4, banned_ids=(3,))[0][:, 0],
+  ]
+  np.testing.assert_array_equal(outs[0], 3)
+  for out in outs[1:]:
+    assert not np.isin(np.asarray(out), [0, 3]).any(), out
+  np.testing.assert_array_equal(outs[1], 4)
+
+
+# ------------------------------------------------------------ beam search and batch axes
+def _running_sum(log_table, cache, tokens):
+  """Next-token log-probs depend on the running sum of the tokens, kept as [B], or as
+  [L, B] (layer-major, as a scanned model's caches)."""
+  layered = cache['total'].ndim == 2
+  before = cache['total'][0] if layered else cache['total']  # [B]
+  total = before[:, None] + jnp.cumsum(tokens, axis=1)  # [B, L]
+  new = jnp.broadcast_to(total[:, -1], cache['total'].shape)
+  return log_table[total % log_table.shape[0]], {'total': new}
+
+
+def test_beam_search_reorders_along_declared_batch_axes():
+  table = jnp.log(jax.nn.softmax(2.0 * jax.random.normal(jax.random.key(4), (9, 9))))
+  prompt = jnp.array([[3], [5]], jnp.int32)
+  step = jax.tree_util.Partial(_running_sum, table)
+  want = decode.beam_search(
+    step, {'total': jnp.zeros((2,), jnp.int32)}, prompt, beam_size=3, max_new_tokens=5
+  )
+  cache = {'total': jnp.zeros((3, 2), jnp.int32)}  # [L, B]
+  got = decode.beam_search(
+    step, cache, prompt, beam_size=3, max_new_tokens=5, cache_batch_axes={'total': 1}
+  )
+  np.testing.assert_array_equal(got[0], want[0])
+  np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
+  with pytest.raises(ValueError, match='cache_batch_axes'):
+    decode.beam_search(step, cache, prompt, beam_size=3, max_new_tokens=5)
+
+
+def test_beam_search_with_a_scanned_model_equals_the_unscanned_one(transformer):
+  model, variables, src = transformer
+  scanned = model.clone(scan_layers=True)
+  params = dict(variables['params'])
+  for stack in ('encoder', 'decoder'):
+    params[stack] = layers.stack_layers(params[stack], 2)
+  step, cache = decode.seq2seq_decoder(scanned, {'params': params}, src, max_len=6)
+  axes = step.func.cache_batch_axes[0]['decoder']['layers']['self_attn']
+  assert axes['cached_key'] == 1 and axes['cache_index'] is None  # [L, B, ...] and [L]
+  prompt = jnp.full((2, 1), BOS, jnp.int32)
+  got = decode.beam_search(step, cache, prompt, beam_size=3, max_new_tokens=5)
+  ref_step, ref_cache = decode.seq2seq_decoder(model, variables, src, max_len=6)
+  want = decode.beam_search(ref_step, ref_cache, prompt, beam_size=3, max_new_tokens=5)
+  np.testing.assert_array_equal(got[0], want[0])
+  np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
+  assert len(np.unique(np.asarray(want[0]))) > 3  # the beams differ: reordering matters
