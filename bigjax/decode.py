@@ -473,19 +473,14 @@ def seq2seq_decoder(
   src = jnp.asarray(src, jnp.int32)
   decoder = _decoding_clone(model, encoder_decoder=True)
 
-  def state(encoded):
-    dummy = jnp.zeros((encoded_batch(encoded), max_len), jnp.int32)
+  def state(src):  # (cache, encoded): the decoding state for [B, S] sources
+    encoded = _encode(model, variables, src)
+    dummy = jnp.zeros((src.shape[0], max_len), jnp.int32)
     return _init_cache(decoder, encoded, dummy, method='decode_targets'), encoded
 
-  def encoded_batch(encoded):
-    return jax.tree.leaves(encoded)[0].shape[0]
-
-  def make(batch):
-    return state(_encode(model, variables, jnp.zeros((batch, src.shape[1]), jnp.int32)))
-
-  axes = _Axes.of(cache_batch_axes(make))
-  step = jax.tree_util.Partial(_Seq2SeqStep(decoder, axes), variables)
-  return step, state(_encode(model, variables, src))
+  axes = cache_batch_axes(lambda b: state(jnp.zeros((b, src.shape[1]), jnp.int32)))
+  step = jax.tree_util.Partial(_Seq2SeqStep(decoder, _Axes.of(axes)), variables)
+  return step, state(src)
 
 
 def _run(

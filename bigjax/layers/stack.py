@@ -2,8 +2,9 @@
 
 Legend: L layers, B batch.
 
-Unrolled (`scan=False`), the blocks are submodules `block_0` ... `block_{L-1}` of the
-stack, with the block's own parameter names below them. Scanned (`scan=True`), one block
+`stack_blocks` is called inside a model's `nn.compact` method and adds no level to the
+names. Unrolled (`scan=False`), the blocks are submodules `block_0` ... `block_{L-1}` of
+that model, with the block's own parameter names below them. Scanned (`scan=True`), one block
 is compiled once and run L times by `nn.scan`: its parameters live under `layers/` with a
 leading [L] axis (`layers/attn/query/kernel` [L, D, H, K]) and so do its caches
 (`layers/attn/cached_key` [L, B, S, G, K]: the batch axis is 1, not 0). `stack_layers`
@@ -11,6 +12,8 @@ and `unstack_layers` convert parameters between the two layouts. Scanning cuts c
 time from O(L) to O(1); `remat=True` (`nn.remat`, gradient checkpointing) recomputes each
 block's activations in the backward pass instead of storing them.
 """
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -26,6 +29,7 @@ def _static(value) -> bool:
   return value is None or isinstance(value, (bool, int, float, str))
 
 
+@functools.cache
 def _layer_class(block: type[nn.Module]) -> type[nn.Module]:
   """`block` with the call convention of `nn.scan`: (x, arrays) -> (x, None).
 
