@@ -8,8 +8,8 @@ token per step inside a jitted `jax.lax.while_loop`, so no prefix is ever recomp
 `lm_decoder` and `seq2seq_decoder` build the step function from a model that follows the
 zoo's contract:
   - a decoder-only LM with a `decode: bool` attribute, `__call__(tokens, *, train)`;
-  - an encoder-decoder with `encode(src)` and `decode(encoded, tgt)` methods and a
-    `decoding: bool` attribute (or `decode` when the class has no `decode` method),
+  - an encoder-decoder with a `decode: bool` attribute and methods `encode(src)` and
+    `decode_targets(encoded, tgt)`,
 and with the decoding clone keeping its state in the `cache` collection.
 
 The step function returned by the adapters is a `jax.tree_util.Partial` over the model's
@@ -19,8 +19,16 @@ function works too: it is compiled once per function object.
 
 Stopping: with `eos_id` set, a row is finished once it emits EOS; it then emits `pad_id`,
 and the loop ends when every row has finished (or after N tokens).
-Beam search keeps every cache leaf whose leading dimension is the batch as B*W rows and
-reorders them after each step; the cache must hold no other array with that leading size.
+Reserved ids: `pad_id` (default `bigjax.vocab.PAD_ID`) and every id in `banned_ids` (a
+tokenizer's `reserved_ids`: BOS, ...) get probability zero, so they are never generated.
+
+Beam search keeps B*W rows of the cache and reorders them after each step, along each
+leaf's batch axis. The axes are declared, never guessed from sizes: the adapters derive
+them by evaluating the cache's shapes at two batch sizes (a scanned model's caches are
+[L, B, ...], batch axis 1; a step counter has none) and attach them to the step function
+(`step.func.cache_batch_axes`); a hand-written step function passes `cache_batch_axes`
+(a pytree like the cache of ints or None), or every cache leaf of rank >= 1 is taken to
+be batch-major.
 """
 
 import dataclasses
@@ -32,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.typing import PRNGKey, PyTree
+from bigjax.vocab import PAD_ID
 
 StepFn = Callable[[PyTree, jax.Array], tuple[jax.Array, PyTree]]
 
@@ -65,6 +74,16 @@ def _check_filter(top_k: int, top_p: float) -> None:
     raise ValueError(f'need top_k >= 0 and 0 < top_p <= 1, got top_k={top_k}, top_p={top_p}')
 
 
+def _banned(pad_id: int, banned_ids) -> tuple[int, ...]:
+  """The ids never generated: pad_id and banned_ids, as a sorted tuple (a static key)."""
+  return tuple(sorted({int(pad_id), *(int(i) for i in banned_ids)}))
+
+
+def _ban(logits: jax.Array, banned: tuple[int, ...]) -> jax.Array:
+  """[..., V] logits with the banned ids set to -inf (probability zero, renormalised)."""
+  return logits.astype(jnp.float32).at[..., jnp.asarray(banned, jnp.int32)].set(-jnp.inf)
+
+
 def _choose(logits, rng, temperature, top_k, top_p):
   """[B, V] logits -> [B] tokens: argmax at temperature 0, else a filtered sample."""
   if temperature == 0.0:
@@ -87,15 +106,23 @@ def _check_prompt(prompt: jax.Array, max_new_tokens: int) -> None:
 # ------------------------------------------------------------------- greedy and sampling
 @functools.partial(
   jax.jit,
-  static_argnames=('max_new_tokens', 'temperature', 'top_k', 'top_p', 'eos_id', 'pad_id'),
+  static_argnames=(
+    'max_new_tokens',
+    'temperature',
+    'top_k',
+    'top_p',
+    'eos_id',
+    'pad_id',
+    'banned',
+  ),
 )
 def _sample_loop(
-  step, cache, prompt, rng, *, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id
+  step, cache, prompt, rng, *, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id, banned
 ):
   batch = prompt.shape[0]
   logits, cache = step(cache, prompt)  # prefill: [B, P, V]
   rng, sub = jax.random.split(rng)
-  token = _choose(logits[:, -1], sub, temperature, top_k, top_p)  # [B]
+  token = _choose(_ban(logits[:, -1], banned), sub, temperature, top_k, top_p)  # [B]
   finished = token == eos_id if eos_id is not None else jnp.zeros((batch,), bool)
   out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token)
 
@@ -107,7 +134,7 @@ def _sample_loop(
     i, token, finished, out, cache, rng = state
     logits, cache = step(cache, token[:, None])  # [B, 1, V]
     rng, sub = jax.random.split(rng)
-    token = _choose(logits[:, -1], sub, temperature, top_k, top_p)
+    token = _choose(_ban(logits[:, -1], banned), sub, temperature, top_k, top_p)
     token = jnp.where(finished, pad_id, token)
     out = jax.lax.dynamic_update_slice(out, token[:, None], (0, i))
     if eos_id is not None:
@@ -125,9 +152,12 @@ def greedy(
   *,
   max_new_tokens: int,
   eos_id: int | None = None,
-  pad_id: int = 0,
+  pad_id: int = PAD_ID,
+  banned_ids: tuple[int, ...] = (),
 ) -> jax.Array:
-  """Argmax decoding after the [B, P] prompt -> [B, N] new tokens (pad after EOS)."""
+  """Argmax decoding after the [B, P] prompt -> [B, N] new tokens (pad after EOS).
+
+  pad_id and banned_ids are never generated."""
   _check_prompt(prompt, max_new_tokens)
   return _sample_loop(
     _as_pytree_fn(step),
@@ -140,6 +170,7 @@ def greedy(
     top_p=1.0,
     eos_id=eos_id,
     pad_id=pad_id,
+    banned=_banned(pad_id, banned_ids),
   )
 
 
@@ -154,10 +185,12 @@ def sample(
   top_k: int = 0,
   top_p: float = 1.0,
   eos_id: int | None = None,
-  pad_id: int = 0,
+  pad_id: int = PAD_ID,
+  banned_ids: tuple[int, ...] = (),
 ) -> jax.Array:
   """Ancestral sampling from softmax(logits / temperature), optionally restricted to the
-  top-k tokens and/or the top-p nucleus -> [B, N] new tokens. temperature=0 is greedy."""
+  top-k tokens and/or the top-p nucleus -> [B, N] new tokens. temperature=0 is greedy.
+  pad_id and banned_ids are never generated."""
   _check_prompt(prompt, max_new_tokens)
   if temperature < 0:
     raise ValueError(f'temperature must be >= 0, got {temperature}')
@@ -173,6 +206,7 @@ def sample(
     top_p=float(top_p),
     eos_id=eos_id,
     pad_id=pad_id,
+    banned=_banned(pad_id, banned_ids),
   )
 
 
@@ -182,18 +216,83 @@ def length_penalty(length: jax.Array, alpha: float) -> jax.Array:
   return ((5.0 + length) / 6.0) ** alpha
 
 
-def _map_batch_leaves(fn, tree, size):
-  """Applies fn to every array leaf whose leading dimension is `size`."""
-  return jax.tree.map(lambda x: fn(x) if x.ndim and x.shape[0] == size else x, tree)
+@dataclasses.dataclass(frozen=True)
+class _Axes:
+  """A pytree of batch axes (int or None per cache leaf), hashable: a static argument."""
+
+  leaves: tuple[int | None, ...]
+  treedef: Any
+
+  @classmethod
+  def of(cls, axes: PyTree) -> '_Axes':
+    leaves, treedef = jax.tree.flatten(axes, is_leaf=lambda x: x is None)
+    return cls(tuple(None if a is None else int(a) for a in leaves), treedef)
+
+  def tree(self) -> PyTree:
+    return jax.tree.unflatten(self.treedef, self.leaves)
+
+  def map(self, fn, cache: PyTree) -> PyTree:
+    """fn(leaf, axis) on every cache leaf with a batch axis; the others are kept."""
+    leaves = self.treedef.flatten_up_to(cache)
+    out = [x if a is None else fn(x, a) for x, a in zip(leaves, self.leaves)]
+    return jax.tree.unflatten(self.treedef, out)
+
+
+def cache_batch_axes(make_cache: Callable[[int], PyTree]) -> PyTree:
+  """Each leaf's batch axis (or None) of the cache `make_cache(batch_size)` builds.
+
+  Compares the shapes (`jax.eval_shape`, nothing is computed) at two batch sizes.
+  """
+  small = jax.eval_shape(functools.partial(make_cache, 2))
+  large = jax.eval_shape(functools.partial(make_cache, 3))
+
+  def axis(a, b):
+    moved = [i for i, (m, n) in enumerate(zip(a.shape, b.shape)) if m != n]
+    if len(moved) > 1:
+      raise ValueError(f'a cache leaf of shape {a.shape} grows with the batch on several axes')
+    return moved[0] if moved else None
+
+  return jax.tree.map(axis, small, large)
+
+
+def _beam_axes(step, cache: PyTree, batch: int, declared: PyTree | None) -> _Axes:
+  """The batch axes of `cache`: declared, attached to the step function, or batch-major."""
+  if declared is None:
+    declared = getattr(getattr(step, 'func', None), 'cache_batch_axes', None)
+  if declared is None:
+    declared = jax.tree.map(lambda x: 0 if jnp.ndim(x) else None, cache)
+  axes = _Axes.of(declared)
+  try:
+    leaves = axes.treedef.flatten_up_to(cache)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f'cache_batch_axes must have the structure of the cache: {e}') from None
+  for x, a in zip(leaves, axes.leaves):
+    if a is not None and (a >= jnp.ndim(x) or jnp.shape(x)[a] != batch):
+      raise ValueError(
+        f'a cache leaf of shape {jnp.shape(x)} has no batch of {batch} on axis {a}: pass '
+        "beam_search(..., cache_batch_axes=...) with each leaf's batch axis (None for none)"
+      )
+  return axes
 
 
 @functools.partial(
-  jax.jit, static_argnames=('beam_size', 'max_new_tokens', 'alpha', 'eos_id', 'pad_id')
+  jax.jit,
+  static_argnames=(
+    'beam_size',
+    'max_new_tokens',
+    'alpha',
+    'eos_id',
+    'pad_id',
+    'banned',
+    'axes',
+  ),
 )
-def _beam_loop(step, cache, prompt, *, beam_size, max_new_tokens, alpha, eos_id, pad_id):
+def _beam_loop(
+  step, cache, prompt, *, beam_size, max_new_tokens, alpha, eos_id, pad_id, banned, axes
+):
   batch, width, n = prompt.shape[0], beam_size, max_new_tokens
   logits, cache = step(cache, prompt)  # prefill once per row, then copy it to every beam
-  cache = _map_batch_leaves(lambda x: jnp.repeat(x, width, axis=0), cache, batch)
+  cache = axes.map(lambda x, a: jnp.repeat(x, width, axis=a), cache)
   logits = jnp.repeat(logits[:, -1], width, axis=0)  # [B*W, V]
   vocab = logits.shape[-1]
   ranks = jnp.arange(2 * width)
@@ -205,7 +304,7 @@ def _beam_loop(step, cache, prompt, *, beam_size, max_new_tokens, alpha, eos_id,
   def body(state):
     i, logits, cache, alive_seq, alive_logp, fin, done = state
     fin_seq, fin_score = fin
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch, width, vocab)
+    logp = jax.nn.log_softmax(_ban(logits, banned)).reshape(batch, width, vocab)
     cand = (alive_logp[..., None] + logp).reshape(batch, width * vocab)  # [B, W*V]
     top_logp, top_idx = jax.lax.top_k(cand, 2 * width)  # [B, 2W]
     parent, token = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)
@@ -229,7 +328,7 @@ def _beam_loop(step, cache, prompt, *, beam_size, max_new_tokens, alpha, eos_id,
     parent = jnp.take_along_axis(parent, keep, axis=1)  # [B, W]
     token = jnp.take_along_axis(token, keep, axis=1)
     rows = (jnp.arange(batch)[:, None] * width + parent).reshape(-1)  # [B*W]
-    cache = _map_batch_leaves(lambda x: jnp.take(x, rows, axis=0), cache, batch * width)
+    cache = axes.map(lambda x, a: jnp.take(x, rows, axis=a), cache)
     logits, cache = step(cache, token.reshape(-1, 1))
     return i + 1, logits[:, -1], cache, alive_seq, alive_logp, (fin_seq, fin_score), done
 
@@ -257,40 +356,52 @@ def beam_search(
   max_new_tokens: int,
   alpha: float = 0.6,
   eos_id: int | None = None,
-  pad_id: int = 0,
+  pad_id: int = PAD_ID,
+  banned_ids: tuple[int, ...] = (),
+  cache_batch_axes: PyTree | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Beam search with the GNMT length penalty: score = log P(Y) / ((5 + |Y|) / 6)^alpha.
 
-  `cache` is sized for the B prompt rows; it is copied to B*W rows after the prefill.
+  `cache` is sized for the B prompt rows; it is copied to B*W rows after the prefill,
+  along each leaf's batch axis: `cache_batch_axes` (a pytree like the cache, int or None
+  per leaf), else the axes the adapters attach to their step functions, else axis 0 of
+  every leaf of rank >= 1. pad_id and banned_ids are never generated.
   Returns ([B, W, N] hypotheses, best first, pad after EOS; [B, W] scores).
   alpha=0.6 is the value of Vaswani et al. (2017) for WMT.
   """
   _check_prompt(prompt, max_new_tokens)
   if beam_size < 1:
     raise ValueError(f'beam_size must be at least 1, got {beam_size}')
+  prompt = jnp.asarray(prompt, jnp.int32)
   return _beam_loop(
     _as_pytree_fn(step),
     cache,
-    jnp.asarray(prompt, jnp.int32),
+    prompt,
     beam_size=int(beam_size),
     max_new_tokens=max_new_tokens,
     alpha=float(alpha),
     eos_id=eos_id,
     pad_id=pad_id,
+    banned=_banned(pad_id, banned_ids),
+    axes=_beam_axes(step, cache, prompt.shape[0], cache_batch_axes),
   )
 
 
 # ------------------------------------------------------------------------------ adapters
 def _decoding_clone(model: nn.Module, encoder_decoder: bool) -> nn.Module:
   fields = type(model).__dataclass_fields__
-  if encoder_decoder and 'decoding' in fields:
-    return model.clone(decoding=True)
-  if 'decode' in fields:
-    return model.clone(decode=True)
-  kind = 'an encoder-decoder needs a `decoding`' if encoder_decoder else 'an LM needs a `decode`'
-  raise ValueError(
-    f'{type(model).__name__} cannot decode with a cache: {kind} bool attribute (see bigjax.decode)'
-  )
+  methods = encoder_decoder and not (hasattr(model, 'encode') and hasattr(model, 'decode_targets'))
+  if 'decode' not in fields or methods:
+    kind = (
+      'an encoder-decoder needs `encode` and `decode_targets` methods and a `decode`'
+      if encoder_decoder
+      else 'an LM needs a `decode`'
+    )
+    raise ValueError(
+      f'{type(model).__name__} cannot decode with a cache: {kind} bool attribute '
+      '(see bigjax.decode)'
+    )
+  return model.clone(decode=True)
 
 
 def _without_cache(variables: PyTree) -> dict:
@@ -302,6 +413,11 @@ class _LMStep:
   """step(variables, cache, tokens) for a decoder-only model (hashable by model)."""
 
   model: nn.Module
+  axes: _Axes
+
+  @property
+  def cache_batch_axes(self) -> PyTree:
+    return self.axes.tree()
 
   def __call__(self, variables, cache, tokens):
     logits, mutated = self.model.apply({**variables, 'cache': cache}, tokens, mutable=['cache'])
@@ -313,11 +429,16 @@ class _Seq2SeqStep:
   """step(variables, (cache, encoded), tokens) for an encoder-decoder."""
 
   model: nn.Module
+  axes: _Axes
+
+  @property
+  def cache_batch_axes(self) -> PyTree:
+    return self.axes.tree()
 
   def __call__(self, variables, state, tokens):
     cache, encoded = state
     logits, mutated = self.model.apply(
-      {**variables, 'cache': cache}, encoded, tokens, method='decode', mutable=['cache']
+      {**variables, 'cache': cache}, encoded, tokens, method='decode_targets', mutable=['cache']
     )
     return logits, (mutated['cache'], encoded)
 
@@ -338,8 +459,9 @@ def lm_decoder(
 ) -> tuple[jax.tree_util.Partial, PyTree]:
   """(step, cache) for a decoder-only model, with room for max_len = P + N tokens."""
   model = _decoding_clone(model, encoder_decoder=False)
-  cache = _init_cache(model, jnp.zeros((batch_size, max_len), jnp.int32))
-  return jax.tree_util.Partial(_LMStep(model), _without_cache(variables)), cache
+  make = lambda b: _init_cache(model, jnp.zeros((b, max_len), jnp.int32))  # noqa: E731
+  axes = _Axes.of(cache_batch_axes(make))
+  return jax.tree_util.Partial(_LMStep(model, axes), _without_cache(variables)), make(batch_size)
 
 
 def seq2seq_decoder(
@@ -349,16 +471,24 @@ def seq2seq_decoder(
   target tokens (the BOS prompt included)."""
   variables = _without_cache(variables)
   src = jnp.asarray(src, jnp.int32)
-  encoded = _encode(model, variables, src)
-  model = _decoding_clone(model, encoder_decoder=True)
-  dummy = jnp.zeros((src.shape[0], max_len), jnp.int32)
-  cache = _init_cache(model, encoded, dummy, method='decode')
-  return jax.tree_util.Partial(_Seq2SeqStep(model), variables), (cache, encoded)
+  decoder = _decoding_clone(model, encoder_decoder=True)
+
+  def state(src):  # (cache, encoded): the decoding state for [B, S] sources
+    encoded = _encode(model, variables, src)
+    dummy = jnp.zeros((src.shape[0], max_len), jnp.int32)
+    return _init_cache(decoder, encoded, dummy, method='decode_targets'), encoded
+
+  axes = cache_batch_axes(lambda b: state(jnp.zeros((b, src.shape[1]), jnp.int32)))
+  step = jax.tree_util.Partial(_Seq2SeqStep(decoder, _Axes.of(axes)), variables)
+  return step, state(src)
 
 
-def _run(step, cache, prompt, *, method, max_new_tokens, rng, eos_id, pad_id, **options):
+def _run(
+  step, cache, prompt, *, method, max_new_tokens, rng, eos_id, pad_id, banned_ids=(), **options
+):
+  common = dict(max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, banned_ids=banned_ids)
   if method == 'greedy':
-    return greedy(step, cache, prompt, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id)
+    return greedy(step, cache, prompt, **common)
   if method == 'sample':
     keys = ('temperature', 'top_k', 'top_p')
     return sample(
@@ -366,9 +496,7 @@ def _run(step, cache, prompt, *, method, max_new_tokens, rng, eos_id, pad_id, **
       cache,
       prompt,
       jax.random.key(0) if rng is None else rng,
-      max_new_tokens=max_new_tokens,
-      eos_id=eos_id,
-      pad_id=pad_id,
+      **common,
       **{k: options[k] for k in keys if k in options},
     )
   if method == 'beam':
@@ -377,9 +505,7 @@ def _run(step, cache, prompt, *, method, max_new_tokens, rng, eos_id, pad_id, **
       step,
       cache,
       prompt,
-      max_new_tokens=max_new_tokens,
-      eos_id=eos_id,
-      pad_id=pad_id,
+      **common,
       **{k: options[k] for k in keys if k in options},
     )
     return seqs[:, 0]
@@ -395,11 +521,13 @@ def generate_lm(
   method: str = 'greedy',
   rng: PRNGKey | None = None,
   eos_id: int | None = None,
-  pad_id: int = 0,
+  pad_id: int = PAD_ID,
+  banned_ids: tuple[int, ...] = (),
   **options: Any,
 ) -> jax.Array:
   """Continues [B, P] prompts with an LM -> [B, N] tokens. options: temperature, top_k,
-  top_p (sample), beam_size, alpha (beam; the best hypothesis is returned)."""
+  top_p (sample), beam_size, alpha (beam; the best hypothesis is returned). pad_id and
+  banned_ids (e.g. the tokenizer's `reserved_ids`) are never generated."""
   prompt = jnp.asarray(prompt, jnp.int32)
   _check_prompt(prompt, max_new_tokens)
   step, cache = lm_decoder(model, variables, prompt.shape[0], prompt.shape[1] + max_new_tokens)
@@ -412,6 +540,7 @@ def generate_lm(
     rng=rng,
     eos_id=eos_id,
     pad_id=pad_id,
+    banned_ids=banned_ids,
     **options,
   )
 
@@ -426,10 +555,13 @@ def generate_seq2seq(
   method: str = 'greedy',
   rng: PRNGKey | None = None,
   eos_id: int | None = None,
-  pad_id: int = 0,
+  pad_id: int = PAD_ID,
+  banned_ids: tuple[int, ...] = (),
   **options: Any,
 ) -> jax.Array:
-  """Translates [B, S] sources -> [B, N] target tokens (after BOS; pad after EOS)."""
+  """Translates [B, S] sources -> [B, N] target tokens (after BOS; pad after EOS).
+
+  pad_id and banned_ids (e.g. the tokenizer's `reserved_ids`) are never generated."""
   src = jnp.asarray(src, jnp.int32)
   prompt = jnp.full((src.shape[0], 1), bos_id, jnp.int32)
   _check_prompt(prompt, max_new_tokens)
@@ -443,5 +575,6 @@ def generate_seq2seq(
     rng=rng,
     eos_id=eos_id,
     pad_id=pad_id,
+    banned_ids=banned_ids,
     **options,
   )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import bigjax
-from bigjax import decode
+from bigjax import decode, layers
 
 BOS, EOS = 1, 2
 
@@ -67,15 +67,17 @@ def test_filter_logits_hand_made(top_k, top_p, kept):
 
 
 def test_nucleus_sampling_renormalises():
-  step = jax.tree_util.Partial(_fixed, jnp.log(jnp.asarray(PROBS, jnp.float32)))
-  prompt = jnp.zeros((4000, 1), jnp.int32)
+  # Tokens 1..4 carry PROBS; the pad id 0 has probability 0.
+  logits = jnp.log(jnp.asarray(np.concatenate([[0.0], PROBS]), jnp.float32))
+  step = jax.tree_util.Partial(_fixed, logits)
+  prompt = jnp.ones((4000, 1), jnp.int32)
   out = decode.sample(step, {}, prompt, jax.random.key(0), max_new_tokens=1, top_p=0.7)
   tokens = np.asarray(out[:, 0])
-  assert set(np.unique(tokens)) == {0, 1}
-  assert abs((tokens == 0).mean() - 0.5 / 0.8) < 0.04  # p(0) renormalised over {0, 1}
-  # Temperature flattens: at T = 4 the rare token 3 shows up far more than 5% of the time.
+  assert set(np.unique(tokens)) == {1, 2}
+  assert abs((tokens == 1).mean() - 0.5 / 0.8) < 0.04  # p(1) renormalised over {1, 2}
+  # Temperature flattens: at T = 4 the rare token 4 shows up far more than 5% of the time.
   hot = decode.sample(step, {}, prompt, jax.random.key(1), max_new_tokens=1, temperature=4.0)
-  assert (np.asarray(hot) == 3).mean() > 0.15
+  assert (np.asarray(hot) == 4).mean() > 0.15
 
 
 def test_bad_options_raise():
@@ -158,8 +160,9 @@ def test_beam_search_beats_greedy_on_a_garden_path():
 
 
 def test_beam_search_without_eos_keeps_the_most_likely_sequences():
+  # Tokens 1..6; the pad id 0 is never generated, so it has no row or column here.
   table = jax.nn.softmax(jax.random.normal(jax.random.key(0), (6, 6)))
-  step = _bigram_step(table)
+  step = _bigram_step(np.pad(np.asarray(table), ((1, 0), (1, 0))))
   prompt = jnp.array([[1], [4]], jnp.int32)
   beams, scores = decode.beam_search(
     step, _counts(2), prompt, beam_size=36, max_new_tokens=2, alpha=0.0
@@ -167,9 +170,9 @@ def test_beam_search_without_eos_keeps_the_most_likely_sequences():
   # With a beam as wide as all 6^2 continuations the search is exhaustive.
   logp = np.log(np.asarray(table))
   for row, first in enumerate((1, 4)):
-    every = logp[first][:, None] + logp  # [V, V]
+    every = logp[first - 1][:, None] + logp  # [V, V] over tokens 1..6
     np.testing.assert_allclose(np.sort(scores[row])[::-1], np.sort(every.ravel())[::-1], rtol=1e-5)
-    a, b = np.asarray(beams[row, 0])
+    a, b = np.asarray(beams[row, 0]) - 1
     np.testing.assert_allclose(every[a, b], every.max(), rtol=1e-6)
 
 
@@ -258,3 +261,67 @@ def test_lstm_seq2seq_cached_steps_equal_full_forward():
   step, cache = decode.seq2seq_decoder(model, variables, src, max_len=6)
   steps = _step_through(step, cache, tgt, [(0, 1), (1, 3), (3, 4), (4, 5), (5, 6)])
   np.testing.assert_allclose(steps, full, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------- reserved ids (pad)
+def test_pad_and_banned_ids_are_never_generated():
+  # The model prefers pad (0), then 3, then EOS-free filler 4: pad and 3 must never come out.
+  logits = jnp.log(jnp.array([0.5, 0.01, 0.01, 0.3, 0.18], jnp.float32))
+  step = jax.tree_util.Partial(_fixed, logits)
+  prompt = jnp.ones((3, 1), jnp.int32)
+  outs = [
+    decode.greedy(step, {}, prompt, max_new_tokens=4),
+    decode.greedy(step, {}, prompt, max_new_tokens=4, banned_ids=(3,)),
+    decode.sample(step, {}, prompt, jax.random.key(0), max_new_tokens=50, banned_ids=(3,)),
+    decode.beam_search(step, {}, prompt, beam_size=2, max_new_tokens=4, banned_ids=(3,))[0][:, 0],
+  ]
+  np.testing.assert_array_equal(outs[0], 3)
+  for out in outs[1:]:
+    assert not np.isin(np.asarray(out), [0, 3]).any(), out
+  np.testing.assert_array_equal(outs[1], 4)
+
+
+# ------------------------------------------------------------ beam search and batch axes
+def _running_sum(log_table, cache, tokens):
+  """Next-token log-probs depend on the running sum of the tokens, kept as [B], or as
+  [L, B] (layer-major, as a scanned model's caches)."""
+  layered = cache['total'].ndim == 2
+  before = cache['total'][0] if layered else cache['total']  # [B]
+  total = before[:, None] + jnp.cumsum(tokens, axis=1)  # [B, L]
+  new = jnp.broadcast_to(total[:, -1], cache['total'].shape)
+  return log_table[total % log_table.shape[0]], {'total': new}
+
+
+def test_beam_search_reorders_along_declared_batch_axes():
+  table = jnp.log(jax.nn.softmax(2.0 * jax.random.normal(jax.random.key(4), (9, 9))))
+  prompt = jnp.array([[3], [5]], jnp.int32)
+  step = jax.tree_util.Partial(_running_sum, table)
+  want = decode.beam_search(
+    step, {'total': jnp.zeros((2,), jnp.int32)}, prompt, beam_size=3, max_new_tokens=5
+  )
+  cache = {'total': jnp.zeros((3, 2), jnp.int32)}  # [L, B]
+  got = decode.beam_search(
+    step, cache, prompt, beam_size=3, max_new_tokens=5, cache_batch_axes={'total': 1}
+  )
+  np.testing.assert_array_equal(got[0], want[0])
+  np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
+  with pytest.raises(ValueError, match='cache_batch_axes'):
+    decode.beam_search(step, cache, prompt, beam_size=3, max_new_tokens=5)
+
+
+def test_beam_search_with_a_scanned_model_equals_the_unscanned_one(transformer):
+  model, variables, src = transformer
+  scanned = model.clone(scan_layers=True)
+  params = dict(variables['params'])
+  for stack in ('encoder', 'decoder'):
+    params[stack] = layers.stack_layers(params[stack], 2)
+  step, cache = decode.seq2seq_decoder(scanned, {'params': params}, src, max_len=6)
+  axes = step.func.cache_batch_axes[0]['decoder']['layers']['self_attn']
+  assert axes['cached_key'] == 1 and axes['cache_index'] is None  # [L, B, ...] and [L]
+  prompt = jnp.full((2, 1), BOS, jnp.int32)
+  got = decode.beam_search(step, cache, prompt, beam_size=3, max_new_tokens=5)
+  ref_step, ref_cache = decode.seq2seq_decoder(model, variables, src, max_len=6)
+  want = decode.beam_search(ref_step, ref_cache, prompt, beam_size=3, max_new_tokens=5)
+  np.testing.assert_array_equal(got[0], want[0])
+  np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
+  assert len(np.unique(np.asarray(want[0]))) > 3  # the beams differ: reordering matters

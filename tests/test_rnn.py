@@ -236,10 +236,10 @@ def test_seq2seq_incremental_decoding_equals_full_decoding(s2s):
   model, params, apply = s2s
   src, tgt = SRC, TGT
   full = apply({'params': params}, src, tgt)
-  decoder = model.clone(decoding=True)
+  decoder = model.clone(decode=True)
   cache = jax.jit(decoder.init)(KEY, src, tgt)['cache']
   encoded = jitted(decoder, method='encode')({'params': params}, src)
-  step = jitted(decoder, method='decode', mutable=['cache'])
+  step = jitted(decoder, method='decode_targets', mutable=['cache'])
   outs = []
   for t in range(tgt.shape[1]):
     logits, mutated = step({'params': params, 'cache': cache}, encoded, tgt[:, t : t + 1])

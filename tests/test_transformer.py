@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import bigjax
+from bigjax import decode
 from bigjax.models import transformer
 
 SRC = jnp.array([[5, 6, 7, 8, 0, 0], [3, 4, 5, 6, 7, 9]], jnp.int32)
@@ -93,15 +94,19 @@ def test_incremental_decoding_equals_full_forward(options):
   tgt = jnp.array([[1, 9, 8, 7, 6, 5], [1, 2, 3, 4, 10, 11]], jnp.int32)  # no padding
   variables = model.init(jax.random.key(1), SRC, tgt)
   full = model.apply(variables, SRC, tgt)
-  decoder = model.clone(decoding=True)
+  decoder = model.clone(decode=True)
   encoded = model.apply(variables, SRC, method='encode')
-  cache = decoder.init(jax.random.key(0), encoded, jnp.zeros((2, 8), jnp.int32), method='decode')[
-    'cache'
-  ]
+  cache = decoder.init(
+    jax.random.key(0), encoded, jnp.zeros((2, 8), jnp.int32), method='decode_targets'
+  )['cache']
   chunks = []
   for start, stop in [(0, 2), (2, 3), (3, 4), (4, 6)]:  # a 2-token prefill, then steps
     logits, mutated = decoder.apply(
-      {**variables, 'cache': cache}, encoded, tgt[:, start:stop], method='decode', mutable=['cache']
+      {**variables, 'cache': cache},
+      encoded,
+      tgt[:, start:stop],
+      method='decode_targets',
+      mutable=['cache'],
     )
     cache = mutated['cache']
     chunks.append(logits)
@@ -119,7 +124,7 @@ def test_layout_options():
   assert {'src_embed', 'tgt_embed', 'logits'} <= set(pre) and 'embed' not in pre
   assert 'norm' in params(_model(final_norm=True))['decoder']
   with pytest.raises(ValueError, match='max_len'):
-    jax.eval_shape(_model(max_len=4, decoding=True).init, jax.random.key(0), SRC, TGT)
+    jax.eval_shape(_model(max_len=4, decode=True).init, jax.random.key(0), SRC, TGT)
 
 
 def _count(name, vocab):
@@ -152,3 +157,25 @@ def test_registered_variants():
   big = bigjax.create_model('transformer_big')
   assert (big.hidden_size, big.num_heads, big.mlp_dim, big.dropout_rate) == (1024, 16, 4096, 0.3)
   assert transformer.VARIANTS['base']['dropout_rate'] == 0.1
+
+
+def test_cached_decoding_with_pad_ids_in_the_target_equals_full_forward(post_ln):
+  # One masking rule: target keys holding the pad id are hidden in the full forward pass
+  # and in the KV cache alike.
+  model, variables = post_ln
+  tgt = jnp.array([[1, 9, 0, 7, 6], [1, 2, 3, 0, 10]], jnp.int32)
+  full = model.apply(variables, SRC, tgt)
+  step, cache = decode.seq2seq_decoder(model, variables, SRC, max_len=5)
+  chunks = []
+  for start, stop in [(0, 2), (2, 3), (3, 4), (4, 5)]:
+    logits, cache = step(cache, tgt[:, start:stop])
+    chunks.append(logits)
+  np.testing.assert_allclose(jnp.concatenate(chunks, axis=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_gelu_is_exact_and_gelu_tanh_approximate(post_ln):
+  _, variables = post_ln
+  out = {a: _model(activation=a).apply(variables, SRC, TGT) for a in ('gelu', 'gelu_tanh')}
+  assert np.abs(out['gelu'] - out['gelu_tanh']).max() > 1e-5
+  with pytest.raises(ValueError, match='unknown activation'):
+    _model(activation='gelu_exact').apply(variables, SRC, TGT)

@@ -70,7 +70,8 @@ def params_from_torch(sd: dict) -> dict:
 
 
 @pytest.mark.filterwarnings('ignore:The PyTorch API of nested tensors')
-def test_matches_torch_transformer():
+@pytest.mark.parametrize('activation', ['relu', 'gelu'])
+def test_matches_torch_transformer(activation):
   torch.manual_seed(0)
   ref = torch.nn.Transformer(
     d_model=D,
@@ -79,6 +80,7 @@ def test_matches_torch_transformer():
     num_decoder_layers=N,
     dim_feedforward=F,
     dropout=0.0,
+    activation=activation,  # torch's 'gelu' is the exact erf form
     batch_first=True,
   ).eval()
   # torch initialises LayerNorm to (1, 0); random affine parameters make the copy count.
@@ -118,7 +120,7 @@ def test_matches_torch_transformer():
     pre_norm=False,
     final_norm=True,
     layer_norm_eps=1e-5,
-    activation='relu',
+    activation=activation,
   )
   params = params_from_torch(sd)
 

@@ -1,17 +1,31 @@
-"""Blocks shared by the model families: attention, MLP, positions, Transformer blocks."""
+"""Blocks shared by the model families: a kit of parts (see each module's docstring)."""
 
+from bigjax.layers.activations import ACTIVATIONS, activation
 from bigjax.layers.attention import MultiHeadAttention, causal_mask, padding_mask
+from bigjax.layers.blocks import BlockConfig, DecoderBlock, EncoderBlock
 from bigjax.layers.mlp import MlpBlock
-from bigjax.layers.positional import LearnedPositions, sinusoidal_positions
-from bigjax.layers.transformer import DecoderBlock, EncoderBlock
+from bigjax.layers.norms import NORMS, make_norm
+from bigjax.layers.partitioning import logical_axes
+from bigjax.layers.positional import LearnedPositions, rotary, sinusoidal_positions
+from bigjax.layers.stack import stack_blocks, stack_layers, unstack_layers
 
 __all__ = [
+  'ACTIVATIONS',
+  'NORMS',
+  'BlockConfig',
   'DecoderBlock',
   'EncoderBlock',
   'LearnedPositions',
   'MlpBlock',
   'MultiHeadAttention',
+  'activation',
   'causal_mask',
+  'logical_axes',
+  'make_norm',
   'padding_mask',
+  'rotary',
   'sinusoidal_positions',
+  'stack_blocks',
+  'stack_layers',
+  'unstack_layers',
 ]

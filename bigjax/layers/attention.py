@@ -1,7 +1,19 @@
-"""Multi-head attention over `jax.nn.dot_product_attention`, with an optional KV cache.
+"""Multi-head attention over `jax.nn.dot_product_attention`: grouped-query heads, rotary
+positions, a KV cache, and the XLA or cuDNN backend.
 
-Legend: B batch, T query length, S key length, D model width, H heads, K head dim.
-Masks are boolean and broadcast to [B, H, T, S]; True means "may attend".
+Legend: B batch, T query length, S key length, D model width, H query heads, G key/value
+heads (H = G * queries per group), K head dim.
+
+Masks are boolean and broadcast to [B, H, T, S]; True means "may attend". A module takes
+the mask in parts so a fused kernel sees what it can use: `key_valid` [B, S] (padding),
+`causal` (a flag, not a matrix) and an optional explicit `mask`. When causality is the
+only constraint it reaches the kernel as `is_causal=True` and no [T, S] mask is built.
+
+Cached decoding (`decode=True`, self-attention only): the keys, values and key validity
+of every call are written into the `cache` collection at `cache_index` (create it with
+`init` on a full-length input), and a query at absolute position p attends to the cached
+keys at positions <= p that are valid. Rotary positions continue from `cache_index`.
+Both paths therefore apply one rule: a key is seen iff it is not in the future and valid.
 """
 
 from typing import Any, Callable
@@ -10,7 +22,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bigjax.layers.positional import rotary
 from bigjax.typing import Dtype
+
+IMPLEMENTATIONS = (None, 'xla', 'cudnn')
+POSITIONS = ('none', 'rotary')
 
 
 def padding_mask(query_valid: jax.Array, key_valid: jax.Array) -> jax.Array:
@@ -23,23 +39,30 @@ def causal_mask(length: int) -> jax.Array:
   return jnp.tril(jnp.ones((length, length), bool))[None, None]
 
 
-class MultiHeadAttention(nn.Module):
-  """Multi-head dot-product attention (Vaswani et al., 2017).
+def _and(a: jax.Array | None, b: jax.Array | None) -> jax.Array | None:
+  return b if a is None else a if b is None else a & b
 
-  With `decode=True` the keys and values of every call are appended to a cache in the
-  `cache` collection (initialise it by calling `init` with a full-length input), so an
-  autoregressive decoder computes each prefix position once.
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head dot-product attention (Vaswani et al., 2017), grouped-query when
+  `num_kv_heads < num_heads` (Ainslie et al., 2023; 1 is multi-query, Shazeer, 2019).
+
+  Params: query/kernel [D, H, K], key and value/kernel [D, G, K] (biases [H or G, K] with
+  `use_bias`), out/kernel [H, K, D] (bias [D]).
   """
 
   num_heads: int
+  num_kv_heads: int | None = None  # G; None: G = H (plain multi-head attention)
   head_dim: int | None = None  # defaults to D // H
   out_features: int | None = None  # defaults to D
   use_bias: bool = True
+  position: str = 'none'  # 'none' | 'rotary' (applied to q and k of self-attention)
+  rope_theta: float = 1e4
   decode: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernel_init: Callable[..., Any] = nn.initializers.xavier_uniform()
-  implementation: str | None = None  # None: XLA on CPU, 'cudnn' for the flash kernel
+  implementation: str | None = None  # None or 'xla': XLA; 'cudnn': the fused GPU kernel
 
   @nn.compact
   def __call__(
@@ -48,34 +71,63 @@ class MultiHeadAttention(nn.Module):
     inputs_kv: jax.Array | None = None,
     *,
     mask: jax.Array | None = None,
+    key_valid: jax.Array | None = None,
     causal: bool = False,
+    positions: jax.Array | None = None,
   ) -> jax.Array:
-    """[B, T, D] queries (and [B, S, D] keys/values, default self) -> [B, T, D]."""
+    """[B, T, D] queries (and [B, S, D] keys/values, default self) -> [B, T, D].
+
+    mask: broadcastable to [B, H, T, S]; key_valid: [B, S] (False keys are never seen);
+    causal: query t sees keys <= t; positions: [T] or [B, T] absolute positions for rotary
+    (default: 0, 1, ... after the cache index).
+    """
+    if self.implementation not in IMPLEMENTATIONS:
+      raise ValueError(f'attention implementation must be one of {IMPLEMENTATIONS}')
+    if self.position not in POSITIONS:
+      raise ValueError(f'attention position must be one of {POSITIONS}, got {self.position!r}')
+    kv_heads = self.num_kv_heads or self.num_heads
+    if self.num_heads % kv_heads:
+      raise ValueError(f'num_heads {self.num_heads} is not a multiple of num_kv_heads {kv_heads}')
     self_attention = inputs_kv is None
     inputs_kv = inputs_q if self_attention else inputs_kv
     width = inputs_q.shape[-1]
     head_dim = self.head_dim or width // self.num_heads
-    dense = lambda name: nn.DenseGeneral(  # noqa: E731
-      (self.num_heads, head_dim),
+    dense = lambda heads, name: nn.DenseGeneral(  # noqa: E731
+      (heads, head_dim),
       use_bias=self.use_bias,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       kernel_init=self.kernel_init,
       name=name,
     )
-    q = dense('query')(inputs_q)  # [B, T, H, K]
-    k = dense('key')(inputs_kv)  # [B, S, H, K]
-    v = dense('value')(inputs_kv)  # [B, S, H, K]
+    q = dense(self.num_heads, 'query')(inputs_q)  # [B, T, H, K]
+    k = dense(kv_heads, 'key')(inputs_kv)  # [B, S, G, K]
+    v = dense(kv_heads, 'value')(inputs_kv)  # [B, S, G, K]
 
-    if self.decode and self_attention:
-      k, v, mask = self._update_cache(k, v, mask)
-      causal = False  # the cache mask already hides future positions
-    elif causal:
-      length = q.shape[1]
-      mask = causal_mask(length) if mask is None else mask & causal_mask(length)
+    caching = self.decode and self_attention
+    if caching:
+      cache = self._cache(k, v)
+    if self.position == 'rotary' and self_attention:
+      if positions is None:
+        offset = cache['index'].value if caching and cache['ready'] else 0
+        positions = offset + jnp.arange(q.shape[1])  # [T]
+      q = rotary(q, positions, self.rope_theta)
+      k = rotary(k, positions, self.rope_theta)
+
+    is_causal = False
+    if caching and cache['ready']:
+      k, v, mask = self._update_cache(cache, k, v, mask, key_valid)
+    else:
+      if key_valid is not None:
+        mask = _and(mask, key_valid[:, None, None, :])  # [B, 1, 1, S]
+      if causal or caching:  # `init` of a decoding module: plain causal attention
+        if mask is None:
+          is_causal = True  # fused kernels skip the masked blocks; no [T, S] matrix
+        else:
+          mask = mask & causal_mask(q.shape[1])
 
     out = jax.nn.dot_product_attention(
-      q, k, v, mask=mask, implementation=self.implementation
+      q, k, v, mask=mask, is_causal=is_causal, implementation=self.implementation
     )  # [B, T, H, K]
     return nn.DenseGeneral(
       self.out_features or width,
@@ -87,26 +139,31 @@ class MultiHeadAttention(nn.Module):
       name='out',
     )(out)
 
-  def _update_cache(self, k, v, mask):
-    """Writes k, v at the cache index; returns the full cache and its mask."""
-    initialised = self.has_variable('cache', 'cached_key')
-    cached_k = self.variable('cache', 'cached_key', jnp.zeros, k.shape, k.dtype)
-    cached_v = self.variable('cache', 'cached_value', jnp.zeros, v.shape, v.dtype)
-    index = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
-    if not initialised:  # the `init` call only sizes the cache: plain causal attention
-      length = k.shape[1]
-      full = causal_mask(length)
-      return k, v, full if mask is None else mask & full
-    batch, max_length, heads, head_dim = cached_k.value.shape
+  def _cache(self, k: jax.Array, v: jax.Array) -> dict:
+    """The cache variables, sized by the `init` call's [B, S_max, G, K] keys."""
+    ready = self.has_variable('cache', 'cached_key')
+    batch, length = k.shape[:2]
+    return {
+      'ready': ready,  # False during `init`, which only sizes the cache
+      'key': self.variable('cache', 'cached_key', jnp.zeros, k.shape, k.dtype),
+      'value': self.variable('cache', 'cached_value', jnp.zeros, v.shape, v.dtype),
+      'valid': self.variable('cache', 'cached_valid', jnp.zeros, (batch, length), bool),
+      'index': self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32)),
+    }
+
+  def _update_cache(self, cache, k, v, mask, key_valid):
+    """Writes k, v and their validity at the cache index; returns the cache and its mask."""
     step = k.shape[1]
-    i = index.value
-    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, i, 0, 0))
-    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, i, 0, 0))
-    index.value = i + step
-    # Query t (absolute position i + t) may see keys at positions <= i + t.
+    i = cache['index'].value
+    valid = jnp.ones(k.shape[:2], bool) if key_valid is None else key_valid  # [B, T]
+    cache['key'].value = jax.lax.dynamic_update_slice(cache['key'].value, k, (0, i, 0, 0))
+    cache['value'].value = jax.lax.dynamic_update_slice(cache['value'].value, v, (0, i, 0, 0))
+    cache['valid'].value = jax.lax.dynamic_update_slice(cache['valid'].value, valid, (0, i))
+    cache['index'].value = i + step
+    max_length = cache['key'].value.shape[1]
+    # Query t (absolute position i + t) may see the valid keys at positions <= i + t.
     query_pos = i + jnp.arange(step)[:, None]  # [T, 1]
     key_pos = jnp.arange(max_length)[None, :]  # [1, S]
     cache_mask = (key_pos <= query_pos)[None, None]  # [1, 1, T, S]
-    if mask is not None:
-      cache_mask = cache_mask & mask
-    return cached_k.value, cached_v.value, cache_mask
+    cache_mask = cache_mask & cache['valid'].value[:, None, None, :]  # [B, 1, T, S]
+    return cache['key'].value, cache['value'].value, _and(cache_mask, mask)

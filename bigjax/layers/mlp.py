@@ -1,4 +1,11 @@
-"""The position-wise feed-forward block of Transformers: Dense -> act -> dropout -> Dense."""
+"""The position-wise feed-forward block of Transformers, plain or gated.
+
+Legend: D width, F hidden width (mlp_dim).
+Plain: fc2(dropout(act(fc1(x)))). Gated (GLU variants, Shazeer, 2020): fc2(dropout(act(gate(x))
+* fc1(x))); with act='silu' this is SwiGLU (PaLM, Llama), with 'gelu' GeGLU (T5 v1.1).
+Params: fc1/kernel [D, F], fc2/kernel [F, D], and gate/kernel [D, F] when gated (biases
+with `use_bias`). A Llama `gate_proj` maps to `gate`, `up_proj` to `fc1`, `down_proj` to `fc2`.
+"""
 
 from typing import Any, Callable
 
@@ -6,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bigjax.layers.activations import Activation, activation
 from bigjax.typing import Dtype
 
 
@@ -14,22 +22,29 @@ class MlpBlock(nn.Module):
 
   mlp_dim: int
   out_features: int | None = None
-  activation: Callable[[jax.Array], jax.Array] = nn.gelu
+  activation: str | Activation = 'gelu'  # a name in `ACTIVATIONS`, or a callable
+  gated: bool = False
   dropout_rate: float = 0.0
+  use_bias: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernel_init: Callable[..., Any] = nn.initializers.xavier_uniform()
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    act = activation(self.activation)
     dense = lambda n, name: nn.Dense(  # noqa: E731
       n,
+      use_bias=self.use_bias,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       kernel_init=self.kernel_init,
       bias_init=nn.initializers.zeros,
       name=name,
     )
-    h = self.activation(dense(self.mlp_dim, 'fc1')(x))
+    if self.gated:
+      h = act(dense(self.mlp_dim, 'gate')(x)) * dense(self.mlp_dim, 'fc1')(x)  # [..., F]
+    else:
+      h = act(dense(self.mlp_dim, 'fc1')(x))  # [..., F]
     h = nn.Dropout(self.dropout_rate)(h, deterministic=not train)
     return dense(self.out_features or x.shape[-1], 'fc2')(h)

@@ -40,3 +40,25 @@ class LearnedPositions(nn.Module):
     )
     pos = jax.lax.dynamic_slice_in_dim(table, offset, x.shape[1], axis=0)  # [T, D]
     return x + pos[None].astype(x.dtype)
+
+
+def rotary(x: jax.Array, positions: jax.Array, theta: float = 1e4) -> jax.Array:
+  """Rotary position embedding (RoPE; Su et al., 2021) of [B, T, H, K] queries or keys.
+
+  `positions` are the absolute positions, [T] or [B, T]. Channel i of the first half is
+  rotated with channel i of the second half by the angle position * theta^(-2i/K): the
+  "rotate half" layout of GPT-NeoX and Hugging Face Llama (the paper pairs neighbouring
+  channels, a permutation of the same thing). Dot products of rotated queries and keys
+  depend only on the positions' difference. Computed in float32.
+  """
+  head_dim = x.shape[-1]
+  if head_dim % 2:
+    raise ValueError(f'rotary positions need an even head dim, got {head_dim}')
+  half = head_dim // 2
+  inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / head_dim)  # [K/2]
+  angles = jnp.asarray(positions, jnp.float32)[..., None] * inv_freq  # [(B,) T, K/2]
+  angles = angles[None, :, None, :] if angles.ndim == 2 else angles[:, :, None, :]  # [B, T, 1, K/2]
+  sin, cos = jnp.sin(angles), jnp.cos(angles)
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)  # [B, T, H, K/2] each
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)  # [B, T, H, K]
+  return out.astype(x.dtype)

@@ -3,33 +3,23 @@
 Legend: B batch, D width, C classes; images [B, H, W, C] are flattened to [B, H*W*C].
 """
 
-from typing import Callable
-
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bigjax.layers.activations import ACTIVATIONS, activation
 from bigjax.registry import register
 from bigjax.typing import Dtype
 
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-  'relu': nn.relu,
-  'gelu': nn.gelu,
-  'tanh': jnp.tanh,
-  'sigmoid': nn.sigmoid,
-  'silu': nn.silu,
-}
-
-
-def activation(name: str) -> Callable[[jax.Array], jax.Array]:
-  if name not in ACTIVATIONS:
-    raise ValueError(f'unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}')
-  return ACTIVATIONS[name]
+__all__ = ['ACTIVATIONS', 'MLP', 'activation']
 
 
 class MLP(nn.Module):
-  """`depth` hidden layers of `width` units, then a linear classifier."""
+  """`depth` hidden layers of `width` units, then a linear classifier.
+
+  `activation` is a name in `bigjax.layers.ACTIVATIONS` (re-exported here for lenet).
+  """
 
   num_classes: int = 10
   depth: int = 2

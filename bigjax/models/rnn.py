@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from bigjax.registry import register
 from bigjax.typing import Dtype
+from bigjax.vocab import PAD_ID
 
 GATES = {'rnn': 1, 'lstm': 4, 'gru': 3}
 Carry = Any  # jax.Array [B, H], or (c, h) for an LSTM
@@ -376,7 +377,7 @@ class RNNClassifier(nn.Module):
   bidirectional: bool = True
   pooling: str = 'last'  # 'last' | 'mean'
   dropout_rate: float = 0.0
-  pad_id: int = 0
+  pad_id: int = PAD_ID
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 

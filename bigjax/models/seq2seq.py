@@ -14,9 +14,9 @@ c_i = sum_j softmax(e_i)_j h_j; the L-layer LSTM reads [E y_{i-1}; c_i]; the log
 from tanh(W_o [s_i; c_i; E y_{i-1}]) (a tanh deep output instead of the paper's maxout).
 
 Autoregressive decoding follows the zoo's contract (`bigjax.decode`): `encode(src)` once,
-then `decode(encoded, tgt)` on the `decoding=True` clone, whose LSTM state lives in the
-`cache` collection. (The attribute is `decoding`, not `decode`, because `decode` is the
-method.)
+then `decode_targets(encoded, tgt)` on the `decode=True` clone, whose LSTM state lives in
+the `cache` collection. The decoder reads every target token, the pad id included (it has
+no attention over targets to mask); the decoding functions never generate the pad id.
 
 Parameter names (stable):
   encoder/embed/embedding [V, E]; encoder/rnn/layer_{i}/{fwd,bwd}/{ih,hh}/{kernel, bias}
@@ -34,8 +34,7 @@ import jax.numpy as jnp
 from bigjax.models.rnn import RNN, RecurrentCell, zero_carry
 from bigjax.registry import register
 from bigjax.typing import Dtype, PyTree
-
-PAD_ID = 0
+from bigjax.vocab import PAD_ID
 
 
 class Seq2SeqEncoder(nn.Module):
@@ -128,7 +127,7 @@ class AttentionDecoder(nn.Module):
   num_layers: int
   attention_dim: int
   dropout_rate: float = 0.0
-  decoding: bool = False
+  decode: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -137,7 +136,7 @@ class AttentionDecoder(nn.Module):
     batch = tgt.shape[0]
     start = encoded['init_h'].astype(jnp.float32)  # [B, H]
     carry = tuple((jnp.zeros_like(start), start) for _ in range(self.num_layers))
-    if self.decoding:
+    if self.decode:
       zeros = lambda: tuple(  # noqa: E731
         zero_carry('lstm', batch, self.hidden_size) for _ in range(self.num_layers)
       )
@@ -170,7 +169,7 @@ class AttentionDecoder(nn.Module):
     )
     final, (states, contexts, weights) = step(carry, y, encoded)  # [B, T, H], [B, T, 2H]
     self.sow('intermediates', 'attention_weights', weights)  # [B, T, S]
-    if self.decoding and not self.is_initializing():
+    if self.decode and not self.is_initializing():
       cached.value = final
       started.value = jnp.ones((batch,), bool)
     out = jnp.concatenate([states, contexts.astype(states.dtype), y], axis=-1)  # [B, T, 3H+E]
@@ -186,7 +185,7 @@ class AttentionDecoder(nn.Module):
 
 
 class LSTMSeq2Seq(nn.Module):
-  """Bidirectional-LSTM encoder, attentive LSTM decoder (pad id 0)."""
+  """Bidirectional-LSTM encoder, attentive LSTM decoder (pad id `bigjax.vocab.PAD_ID`)."""
 
   vocab_size: int = 256
   embed_dim: int = 64
@@ -194,7 +193,7 @@ class LSTMSeq2Seq(nn.Module):
   num_layers: int = 1
   attention_dim: int = 128
   dropout_rate: float = 0.0
-  decoding: bool = False
+  decode: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -210,7 +209,7 @@ class LSTMSeq2Seq(nn.Module):
       param_dtype=self.param_dtype,
     )
     self.encoder = Seq2SeqEncoder(**kw)
-    self.decoder = AttentionDecoder(**kw, decoding=self.decoding)
+    self.decoder = AttentionDecoder(**kw, decode=self.decode)
 
   def encode(self, src: jax.Array, *, train: bool = False) -> PyTree:
     """[B, S] source tokens -> {'hidden': [B, S, 2H], 'keys': [B, S, A], 'mask': [B, S],
@@ -218,17 +217,17 @@ class LSTMSeq2Seq(nn.Module):
     chex.assert_rank(src, 2)
     return self.encoder(src, train=train)
 
-  def decode(self, encoded: PyTree, tgt: jax.Array, *, train: bool = False) -> jax.Array:
+  def decode_targets(self, encoded: PyTree, tgt: jax.Array, *, train: bool = False) -> jax.Array:
     """`encode` output and [B, T] target tokens (BOS first) -> [B, T, V] logits.
 
-    With `decoding=True` the T tokens continue the sequence held in the cache.
+    With `decode=True` the T tokens continue the sequence held in the cache.
     """
     chex.assert_rank(tgt, 2)
     return self.decoder(encoded, tgt, train=train)
 
   def __call__(self, src: jax.Array, tgt_in: jax.Array, *, train: bool = False) -> jax.Array:
     """[B, S] source and [B, T] shifted target tokens -> [B, T, V] logits."""
-    logits = self.decode(self.encode(src, train=train), tgt_in, train=train)
+    logits = self.decode_targets(self.encode(src, train=train), tgt_in, train=train)
     chex.assert_shape(logits, (*tgt_in.shape, self.vocab_size))
     return logits
 

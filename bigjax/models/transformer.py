@@ -11,13 +11,18 @@ the transposed embedding matrix (weight tying, section 3.4; Press & Wolf, 2017).
 tricks at small scale; it ends each stack with a LayerNorm. `final_norm=True` adds that
 LayerNorm to the post-LN model too, which is what `torch.nn.Transformer` does.
 
-Pad id 0 is masked out as a key everywhere: in encoder self-attention, in cross-attention
-and in decoder self-attention (on top of the causal mask).
+The pad id (`bigjax.vocab.PAD_ID`) is masked out as a key everywhere: in encoder
+self-attention, in cross-attention and in decoder self-attention (on top of the causal
+mask). The KV cache stores each key's validity, so cached decoding applies the same rule
+and equals the full forward pass even when a target holds the pad id; the decoding
+functions never generate it.
 
 Autoregressive decoding follows the zoo's contract (`bigjax.decode`): `encode(src)` once,
-then `decode(encoded, tgt)` on the `decoding=True` clone, whose self-attention keys and
-values and target position live in the `cache` collection. (The attribute is `decoding`,
-not `decode`, because `decode` is the method.)
+then `decode_targets(encoded, tgt)` on the `decode=True` clone, whose self-attention keys,
+values and key validity and the target position live in the `cache` collection.
+`scan_layers=True` runs each stack under `nn.scan`: the blocks' parameters then live under
+`encoder/layers/...` and `decoder/layers/...` with a leading [L] axis (see
+`bigjax.layers.stack`), and the caches are [L, B, ...].
 
 Parameter names (stable):
   embed/embedding [V, D]                            (src_embed, tgt_embed when not shared)
@@ -29,6 +34,7 @@ Parameter names (stable):
   decoder/block_{i}/{self_attn, cross_attn}/...     (as encoder attn)
   decoder/block_{i}/{self_norm, cross_norm, mlp_norm}/{scale, bias}, decoder/block_{i}/mlp/...
   decoder/norm/{scale, bias}                        (pre-LN or final_norm only)
+  {encoder, decoder}/layers/...                     (scan_layers: block_{i} stacked on axis 0)
   logits/{kernel [D, V], bias [V]}                  (only when the output is not tied)
 """
 
@@ -37,12 +43,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigjax.layers import DecoderBlock, EncoderBlock, sinusoidal_positions
-from bigjax.models.mlp import activation as get_activation
+from bigjax.layers import (
+  BlockConfig,
+  DecoderBlock,
+  EncoderBlock,
+  sinusoidal_positions,
+  stack_blocks,
+)
 from bigjax.registry import register
 from bigjax.typing import Dtype, PyTree
-
-PAD_ID = 0
+from bigjax.vocab import PAD_ID
 
 # Table 3 of the paper: base and big (the big EN-DE model used P_drop = 0.3).
 VARIANTS: dict[str, dict] = {
@@ -76,6 +86,21 @@ VARIANTS: dict[str, dict] = {
 }
 
 
+def block_config(module: nn.Module) -> BlockConfig:
+  """The `BlockConfig` of the stacks, from the model's options."""
+  return BlockConfig(
+    num_heads=module.num_heads,
+    mlp_dim=module.mlp_dim,
+    dropout_rate=module.dropout_rate,
+    pre_norm=module.pre_norm,
+    layer_norm_eps=module.layer_norm_eps,
+    activation=module.activation,
+    dtype=module.dtype,
+    param_dtype=module.param_dtype,
+    attention_impl=module.attention_impl,
+  )
+
+
 class TransformerEncoder(nn.Module):
   """The encoder stack on embedded inputs: [B, S, D] and [B, S] validity -> [B, S, D]."""
 
@@ -90,30 +115,24 @@ class TransformerEncoder(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str | None = None
+  scan_layers: bool = False
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, valid: jax.Array, *, train: bool = False) -> jax.Array:
-    mask = valid[:, None, None, :]  # [B, 1, 1, S]: padded keys are hidden
-    for i in range(self.num_layers):
-      x = EncoderBlock(
-        self.num_heads,
-        self.mlp_dim,
-        dropout_rate=self.dropout_rate,
-        pre_norm=self.pre_norm,
-        layer_norm_eps=self.layer_norm_eps,
-        activation=get_activation(self.activation),
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        attention_impl=self.attention_impl,
-        name=f'block_{i}',
-      )(x, mask=mask, train=train)
+    config = block_config(self)
+    x = stack_blocks(
+      x,
+      EncoderBlock,
+      config,
+      self.num_layers,
+      scan=self.scan_layers,
+      remat=self.remat,
+      key_valid=valid,  # padded keys are hidden
+      train=train,
+    )
     if self.final_norm:
-      x = nn.LayerNorm(
-        epsilon=self.layer_norm_eps,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name='norm',
-      )(x)
+      x = config.make_norm('norm')(x)
     return x
 
 
@@ -121,8 +140,8 @@ class TransformerDecoder(nn.Module):
   """The decoder stack on embedded targets.
 
   [B, T, D] targets, [B, S, D] encoder output, [B, S] source validity and optional [B, T]
-  target validity -> [B, T, D]. Self-attention is causal; with `decoding=True` its keys
-  and values are appended to the `cache` collection.
+  target validity -> [B, T, D]. Self-attention is causal and hides invalid target keys;
+  with `decode=True` its keys, values and key validity are appended to the `cache`.
   """
 
   num_layers: int
@@ -133,10 +152,12 @@ class TransformerDecoder(nn.Module):
   final_norm: bool = False
   layer_norm_eps: float = 1e-6
   activation: str = 'relu'
-  decoding: bool = False
+  decode: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str | None = None
+  scan_layers: bool = False
+  remat: bool = False
 
   @nn.compact
   def __call__(
@@ -148,29 +169,22 @@ class TransformerDecoder(nn.Module):
     *,
     train: bool = False,
   ) -> jax.Array:
-    cross_mask = src_valid[:, None, None, :]  # [B, 1, 1, S]
-    # While decoding, every cached key is a generated token, so only the causal mask applies.
-    self_mask = None if tgt_valid is None or self.decoding else tgt_valid[:, None, None, :]
-    for i in range(self.num_layers):
-      y = DecoderBlock(
-        self.num_heads,
-        self.mlp_dim,
-        dropout_rate=self.dropout_rate,
-        pre_norm=self.pre_norm,
-        layer_norm_eps=self.layer_norm_eps,
-        activation=get_activation(self.activation),
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        attention_impl=self.attention_impl,
-        name=f'block_{i}',
-      )(y, encoded, self_mask=self_mask, cross_mask=cross_mask, train=train, decode=self.decoding)
+    config = block_config(self)
+    y = stack_blocks(
+      y,
+      DecoderBlock,
+      config,
+      self.num_layers,
+      scan=self.scan_layers,
+      remat=self.remat,
+      decode=self.decode,
+      encoded=encoded,
+      key_valid=tgt_valid,
+      encoded_valid=src_valid,
+      train=train,
+    )
     if self.final_norm:
-      y = nn.LayerNorm(
-        epsilon=self.layer_norm_eps,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name='norm',
-      )(y)
+      y = config.make_norm('norm')(y)
     return y
 
 
@@ -178,12 +192,12 @@ class TargetPositions(nn.Module):
   """Adds sinusoidal positions to [B, T, D]; while decoding, from the cached offset."""
 
   max_len: int
-  decoding: bool = False
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     length, width = x.shape[1], x.shape[2]
-    if not self.decoding:
+    if not self.decode:
       return x + sinusoidal_positions(length, width)[None].astype(x.dtype)
     initialised = self.has_variable('cache', 'index')
     index = self.variable('cache', 'index', lambda: jnp.array(0, jnp.int32))
@@ -215,14 +229,16 @@ class Transformer(nn.Module):
   pre_norm: bool = False  # the paper's post-LN; True for pre-LN (Xiong et al., 2020)
   final_norm: bool | None = None  # a LayerNorm after each stack; None: only with pre_norm
   layer_norm_eps: float = 1e-6  # tensor2tensor; torch.nn.Transformer uses 1e-5
-  activation: str = 'relu'
+  activation: str = 'relu'  # 'gelu' is exact (torch's), 'gelu_tanh' the approximation
   share_embeddings: bool = True  # one vocabulary for source and target
   tie_output: bool = True  # logits = decoder output @ target embedding^T
   max_len: int = 1024  # longest target the decoding position table covers
-  decoding: bool = False  # autoregressive decoding with a cache (see module docstring)
+  decode: bool = False  # autoregressive decoding with a cache (see module docstring)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  attention_impl: str | None = None
+  attention_impl: str | None = None  # None: XLA; 'cudnn' for the fused GPU kernel
+  scan_layers: bool = False  # nn.scan over each stack's blocks (params under `layers/`)
+  remat: bool = False  # recompute each block's activations in the backward pass
 
   def setup(self):
     d = self.hidden_size
@@ -254,12 +270,14 @@ class Transformer(nn.Module):
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       attention_impl=self.attention_impl,
+      scan_layers=self.scan_layers,
+      remat=self.remat,
     )
     self.encoder = TransformerEncoder(self.num_encoder_layers, **stack, name='encoder')
     self.decoder = TransformerDecoder(
-      self.num_decoder_layers, decoding=self.decoding, **stack, name='decoder'
+      self.num_decoder_layers, decode=self.decode, **stack, name='decoder'
     )
-    self.tgt_positions = TargetPositions(self.max_len, self.decoding, name='tgt_positions')
+    self.tgt_positions = TargetPositions(self.max_len, self.decode, name='tgt_positions')
     self.embed_dropout = nn.Dropout(self.dropout_rate)
     if not self.tie_output:
       self.logits = nn.Dense(
@@ -279,10 +297,10 @@ class Transformer(nn.Module):
     x = self.embed_dropout(x, deterministic=not train)
     return {'hidden': self.encoder(x, valid, train=train), 'mask': valid}
 
-  def decode(self, encoded: PyTree, tgt: jax.Array, *, train: bool = False) -> jax.Array:
+  def decode_targets(self, encoded: PyTree, tgt: jax.Array, *, train: bool = False) -> jax.Array:
     """`encode` output and [B, T] target tokens (BOS first) -> [B, T, V] logits.
 
-    With `decoding=True` the T tokens continue the sequence held in the cache.
+    With `decode=True` the T tokens continue the sequence held in the cache.
     """
     chex.assert_rank(tgt, 2)
     y = self.tgt_positions(self._embed(tgt, 'tgt'))
@@ -295,7 +313,7 @@ class Transformer(nn.Module):
 
   def __call__(self, src: jax.Array, tgt_in: jax.Array, *, train: bool = False) -> jax.Array:
     """[B, S] source and [B, T] shifted target tokens -> [B, T, V] logits."""
-    logits = self.decode(self.encode(src, train=train), tgt_in, train=train)
+    logits = self.decode_targets(self.encode(src, train=train), tgt_in, train=train)
     chex.assert_shape(logits, (*tgt_in.shape, self.vocab_size))
     return logits
 

@@ -17,18 +17,17 @@ Parameter names (stable; `bigjax.convert.hf_vit` maps Hugging Face checkpoints o
   block_{i}/attn/out/{kernel [heads, D/heads, D], bias [D]}
   block_{i}/mlp_norm/{scale, bias}
   block_{i}/mlp/fc1/{kernel [D, mlp_dim], bias}, block_{i}/mlp/fc2/{kernel [mlp_dim, D], bias}
+  layers/...                                        (scan_layers: block_{i} stacked on axis 0)
   norm/{scale, bias}
   head/{kernel [D, K], bias [K]}                    (absent when num_classes=0)
 """
-
-import functools
 
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigjax.layers import EncoderBlock, LearnedPositions
+from bigjax.layers import BlockConfig, EncoderBlock, LearnedPositions, stack_blocks
 from bigjax.registry import register
 from bigjax.typing import Dtype
 
@@ -70,6 +69,8 @@ class ViT(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attention_impl: str | None = None  # None: XLA; 'cudnn' for the fused GPU kernel
+  scan_layers: bool = False  # nn.scan over the blocks (params under `layers/`, stacked)
+  remat: bool = False  # recompute each block's activations in the backward pass
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -101,20 +102,20 @@ class ViT(nn.Module):
     x = LearnedPositions(x.shape[1], param_dtype=self.param_dtype, name='pos_embed')(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
-    act = functools.partial(nn.gelu, approximate=self.gelu_approximate)
-    for i in range(self.num_layers):
-      x = EncoderBlock(
-        self.num_heads,
-        self.mlp_dim,
-        dropout_rate=self.dropout_rate,
-        pre_norm=True,
-        layer_norm_eps=self.layer_norm_eps,
-        activation=act,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        attention_impl=self.attention_impl,
-        name=f'block_{i}',
-      )(x, train=train)
+    config = BlockConfig(
+      num_heads=self.num_heads,
+      mlp_dim=self.mlp_dim,
+      dropout_rate=self.dropout_rate,
+      pre_norm=True,
+      layer_norm_eps=self.layer_norm_eps,
+      activation='gelu_tanh' if self.gelu_approximate else 'gelu',
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      attention_impl=self.attention_impl,
+    )
+    x = stack_blocks(
+      x, EncoderBlock, config, self.num_layers, scan=self.scan_layers, remat=self.remat, train=train
+    )
     x = nn.LayerNorm(
       epsilon=self.layer_norm_eps,
       dtype=self.dtype,

@@ -1,0 +1,33 @@
+"""The activation table: one name for each nonlinearity, shared by every family.
+
+'gelu' is the exact erf form (Hendrycks & Gimpel, 2016), as in `torch.nn.GELU()`, the ViT
+paper and BERT; 'gelu_tanh' is its tanh approximation (GPT-2, `jax.nn.gelu`'s default).
+'silu' is x * sigmoid(x) (Swish; the gate of SwiGLU, Shazeer, 2020).
+"""
+
+import functools
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Activation = Callable[[jax.Array], jax.Array]
+
+ACTIVATIONS: dict[str, Activation] = {
+  'gelu': functools.partial(nn.gelu, approximate=False),
+  'gelu_tanh': functools.partial(nn.gelu, approximate=True),
+  'relu': nn.relu,
+  'silu': nn.silu,
+  'tanh': jnp.tanh,
+  'sigmoid': nn.sigmoid,
+}
+
+
+def activation(name: str | Activation) -> Activation:
+  """The activation called `name` (a callable is returned as it is)."""
+  if callable(name):
+    return name
+  if name not in ACTIVATIONS:
+    raise ValueError(f'unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}')
+  return ACTIVATIONS[name]
