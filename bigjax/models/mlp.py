@@ -10,7 +10,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigjax.registry import register
 from bigjax.typing import Dtype
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -58,4 +57,4 @@ class MLP(nn.Module):
     return logits
 
 
-register('mlp', MLP)
+MODELS: dict[str, tuple[type[nn.Module], dict]] = {'mlp': (MLP, {})}

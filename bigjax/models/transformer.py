@@ -39,7 +39,6 @@ import jax.numpy as jnp
 
 from bigjax.layers import DecoderBlock, EncoderBlock, sinusoidal_positions
 from bigjax.models.mlp import activation as get_activation
-from bigjax.registry import register
 from bigjax.typing import Dtype, PyTree
 
 PAD_ID = 0
@@ -300,5 +299,6 @@ class Transformer(nn.Module):
     return logits
 
 
-for _name, _variant in VARIANTS.items():
-  register(f'transformer_{_name}', Transformer, **_variant)
+MODELS: dict[str, tuple[type[nn.Module], dict]] = {
+  f'transformer_{name}': (Transformer, variant) for name, variant in VARIANTS.items()
+}
