@@ -232,38 +232,69 @@ def _concrete(spec: jax.ShapeDtypeStruct, key, model: nn.Module) -> jax.Array:
   return jax.random.normal(key, spec.shape, spec.dtype)
 
 
+def _fill(abstract, seed: int = 0):
+  """Values for an abstract variable tree, drawn with numpy.
+
+  Compiling `init` costs more than everything else here (26 s for inception_test), and the
+  contract is about the forward pass, not the initialisers: kernels N(0, 1/fan_in), norm
+  scales and variances in [0.5, 1.5], biases and means N(0, 0.1).
+  """
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    name = path[-1].key
+    if name in ('mean', 'bias'):
+      value = rng.normal(0, 0.1, s.shape)
+    elif name in ('var', 'scale'):
+      value = rng.uniform(0.5, 1.5, s.shape)
+    else:
+      value = rng.normal(0, 1 / np.sqrt(np.prod(s.shape[:-1])), s.shape)
+    return jnp.asarray(value, s.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
 @functools.cache
 def tiny(name: str):
-  """(bf16 model with dropout on where it has dropout, float32 variables, inputs): one init."""
+  """(bf16 model with dropout on where it has dropout, float32 variables, inputs)."""
   row = row_of(name)
   model = bigjax.create_model(name, dtype=jnp.bfloat16)
   if row.dropout:
     model = model.clone(dropout_rate=0.5)
   keys = jax.random.split(jax.random.key(1), 4)
   inputs = tuple(_concrete(s, k, model) for s, k in zip(row.inputs(model), keys))
-  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), *inputs)
+  abstract = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), *inputs)
+  variables = _fill({k: v for k, v in abstract.items() if k != 'intermediates'})
   return model, variables, inputs
 
 
-def _evaluate(model):
-  chex.clear_trace_counter()  # chex counts traces per function code, across tests
+@functools.cache
+def tiny_outputs(name: str):
+  """Evaluation and training logits of `tiny(name)` for dropout keys 1 and 2: one program,
+  traced once for both calls."""
+  model, variables, inputs = tiny(name)
+  mutable = [k for k in variables if k == 'batch_stats']
 
   @jax.jit
   @chex.assert_max_traces(n=1)
-  def evaluate(variables, inputs, rng):
-    return model.apply(variables, *inputs, train=False, rngs={'dropout': rng})
+  def run(variables, inputs, rng):
+    rngs = {'dropout': rng}
+    evaluated = logits_of(model.apply(variables, *inputs, train=False, rngs=rngs))
+    trained = model.apply(variables, *inputs, train=True, rngs=rngs, mutable=mutable)
+    return evaluated, _logits(trained[0] if mutable else trained)
 
-  return evaluate
+  chex.clear_trace_counter()  # chex counts the traces of `run`'s code, across models
+  return run(variables, inputs, jax.random.key(1)), run(variables, inputs, jax.random.key(2))
 
 
 @pytest.mark.parametrize('name', TINY)
 def test_bf16_compute_one_trace_and_no_dropout_in_eval(name):
   row = row_of(name)
-  model, variables, inputs = tiny(name)
-  chex.assert_type(jax.tree.leaves(variables['params']), jnp.float32)
-  evaluate = _evaluate(model)
-  a = logits_of(evaluate(variables, inputs, jax.random.key(1)))
-  b = logits_of(evaluate(variables, inputs, jax.random.key(2)))  # same shapes: no retrace
+  model, _, inputs = tiny(name)
+  init = functools.partial(model.init, train=False)
+  abstract = jax.eval_shape(init, jax.random.key(0), *inputs)
+  chex.assert_type(jax.tree.leaves(abstract['params']), jnp.float32)  # what init really makes
+  (a, _), (b, _) = tiny_outputs(name)
   chex.assert_shape(a, row.output(model))
   chex.assert_type(a, row.bf16_logits)
   assert np.isfinite(np.asarray(a, np.float32)).all()
@@ -272,19 +303,7 @@ def test_bf16_compute_one_trace_and_no_dropout_in_eval(name):
 
 @pytest.mark.parametrize('name', [n for n in TINY if row_of(n).dropout])
 def test_dropout_in_training(name):
-  model, variables, inputs = tiny(name)
-  mutable = [k for k in variables if k == 'batch_stats']
-
-  @jax.jit
-  def train(variables, inputs, rng):
-    out = model.apply(variables, *inputs, train=True, rngs={'dropout': rng}, mutable=mutable)
-    return _logits(out[0] if mutable else out)
-
-  evaluated = np.asarray(
-    logits_of(_evaluate(model)(variables, inputs, jax.random.key(1))), np.float32
-  )
-  a = np.asarray(train(variables, inputs, jax.random.key(1)), np.float32)
-  b = np.asarray(train(variables, inputs, jax.random.key(2)), np.float32)
+  (evaluated, a), (_, b) = jax.tree.map(lambda x: np.asarray(x, np.float32), tiny_outputs(name))
   scale = np.abs(evaluated).max()  # some heads start tiny (VGG: N(0, 0.01))
   assert np.abs(a - b).max() > 0.05 * scale, 'two dropout draws gave the same training logits'
   assert np.abs(a - evaluated).max() > 0.05 * scale, 'training logits equal evaluation logits'
