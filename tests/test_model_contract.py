@@ -90,8 +90,10 @@ class Row:
 
 
 # torchvision's published counts (1000 classes, 224x224; Inception v3 299x299 with its
-# auxiliary classifier); ViT-B/16 and ViT-L/16 as in the ViT paper / timm / Hugging Face,
-# ViT-S/16 and ViT-Ti/16 as in DeiT.
+# auxiliary classifier); ViT-B, L and H at 224x224 with 1000 classes as timm and Hugging Face
+# list them, ViT-S/16 and ViT-Ti/16 as in DeiT. The Transformer's "65M" and "213M"
+# (Vaswani et al., Table 3) depend on a vocabulary we do not register: tests/test_transformer.py
+# checks them.
 VGG_COUNTS = {
   'vgg11': 132_863_336,
   'vgg13': 133_047_848,
@@ -113,7 +115,10 @@ VIT_COUNTS = {
   'vit_ti16': 5_717_416,
   'vit_s16': 22_050_664,
   'vit_b16': 86_567_656,
+  'vit_b32': 88_224_232,
   'vit_l16': 304_326_632,
+  'vit_l32': 306_535_400,
+  'vit_h14': 632_045_800,
 }
 
 # Pattern (fnmatch over the registered name) -> row; the first matching pattern wins.
