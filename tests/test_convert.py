@@ -229,3 +229,86 @@ def test_missing_extra_and_misshapen_tensors_are_named(vit_dir, tmp_path):
   misshapen = _edited_copy(path, tmp_path / 'misshapen', edit_config=widen)
   with pytest.raises(ValueError, match=r'expects \(32, 48\) at params/block_0/mlp/fc1/kernel'):
     bigjax.from_pretrained(misshapen)
+
+
+# ----- torch.nn.Transformer -----
+
+
+def _torch_transformer(norm_first, layers=2, d=32, heads=2, ff=64):
+  """A random torch.nn.Transformer of transformer_test's sizes, and its state dict."""
+  torch.manual_seed(0)
+  ref = torch.nn.Transformer(
+    d_model=d,
+    nhead=heads,
+    num_encoder_layers=layers,
+    num_decoder_layers=layers,
+    dim_feedforward=ff,
+    dropout=0.0,
+    batch_first=True,
+    norm_first=norm_first,
+  ).eval()
+  _perturb(ref, 0.3)  # LayerNorms away from (1, 0), so every copied tensor counts
+  return ref, {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+
+
+@pytest.mark.parity
+@needs_torch
+@pytest.mark.filterwarnings('ignore:enable_nested_tensor')
+@pytest.mark.parametrize('norm_first', [False, True], ids=['post_ln', 'pre_ln'])
+def test_torch_transformer_converts_to_complete_variables(norm_first):
+  from bigjax.convert.torch_transformer import transformer_from_torch, transformer_to_torch
+
+  ref, sd = _torch_transformer(norm_first)
+  model = bigjax.create_model(
+    'transformer_test',
+    pre_norm=norm_first,
+    final_norm=True,
+    layer_norm_eps=1e-5,
+    activation='relu',
+    dropout_rate=0.0,
+  )
+  src_tokens, tgt_tokens = jnp.ones((2, 7), jnp.int32), jnp.ones((2, 6), jnp.int32)
+  fresh = model.init(jax.random.key(0), src_tokens, tgt_tokens)
+  variables = transformer_from_torch(sd, num_heads=2, into=fresh)
+  assert set(variables['params']) == set(fresh['params'])  # embeddings kept: complete
+  assert set(transformer_from_torch(sd, num_heads=2)) == {'params'}
+  rng = np.random.default_rng(0)
+  src = rng.normal(size=(2, 7, 32)).astype(np.float32)
+  tgt = rng.normal(size=(2, 6, 32)).astype(np.float32)
+  with torch.no_grad():
+    want = ref(
+      torch.from_numpy(src),
+      torch.from_numpy(tgt),
+      tgt_mask=torch.triu(torch.ones(6, 6, dtype=torch.bool), 1),
+      tgt_is_causal=True,
+    ).numpy()
+
+  def stacks(module, src, tgt):
+    valid = jnp.ones(src.shape[:2], bool)
+    return module.decoder(tgt, module.encoder(src, valid), valid)
+
+  got = model.apply(variables, jnp.asarray(src), jnp.asarray(tgt), method=stacks)
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=0)
+
+  back = transformer_to_torch(variables)
+  assert sorted(back) == sorted(sd)
+  for k, v in sd.items():
+    np.testing.assert_allclose(back[k], v, atol=0, rtol=0, err_msg=k)
+
+
+@pytest.mark.parity
+@needs_torch
+@pytest.mark.filterwarnings('ignore:enable_nested_tensor')
+def test_torch_transformer_mismatch_is_explained():
+  from bigjax.convert.torch_transformer import transformer_from_torch
+
+  _, sd = _torch_transformer(False, layers=3)
+  model = bigjax.create_model('transformer_test', final_norm=True)
+  fresh = model.init(jax.random.key(0), jnp.ones((1, 3), jnp.int32), jnp.ones((1, 3), jnp.int32))
+  with pytest.raises(ValueError, match='extra.*block_2.*layer count'):
+    transformer_from_torch(sd, num_heads=2, into=fresh)
+  _, sd = _torch_transformer(False)
+  with pytest.raises(ValueError, match=r'query/kernel: torch gives shape \(32, 4, 8\).*num_heads'):
+    transformer_from_torch(sd, num_heads=4, into=fresh)
+  with pytest.raises(ValueError, match='no torch.nn.Transformer weights'):
+    transformer_from_torch({'fc.weight': np.zeros((2, 2))}, num_heads=2)

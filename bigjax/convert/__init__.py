@@ -1,9 +1,14 @@
 """Weight import from Hugging Face style folders: `config.json` + safetensors, never pickle.
 
 `from_pretrained(local_dir)` reads the folder, picks the converter module for
-`config.json`'s `model_type` and returns `(model, variables)`; each converter module
-(`hf_<arch>.py`) exposes `convert(config: dict, tensors: dict[str, np.ndarray])` and maps
-names and layouts with `bigjax.convert.mapping.WeightMap`.
+`config.json`'s `model_type` and returns `(model, variables)`, a complete variable tree
+for a model that takes NHWC images (converted from the NCHW layout of PyTorch); each
+converter module (`hf_<arch>.py`) exposes `convert(config: dict, tensors: dict[str,
+np.ndarray])` and maps names and layouts with `bigjax.convert.mapping.WeightMap`.
+
+Converters from `torch.nn` modules (state dicts of numpy arrays, both directions):
+`torch_rnn` (`RNN`/`LSTM`/`GRU`, and the recurrent state's layout) and `torch_transformer`
+(`torch.nn.Transformer`). They too return complete variable trees (`{'params': ...}`).
 """
 
 import importlib
@@ -76,8 +81,15 @@ def read_tensors(local_dir: str) -> dict[str, np.ndarray]:
 def from_pretrained(local_dir: str) -> tuple[nn.Module, PyTree]:
   """Loads a Hugging Face style folder into a bigjax model: `(model, variables)`.
 
-  Variables are float32 (whatever the checkpoint's dtype); pass `dtype='bfloat16'` style
-  overrides by rebuilding the model with `model.clone(dtype=...)` if wanted.
+  `variables` is the complete variable tree (`{'params': ...}`, plus `batch_stats` for
+  models with BatchNorm), float32 whatever the checkpoint's dtype; for bf16 compute use
+  `model.clone(dtype=jnp.bfloat16)` with the same variables.
+
+  Image layout: the returned model takes NHWC images, [B, H, W, C] float, like every bigjax
+  model; Hugging Face (PyTorch) models take NCHW [B, C, H, W], so feed
+  `pixel_values.transpose(0, 2, 3, 1)`. Convolution kernels are converted from torch's
+  [O, I, kh, kw] to Flax's [kh, kw, I, O]. Pixel normalisation (the image processor's
+  mean and std) is not part of the weights: apply it before the model, as in transformers.
   """
   config = read_config(local_dir)
   model_type = config.get('model_type')

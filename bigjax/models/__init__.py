@@ -1,13 +1,5 @@
-"""Importing this package registers every model family."""
+"""One module per model family; each defines `MODELS` (name -> (class, defaults)).
 
-from bigjax.models import (  # noqa: F401
-  inception,
-  lenet,
-  mlp,
-  resnet,
-  rnn,
-  seq2seq,
-  transformer,
-  vgg,
-  vit,
-)
+The registry (`bigjax.registry.FAMILIES`) imports them by name; importing this package
+imports none of them.
+"""

@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.layers import initializers
-from bigjax.registry import register
 from bigjax.typing import Dtype
 
 
@@ -282,5 +281,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
   'inception_test': dict(num_classes=10, width=1 / 16, small_inputs=True),
 }
 
-for _name, _defaults in VARIANTS.items():
-  register(_name, InceptionV3, **_defaults)
+MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+  name: (InceptionV3, defaults) for name, defaults in VARIANTS.items()
+}

@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.models.mlp import activation
-from bigjax.registry import register
 from bigjax.typing import Dtype
 
 
@@ -57,4 +56,4 @@ class LeNet(nn.Module):
     )
 
 
-register('lenet', LeNet)
+MODELS: dict[str, tuple[type[nn.Module], dict]] = {'lenet': (LeNet, {})}

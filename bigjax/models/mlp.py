@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.layers.activations import ACTIVATIONS, activation
-from bigjax.registry import register
 from bigjax.typing import Dtype
 
 __all__ = ['ACTIVATIONS', 'MLP', 'activation']
@@ -48,4 +47,4 @@ class MLP(nn.Module):
     return logits
 
 
-register('mlp', MLP)
+MODELS: dict[str, tuple[type[nn.Module], dict]] = {'mlp': (MLP, {})}

@@ -35,7 +35,6 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.layers import initializers
-from bigjax.registry import register
 from bigjax.typing import Dtype
 
 # torchvision initialises convolutions with Kaiming normal, fan_out mode, and the
@@ -276,5 +275,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
   'resnet_test': dict(stage_sizes=(1, 1), block='basic', width=8, num_classes=10, cifar_stem=True),
 }
 
-for _name, _defaults in VARIANTS.items():
-  register(_name, ResNet, **_defaults)
+MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+  name: (ResNet, defaults) for name, defaults in VARIANTS.items()
+}

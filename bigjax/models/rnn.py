@@ -32,7 +32,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigjax.registry import register
 from bigjax.typing import Dtype
 from bigjax.vocab import PAD_ID
 
@@ -437,11 +436,21 @@ CLASSIFIER_VARIANTS = {
   'base': dict(embed_dim=128, hidden_size=256, num_layers=1, dropout_rate=0.2),
 }
 
-for _cell in ('lstm', 'gru', 'rnn'):
-  for _size, _kw in LM_VARIANTS.items():
-    _suffix = '' if _size == 'small' else f'_{_size}'
-    register(f'{_cell}_lm{_suffix}', RNNLanguageModel, cell=_cell, **_kw)
-for _cell in ('lstm', 'gru'):
-  for _size, _kw in CLASSIFIER_VARIANTS.items():
-    _suffix = '' if _size == 'base' else f'_{_size}'
-    register(f'{_cell}_classifier{_suffix}', RNNClassifier, cell=_cell, **_kw)
+MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+  **{
+    f'{cell}_lm' + ('' if size == 'small' else f'_{size}'): (
+      RNNLanguageModel,
+      dict(cell=cell, **kw),
+    )
+    for cell in ('lstm', 'gru', 'rnn')
+    for size, kw in LM_VARIANTS.items()
+  },
+  **{
+    f'{cell}_classifier' + ('' if size == 'base' else f'_{size}'): (
+      RNNClassifier,
+      dict(cell=cell, **kw),
+    )
+    for cell in ('lstm', 'gru')
+    for size, kw in CLASSIFIER_VARIANTS.items()
+  },
+}

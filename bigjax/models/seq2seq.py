@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.models.rnn import RNN, RecurrentCell, zero_carry
-from bigjax.registry import register
 from bigjax.typing import Dtype, PyTree
 from bigjax.vocab import PAD_ID
 
@@ -240,5 +239,7 @@ VARIANTS = {
   'bahdanau': dict(embed_dim=620, hidden_size=1000, attention_dim=1000, vocab_size=30000),
 }
 
-for _size, _kw in VARIANTS.items():
-  register('seq2seq_lstm' + ('' if _size == 'small' else f'_{_size}'), LSTMSeq2Seq, **_kw)
+MODELS: dict[str, tuple[type[nn.Module], dict]] = {
+  'seq2seq_lstm' + ('' if size == 'small' else f'_{size}'): (LSTMSeq2Seq, kw)
+  for size, kw in VARIANTS.items()
+}

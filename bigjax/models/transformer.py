@@ -50,7 +50,6 @@ from bigjax.layers import (
   sinusoidal_positions,
   stack_blocks,
 )
-from bigjax.registry import register
 from bigjax.typing import Dtype, PyTree
 from bigjax.vocab import PAD_ID
 
@@ -318,5 +317,6 @@ class Transformer(nn.Module):
     return logits
 
 
-for _name, _variant in VARIANTS.items():
-  register(f'transformer_{_name}', Transformer, **_variant)
+MODELS: dict[str, tuple[type[nn.Module], dict]] = {
+  f'transformer_{name}': (Transformer, variant) for name, variant in VARIANTS.items()
+}

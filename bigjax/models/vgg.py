@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigjax.layers import initializers
-from bigjax.registry import register
 from bigjax.typing import Dtype
 
 # Layer configurations of Table 1: ints are 3x3 conv widths, 'M' a 2x2 max-pool.
@@ -159,7 +158,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
   'vgg_test': dict(config='test', num_classes=10, pool_size=2, hidden=32),
 }
 
-for _name, _defaults in VARIANTS.items():
-  register(_name, VGG, **_defaults)
-  if _name != 'vgg_test':
-    register(f'{_name}_bn', VGG, batch_norm=True, **_defaults)
+MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+  **{name: (VGG, defaults) for name, defaults in VARIANTS.items()},
+  **{
+    f'{name}_bn': (VGG, dict(batch_norm=True, **defaults))
+    for name, defaults in VARIANTS.items()
+    if name != 'vgg_test'
+  },
+}

@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.layers import BlockConfig, EncoderBlock, LearnedPositions, stack_blocks
-from bigjax.registry import register
 from bigjax.typing import Dtype
 
 # Table 1 of the ViT paper (Ti and S come from DeiT, Touvron et al., 2021; B, L, H from ViT).
@@ -138,7 +137,11 @@ class ViT(nn.Module):
     return logits
 
 
-for _size, _patches in _REGISTERED.items():
-  for _patch in _patches:
-    register(f'vit_{_size}{_patch}', ViT, patch_size=_patch, **VARIANTS[_size])
-register('vit_test', ViT, patch_size=4, num_classes=10, head_zero_init=False, **VARIANTS['test'])
+MODELS: dict[str, tuple[type[nn.Module], dict]] = {
+  **{
+    f'vit_{size}{patch}': (ViT, dict(patch_size=patch, **VARIANTS[size]))
+    for size, patches in _REGISTERED.items()
+    for patch in patches
+  },
+  'vit_test': (ViT, dict(patch_size=4, num_classes=10, head_zero_init=False, **VARIANTS['test'])),
+}
