@@ -31,7 +31,7 @@ from bigjax.train.checkpoint import Checkpointer, fingerprint
 from bigjax.train.report import Reporter, plot_curves
 from bigjax.train.state import TrainState, init_state
 from bigjax.train.step import LossTerm, add_metrics, make_eval_step, make_train_step, summarize
-from bigjax.train.tasks import Task, task_for
+from bigjax.train.tasks import Task, get_task, task_for
 from bigjax.typing import PRNGKey, PyTree
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
@@ -194,6 +194,9 @@ def build_run(
   sharding.check_batch_size(cfg.batch_size, mesh, 'train.batch_size')
   sharding.check_batch_size(cfg.eval_batch_size, mesh, 'train.eval_batch_size')
   check_accumulation(cfg.batch_size, int(config.optim.get('grad_accum_steps', 1)), mesh)
+  if config.get('task', {}).get('name', ''):
+    get_task(config.task.name, config)  # an unknown name fails before the data is opened
+  schedule, tx = optim.from_config(config)
   model = build_model(config)
   check_workdir(workdir)
   if 'workdir' in config.data and not config.data.workdir:
@@ -201,7 +204,6 @@ def build_run(
   data = Data(config.data)
   task = task_for(config, data)
 
-  schedule, tx = optim.from_config(config)
   example = next(data.eval_batches(sharding.batch_shards(mesh) * jax.process_count(), 1))
   inputs = tuple(np.asarray(x)[:1] for x in task.inputs(example))
   abstract = _abstract_state(model, tx, inputs, mesh)
