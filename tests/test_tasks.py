@@ -134,5 +134,7 @@ def test_aux_logits_and_aux_losses_join_the_objective():
     metrics['aux_logits/aux'][0] / metrics['aux_logits/aux'][1], ce(aux), rtol=1e-6
   )
   np.testing.assert_allclose(metrics['aux_losses/balance'][0], 0.25)
-  # A plain logits output has no auxiliary terms.
-  assert set(task.metrics(ModelOutput(logits), batch)) == {'loss', 'accuracy'}
+  # A plain logits output (seen through as_output) has no auxiliary terms.
+  plain = task.metrics(logits, batch)
+  assert set(plain) == {'loss', 'accuracy'}
+  np.testing.assert_allclose(plain['loss'][0], metrics['loss'][0])

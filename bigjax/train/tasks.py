@@ -1,8 +1,8 @@
 """Tasks: what the trainer optimises and measures, chosen by the config, not by the data.
 
 `config.task.name` picks the task ('' = the data set's default, `Data.task`). A task is five
-pure, jit-able functions over a batch (a dict of arrays) and the model's output, which the
-train step has already turned into a `bigjax.outputs.ModelOutput` with `as_output`:
+pure, jit-able functions over a batch (a dict of arrays) and the model's output, seen
+through `bigjax.outputs.as_output` (a `ModelOutput`; a plain logits array is accepted):
 
   inputs(batch) -> tuple        the model's positional inputs.
   weights(batch) -> w           how much each scored element counts: [B] per example, or
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from bigjax import losses
-from bigjax.outputs import ModelOutput
+from bigjax.outputs import ModelOutput, as_output
 from bigjax.train import augment as augment_lib
 from bigjax.typing import Batch, PRNGKey
 from bigjax.vocab import PAD_ID
@@ -104,12 +104,15 @@ def classification(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
     return _example_mask(batch, batch['label'].shape[0]).astype(jnp.float32)
 
   def loss(outputs, batch):
+    outputs = as_output(outputs)
+
     def score(logits):  # [B]
       return losses.softmax_cross_entropy(logits, batch['label'], label_smoothing=smoothing)
 
     return _with_aux(outputs, score(outputs.logits), score, aux_weight)
 
   def metrics(outputs, batch):
+    outputs = as_output(outputs)
     logits, labels = outputs.logits, batch['label']
     if labels.ndim == logits.ndim:  # soft labels after mixup: score against the argmax
       labels = jnp.argmax(labels, -1)
@@ -155,12 +158,15 @@ def _token_task(name, inputs, targets_key, config, tokenizer, exact_match=False)
     return token_mask(batch).astype(jnp.float32)
 
   def loss(outputs, batch):
+    outputs = as_output(outputs)
+
     def score(logits):  # [B, T]
       return losses.softmax_cross_entropy(logits, batch[targets_key], label_smoothing=smoothing)
 
     return _with_aux(outputs, score(outputs.logits), score, aux_weight)
 
   def metrics(outputs, batch):
+    outputs = as_output(outputs)
     logits, targets = outputs.logits, batch[targets_key]
     w = token_mask(batch)
     count = w.sum()
