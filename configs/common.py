@@ -8,6 +8,9 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.model = ml_collections.ConfigDict({'name': 'mlp'})
+  # What the trainer optimises and reports (bigjax.train.tasks): 'classification', 'lm',
+  # 'seq2seq'; '' = the data set's default.
+  c.task = ml_collections.ConfigDict({'name': ''})
   c.data = ml_collections.ConfigDict(
     {
       'name': 'digits',
@@ -28,14 +31,19 @@ def base_config() -> ml_collections.ConfigDict:
       'b2': 0.999,
       'eps': 1e-8,
       'clip_norm': 0.0,  # 0 = no clipping
+      # Regex over '/'-joined parameter paths (re.search) that weight decay applies to;
+      # '' = kernels only (no biases, norm scales, embeddings, position embeddings, tokens).
+      'decay_pattern': '',
+      # Split each update's train.batch_size examples into k micro-batches run one after
+      # another in the same step (less memory, same update); steps still count updates.
       'grad_accum_steps': 1,
     }
   )
   c.schedule = ml_collections.ConfigDict({'name': 'cosine', 'warmup_steps': 0, 'end_factor': 0.0})
   c.train = ml_collections.ConfigDict(
     {
-      'steps': 1000,
-      'batch_size': 128,
+      'steps': 1000,  # every step count here and in `schedule` counts optimiser updates
+      'batch_size': 128,  # the global batch of one update (all devices, all micro-batches)
       'eval_batch_size': 256,
       'eval_steps': -1,  # -1 = the whole eval split
       'log_every': 100,
@@ -44,7 +52,10 @@ def base_config() -> ml_collections.ConfigDict:
       'keep_checkpoints': 3,
       'compute_dtype': 'float32',
       'label_smoothing': 0.0,
-      'aux_loss_weight': 0.4,
+      'aux_loss_weight': 0.4,  # weight of each auxiliary head (ModelOutput.aux_logits)
+      # On many hosts, how often (in steps) the processes agree on a SIGTERM / SIGINT; after
+      # a signal every host stops within this many steps and saves the same checkpoint.
+      'stop_check_every': 10,
     }
   )
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})

@@ -4,7 +4,8 @@ ILSVRC2012 tars in DIR/downloads/manual/ and `tfds build imagenet2012 --data_dir
 --file_format=array_record`).
 
 Recipe: SGD momentum 0.9 (no Nesterov), lr 0.1 x batch / 256, 5 warmup epochs then cosine
-over 90 epochs, weight decay 1e-4 (not on BN and biases), label smoothing 0.1, zero-init of
+over 90 epochs, weight decay 1e-4 on conv and dense kernels only (not on BN scales and
+shifts, nor biases: the default `optim.decay_pattern`), label smoothing 0.1, zero-init of
 the last BN gamma in each block, random-resized crops + flips at 224, resize 256 + centre
 crop 224 at evaluation. Mixup / cutmix are off (`data.mixup_alpha`, `data.cutmix_alpha`).
 

@@ -15,8 +15,14 @@ fine-tuning), and DeiT-B reaches 81.8% with further regularisers that bigjax doe
 (RandAugment, stochastic depth, repeated augmentation, random erasing).
 Time: about a day on 8 H100-class GPUs in bfloat16 if the input pipeline keeps up (DeiT-B
 took 3 days on 8 V100s); JPEG decoding at that rate needs many CPU cores
-(--config.data.workers=32 or more per host). On fewer devices, keep the effective batch of
-4096 with gradient accumulation (lower train.batch_size, raise optim.grad_accum_steps).
+(--config.data.workers=32 or more per host). On fewer devices keep train.batch_size=4096
+(the examples of one optimiser update) and raise optim.grad_accum_steps to k: each step then
+runs k micro-batches of 4096 / k and makes one update, so the schedule, the 300 epochs and
+every step interval stay as they are.
+
+Weight decay: kernels only (the default `optim.decay_pattern`), as the recipes cited: the
+ViT code (big_vision, `.*/kernel$`) and DeiT (timm: no decay on biases, norms, `pos_embed`,
+`cls_token`); the class token, position embeddings, biases and LayerNorm are not decayed.
 """
 
 from configs import common
@@ -60,6 +66,7 @@ def get_config(arg=None):
     c.model.num_classes = 1000
     c.data.image_size = 32
     c.optim.lr = 3e-3 * c.train.batch_size / 4096
+    c.optim.grad_accum_steps = 2  # exercise accumulation end to end: 2 micro-batches of 8
     c.train.compute_dtype = 'float32'  # bf16 is covered by tests/test_vit.py
   elif arg:
     raise ValueError(f'unknown config argument {arg!r}: use no argument or "test"')

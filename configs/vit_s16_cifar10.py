@@ -6,7 +6,9 @@ depth (D=384, 6 heads, 12 layers; Touvron et al., 2021) with P=4: 64 patch token
 class token, the usual way to train ViTs on CIFAR (Lee et al., 2021, "Vision Transformer for
 Small-Size Datasets"). Recipe: AdamW (lr 1e-3 at batch 512, weight decay 0.05, clip 1.0),
 5 warmup epochs then cosine, label smoothing 0.1, dropout 0.1, random crops (4 px padding)
-and flips, mixup 0.8 / cutmix 1.0 (as in DeiT), 200 epochs.
+and flips, mixup 0.8 / cutmix 1.0 (as in DeiT), 200 epochs. Weight decay on kernels only
+(the default `optim.decay_pattern`; DeiT/timm skip biases, norms, `pos_embed` and
+`cls_token`).
 
 Command: python train.py --config configs/vit_s16_cifar10.py --config.data.data_dir=DIR
 Expected: test accuracy roughly 0.85-0.90. This is an estimate from published from-scratch

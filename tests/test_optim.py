@@ -55,35 +55,74 @@ def test_every_optimizer_descends(name):
   assert loss(params) < 13.0 * 0.9
 
 
-def test_gradient_accumulation_equals_big_batch():
-  x = jax.random.normal(jax.random.key(0), (8, 3))
-  y = jax.random.normal(jax.random.key(1), (8,))
-  loss = lambda w, x, y: jnp.mean((x @ w - y) ** 2)
-  w0 = jnp.ones(3)
-  big = optim.make_optimizer(_cfg(name='sgd'), optax.constant_schedule(0.1))
-  upd, _ = big.update(jax.grad(loss)(w0, x, y), big.init(w0), w0)
-  accum = optim.make_optimizer(_cfg(name='sgd', grad_accum_steps=2), optax.constant_schedule(0.1))
-  state, w = accum.init(w0), w0
-  for half in (slice(0, 4), slice(4, 8)):
-    u, state = accum.update(jax.grad(loss)(w, x[half], y[half]), state, w)
-    w = optax.apply_updates(w, u)
-  np.testing.assert_allclose(w, w0 + upd, rtol=1e-6)
-
-
 def test_unknown_optimizer():
   with pytest.raises(ValueError, match='unknown optimizer'):
     optim.make_optimizer(_cfg(name='adamm'), optax.constant_schedule(0.1))
 
 
-def test_schedule_counts_optimizer_updates_under_accumulation():
-  config = ml_collections.ConfigDict(
-    {
-      'optim': {'name': 'sgd', 'lr': 1.0, 'grad_accum_steps': 4},
-      'schedule': {'name': 'cosine', 'warmup_steps': 0, 'end_factor': 0.0},
-      'train': {'steps': 100},
-    }
+def test_schedule_spans_train_steps_updates_whatever_the_accumulation():
+  # train.steps counts optimiser updates; accumulation splits each update's batch, so it
+  # changes neither the schedule nor the number of updates (it used to shrink both by k).
+  for k in (1, 4):
+    config = ml_collections.ConfigDict(
+      {
+        'optim': {'name': 'sgd', 'lr': 1.0, 'grad_accum_steps': k},
+        'schedule': {'name': 'cosine', 'warmup_steps': 10, 'end_factor': 0.0},
+        'train': {'steps': 110},
+      }
+    )
+    schedule, tx = optim.from_config(config)
+    np.testing.assert_allclose(
+      [schedule(5), schedule(10), schedule(60), schedule(110)], [0.5, 1.0, 0.5, 0.0], atol=1e-6
+    )
+    assert not isinstance(tx, optax.MultiSteps)  # accumulation lives in the train step
+
+
+def _vit_like_params():
+  return {
+    'patch_embed': {'kernel': jnp.ones((4, 4, 3, 8)), 'bias': jnp.ones((8,))},
+    'cls': jnp.ones((1, 1, 8)),
+    'pos_embed': {'embedding': jnp.ones((1, 17, 8))},
+    'embed': {'embedding': jnp.ones((32, 8))},
+    'block_0': {
+      'attn': {'query': {'kernel': jnp.ones((8, 2, 4)), 'bias': jnp.ones((2, 4))}},
+      'attn_norm': {'scale': jnp.ones((8,)), 'bias': jnp.ones((8,))},
+    },
+    'head': {'kernel': jnp.ones((8, 10)), 'bias': jnp.ones((10,))},
+  }
+
+
+def _decayed(pattern=''):
+  """The parameters that AdamW's weight decay moves when the gradient is zero."""
+  params = _vit_like_params()
+  tx = optim.make_optimizer(
+    _cfg(name='adamw', weight_decay=0.5, decay_pattern=pattern), optax.constant_schedule(0.1)
   )
-  schedule, _ = optim.from_config(config)
-  np.testing.assert_allclose(
-    [schedule(0), schedule(12.5), schedule(25)], [1.0, 0.5, 0.0], atol=1e-6
-  )
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  return {
+    optim.param_path(path)
+    for path, u in jax.tree_util.tree_leaves_with_path(updates)
+    if np.any(np.asarray(u) != 0)
+  }
+
+
+def test_default_weight_decay_hits_kernels_only():
+  # Not the embedding tables, position embeddings, class token, biases or norm scales
+  # (the old rank > 1 rule decayed the first four).
+  assert _decayed() == {'patch_embed/kernel', 'block_0/attn/query/kernel', 'head/kernel'}
+
+
+def test_decay_pattern_chooses_what_decays():
+  assert _decayed('.') == {optim.param_path(p) for p, _ in
+                           jax.tree_util.tree_leaves_with_path(_vit_like_params())}  # fmt: skip
+  assert _decayed('(kernel|embedding)$') == {
+    'patch_embed/kernel',
+    'block_0/attn/query/kernel',
+    'head/kernel',
+    'pos_embed/embedding',
+    'embed/embedding',
+  }
+  with pytest.raises(ValueError, match='decay_pattern'):
+    optim.make_optimizer(
+      _cfg(name='adamw', weight_decay=0.1, decay_pattern='(kernel'), optax.constant_schedule(0.1)
+    )

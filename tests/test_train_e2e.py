@@ -211,6 +211,33 @@ def test_batch_not_divisible(capsys, tmp_path):
   )
 
 
+def test_accumulation_that_does_not_divide(capsys, tmp_path):
+  _fails(
+    capsys,
+    [
+      '--workdir',
+      str(tmp_path),
+      '--config.train.batch_size=16',
+      '--config.optim.grad_accum_steps=4',
+    ],
+    'does not split into optim.grad_accum_steps=4 micro-batches',
+    DEFAULT,
+  )
+
+
+def test_unknown_task(capsys, tmp_path):
+  _fails(capsys, ['--workdir', str(tmp_path), '--config.task.name=lmm'], 'unknown task', DEFAULT)
+
+
+def test_bad_decay_pattern(capsys, tmp_path):
+  _fails(
+    capsys,
+    ['--workdir', str(tmp_path), '--config.optim.decay_pattern=(kernel'],
+    'is not a regular expression',
+    DEFAULT,
+  )
+
+
 def test_workdir_not_writable(capsys, tmp_path, data_dir):
   blocker = tmp_path / 'a_file'
   blocker.write_text('')

@@ -13,8 +13,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from bigjax import generate
-from bigjax.data.algorithmic_reversed import Reformat, pad_operands
 from bigjax.data.builders.algorithmic import DIGIT0, EOS, PLUS
+from bigjax.data.tokenizers import pad_operands
+from bigjax.data.transforms.text import ReverseTarget
 from bigjax.train import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,10 +55,10 @@ def test_addition_formatting():
   np.testing.assert_array_equal(pad_operands(ids('12+345'), 4), ids('0012+0345'))
   np.testing.assert_array_equal(pad_operands(ids('1234+5'), 4), ids('1234+0005'))
   record = {'src': np.array(ids('12+345')), 'tgt': np.array(ids('357'))}
-  out = Reformat(4).map(record)
+  out = ReverseTarget(4).map(record)
   np.testing.assert_array_equal(out['tgt'], ids('753'))  # least significant digit first
   np.testing.assert_array_equal(out['src'], ids('0012+0345'))
-  np.testing.assert_array_equal(Reformat(0).map(record)['src'], record['src'])
+  np.testing.assert_array_equal(ReverseTarget(0).map(record)['src'], record['src'])
 
 
 def test_prompt_codecs():

@@ -101,3 +101,31 @@ def test_imagenet_not_prepared_says_what_to_do(tmp_path):
   assert (spec.task, spec.eval_split) == ('classification', 'validation')
   with pytest.raises(FileNotFoundError, match='downloads/manual'):
     spec.open_split('train', str(tmp_path), None)
+
+
+@pytest.mark.parametrize(
+  'name,model,side',
+  [('resnet50_imagenet2012', 'resnet_test', 32), ('vit_b16_imagenet2012', 'vit_test', 32)],
+)
+def test_weight_decay_follows_the_recipes(name, model, side):
+  """ResNet (Goyal et al. 2017; He et al. 2019's "no bias decay") and ViT / DeiT decay
+  conv, dense and attention kernels only: no BN, LayerNorm, bias, class token or position
+  embedding."""
+  import jax
+  import jax.numpy as jnp
+
+  import bigjax
+  from bigjax.train import optim
+
+  c = _load(name)
+  assert c.optim.weight_decay > 0
+  net = bigjax.create_model(model)
+  shapes = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, side, side, 3)))
+  mask = optim.decay_mask(shapes['params'], c.optim.decay_pattern or optim.DEFAULT_DECAY_PATTERN)
+  leaves = jax.tree_util.tree_leaves_with_path(mask)
+  decayed = {optim.param_path(p) for p, m in leaves if m}
+  kept = {optim.param_path(p) for p, m in leaves if not m}
+  assert decayed and all(p.endswith('/kernel') for p in decayed)
+  assert not any(p.endswith('/kernel') for p in kept)
+  if model == 'vit_test':
+    assert {'cls', 'pos_embed/embedding'} <= kept

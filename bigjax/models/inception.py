@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.layers import initializers
+from bigjax.outputs import ModelOutput
 from bigjax.typing import Dtype
 
 
@@ -214,8 +215,9 @@ class InceptionAux(_Block):
 
 
 class InceptionV3(_Block):
-  """Inception v3. In training returns (logits, aux_logits) when `aux_logits` is on;
-  in evaluation the auxiliary head is skipped and only logits are returned."""
+  """Inception v3. In training returns `ModelOutput(logits, aux_logits={'aux': ...})` when
+  `aux_logits` is on (the task scores the auxiliary head against the same labels); in
+  evaluation the auxiliary head is skipped and only logits are returned."""
 
   num_classes: int = 1000
   aux_logits: bool = True
@@ -224,7 +226,7 @@ class InceptionV3(_Block):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> Any:
     """[B, H, W, 3] images (H, W >= 75 unless small_inputs) -> [B, N] logits, or in
-    training the pair ([B, N] logits, [B, N] auxiliary logits)."""
+    training a ModelOutput with [B, N] logits and [B, N] aux_logits['aux']."""
     chex.assert_rank(x, 4)
     if not self.small_inputs and min(x.shape[1:3]) < 75:
       raise ValueError(
@@ -271,7 +273,7 @@ class InceptionV3(_Block):
       name='head',
     )(x)
     if train and aux is not None:
-      return logits, aux
+      return ModelOutput(logits, aux_logits={'aux': aux})
     return logits
 
 

@@ -1,21 +1,28 @@
 """The training loop: data, model, optimiser, mesh, checkpoints, evaluation, reporting.
 
-`train_and_evaluate(config, workdir)` is what `train.py` runs. Re-running it with the same
-workdir resumes from the latest committed checkpoint, data iterator included, so the final
-parameters equal those of an uninterrupted run.
+`train_and_evaluate(config, workdir)` is what `train.py` runs: `build_run` assembles a `Run`
+(mesh, model, task, data, state, jitted steps, checkpointer) and `train(run)` runs the loop.
+Re-running with the same workdir resumes from the latest committed checkpoint, data iterator
+included, so the final parameters equal those of an uninterrupted run. Every step count is
+in optimiser updates of train.batch_size examples.
 """
 
+import dataclasses
 import json
 import os
 import signal
 import tempfile
 import threading
 import time
+from typing import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
+from jax.experimental import multihost_utils
 
 from bigjax.data.pipeline import Data
 from bigjax.registry import create_model, model_spec
@@ -23,8 +30,9 @@ from bigjax.train import optim, sharding
 from bigjax.train.checkpoint import Checkpointer, fingerprint
 from bigjax.train.report import Reporter, plot_curves
 from bigjax.train.state import TrainState, init_state
-from bigjax.train.step import add_metrics, make_eval_step, make_train_step, summarize
-from bigjax.train.tasks import get_task
+from bigjax.train.step import LossTerm, add_metrics, make_eval_step, make_train_step, summarize
+from bigjax.train.tasks import Task, get_task, task_for
+from bigjax.typing import PRNGKey, PyTree
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
@@ -62,11 +70,20 @@ def _abstract_state(model, tx, inputs, mesh) -> TrainState:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
 
 
-class _StopSignals:
-  """Turns SIGTERM / SIGINT into a flag checked at step boundaries."""
+class StopSignals:
+  """Turns SIGTERM / SIGINT into a stop decision taken at step boundaries.
 
-  def __init__(self):
-    self.received: str | None = None
+  With one process the decision is local, at every step. With many, every process must
+  stop after the same step and save the same checkpoint, or one ends up in the save while
+  another waits in the next step's collectives. So every `every` steps all processes
+  exchange their flags (`process_allgather`, itself a collective at a step every process
+  reaches) and all stop if any received a signal.
+  """
+
+  def __init__(self, every: int = 1):
+    self.received: int = 0  # the signal number, 0 for none
+    self.every = max(int(every), 1)
+    self.reason: str | None = None
     self._previous = {}
 
   def __enter__(self):
@@ -77,9 +94,22 @@ class _StopSignals:
 
   def _handle(self, signum, frame):
     del frame
-    if self.received is not None and signum == signal.SIGINT:
+    if self.received and signum == signal.SIGINT:
       raise KeyboardInterrupt  # a second Ctrl-C stops at once
-    self.received = signal.Signals(signum).name
+    self.received = int(signum)
+
+  def should_stop(self, step: int) -> bool:
+    """Whether to stop after `step`; identical on every process."""
+    if jax.process_count() == 1:
+      signum = self.received
+    elif step % self.every:
+      return False
+    else:
+      signum = int(np.max(multihost_utils.process_allgather(np.int32(self.received))))
+    if signum:
+      name = signal.Signals(signum).name
+      self.reason = name if self.received else f'{name} on another process'
+    return bool(signum)
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
@@ -90,30 +120,90 @@ def _format(metrics: dict[str, float]) -> str:
   return ' '.join(f'{k}={v:.4f}' for k, v in metrics.items())
 
 
-def evaluate(eval_step, state, data: Data, config, mesh) -> dict[str, float]:
-  total = None
-  for batch in data.eval_batches(config.train.eval_batch_size, config.train.get('eval_steps', -1)):
-    total = add_metrics(total, eval_step(state, sharding.global_batch(batch, mesh)))
-  return summarize(total) if total is not None else {}
+def identity_init(state: TrainState, run: 'Run') -> TrainState:
+  del run
+  return state
 
 
-def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str, *, tty: bool | None = None
-) -> dict[str, float]:
-  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns final eval."""
+@dataclasses.dataclass
+class Run:
+  """Everything one training run is made of, built by `build_run`; `train(run)` runs it.
+
+  `train_step(state, batch, rng, frozen)` and `eval_step(state, batch)` are jitted over the
+  mesh; `frozen` (a teacher's variables, or {}) is placed once, passed to every step and
+  never donated or updated. `on_init(state, run) -> state` runs on a freshly initialised
+  state only, never on resume: loading pre-trained weights (`init_from`) plugs in there.
+  """
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: jax.sharding.Mesh
+  model: nn.Module
+  task: Task
+  data: Data
+  schedule: optax.Schedule
+  tx: optax.GradientTransformation
+  inputs: tuple
+  abstract: TrainState
+  meta: dict
+  checkpointer: Checkpointer
+  train_step: Callable
+  eval_step: Callable
+  frozen: PyTree
+  on_init: Callable[[TrainState, 'Run'], TrainState] = identity_init
+
+  def initial_state(self, train_iter) -> tuple[TrainState, int | None]:
+    """(state, restored step): the latest checkpoint (data iterator included) if the
+    workdir has one, else a fresh initialisation passed through `on_init`."""
+    latest = self.checkpointer.latest_step()
+    if latest is not None:
+      return self.checkpointer.restore(latest, self.abstract, train_iter), latest
+    model, tx, inputs = self.model, self.tx, self.inputs
+    init = jax.jit(
+      lambda rng: init_state(model, tx, rng, inputs),
+      out_shardings=sharding.replicated(self.mesh),
+    )
+    init_rng, _ = jax.random.split(jax.random.key(self.config.seed))
+    return self.on_init(init(init_rng), self), None
+
+  def step_rng(self) -> PRNGKey:
+    return jax.random.split(jax.random.key(self.config.seed))[1]
+
+  def evaluate(self, state: TrainState) -> dict[str, float]:
+    cfg = self.config.train
+    total = None
+    for batch in self.data.eval_batches(cfg.eval_batch_size, cfg.get('eval_steps', -1)):
+      total = add_metrics(total, self.eval_step(state, sharding.global_batch(batch, self.mesh)))
+    return summarize(total) if total is not None else {}
+
+
+def build_run(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  loss_terms: tuple[LossTerm, ...] = (),
+  frozen: PyTree = None,
+  frozen_forward: Callable | None = None,
+  on_init: Callable[[TrainState, Run], TrainState] | None = None,
+) -> Run:
+  """Builds the mesh, model, task, data, optimiser, checkpointer and jitted steps; checks
+  the config and the workdir before anything is written (except config.json)."""
   workdir = os.path.abspath(workdir)
   cfg = config.train
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_size(cfg.batch_size, mesh, 'train.batch_size')
   sharding.check_batch_size(cfg.eval_batch_size, mesh, 'train.eval_batch_size')
+  check_accumulation(cfg.batch_size, int(config.optim.get('grad_accum_steps', 1)), mesh)
+  if config.get('task', {}).get('name', ''):
+    get_task(config.task.name, config)  # an unknown name fails before the data is opened
+  schedule, tx = optim.from_config(config)
   model = build_model(config)
   check_workdir(workdir)
   if 'workdir' in config.data and not config.data.workdir:
     config.data.workdir = workdir  # datasets that train a tokenizer save it here
   data = Data(config.data)
-  task = get_task(data.task)
+  task = task_for(config, data)
 
-  schedule, tx = optim.from_config(config)
   example = next(data.eval_batches(sharding.batch_shards(mesh) * jax.process_count(), 1))
   inputs = tuple(np.asarray(x)[:1] for x in task.inputs(example))
   abstract = _abstract_state(model, tx, inputs, mesh)
@@ -127,43 +217,74 @@ def train_and_evaluate(
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=2))
 
-  seed = config.seed
-  init_rng, step_rng = jax.random.split(jax.random.key(seed))
-  train_iter = data.train_iter(cfg.batch_size, seed)
-  reporter = Reporter(workdir, cfg.steps, latest or 0, tty=tty)
-  if latest is not None:
-    state = checkpointer.restore(latest, abstract, train_iter)
-    reporter.log(f'resuming from the checkpoint at step {latest} in {checkpointer.directory}')
-  else:
-    init = jax.jit(
-      lambda rng: init_state(model, tx, rng, inputs), out_shardings=sharding.replicated(mesh)
-    )
-    state = init(init_rng)
-  n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  reporter.log(
-    f'{config.model.name} ({n_params:,} parameters) on {data.config.name} '
-    f'[{data.task}], {jax.device_count()} device(s), workdir {workdir}'
-  )
-
   repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   train_step = jax.jit(
-    make_train_step(model, task, config, schedule, tx),
-    in_shardings=(repl, batch_sh, repl),
+    make_train_step(
+      model, task, config, schedule, tx, loss_terms=loss_terms, frozen_forward=frozen_forward
+    ),
+    in_shardings=(repl, batch_sh, repl, repl),
     out_shardings=(repl, repl),
     donate_argnums=0,
   )
   eval_step = jax.jit(
     make_eval_step(model, task), in_shardings=(repl, batch_sh), out_shardings=repl
   )
+  return Run(
+    config=config,
+    workdir=workdir,
+    mesh=mesh,
+    model=model,
+    task=task,
+    data=data,
+    schedule=schedule,
+    tx=tx,
+    inputs=inputs,
+    abstract=abstract,
+    meta=meta,
+    checkpointer=checkpointer,
+    train_step=train_step,
+    eval_step=eval_step,
+    frozen=jax.device_put({} if frozen is None else frozen, repl),
+    on_init=on_init or identity_init,
+  )
 
+
+def check_accumulation(batch_size: int, accum: int, mesh) -> None:
+  """The micro-batches of one update must split evenly over the devices."""
+  shards = sharding.batch_shards(mesh)
+  if accum < 1 or batch_size % (accum * shards):
+    raise ValueError(
+      f'train.batch_size={batch_size} does not split into optim.grad_accum_steps={accum} '
+      f'micro-batches that divide over {shards} devices: use a batch size that is a '
+      f'multiple of {max(accum, 1) * shards}'
+    )
+
+
+def train(run: Run, *, tty: bool | None = None) -> dict[str, float]:
+  """Runs (or resumes) the loop of `run` to train.steps updates; returns the final eval,
+  or {} when a signal stopped it (after saving a checkpoint every process agrees on)."""
+  config, cfg, checkpointer = run.config, run.config.train, run.checkpointer
+  train_iter = run.data.train_iter(cfg.batch_size, config.seed)
+  state, latest = run.initial_state(train_iter)
+  reporter = Reporter(run.workdir, cfg.steps, latest or 0, tty=tty)
+  if latest is not None:
+    reporter.log(f'resuming from the checkpoint at step {latest} in {checkpointer.directory}')
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  reporter.log(
+    f'{config.model.name} ({n_params:,} parameters) on {run.data.config.name} '
+    f'[{run.task.name}], {jax.device_count()} device(s), workdir {run.workdir}'
+  )
+
+  step_rng = run.step_rng()
   step = int(state.step)
   saved_step = latest
   acc, t_log, s_log = None, time.perf_counter(), step
   final = {}
-  with _StopSignals() as stop:
-    while step < cfg.steps and stop.received is None:
-      batch = sharding.global_batch(next(train_iter), mesh)
-      state, metrics = train_step(state, batch, step_rng)
+  with StopSignals(cfg.get('stop_check_every', 1)) as stop:
+    stopped = False
+    while step < cfg.steps and not stopped:
+      batch = sharding.global_batch(next(train_iter), run.mesh)
+      state, metrics = run.train_step(state, batch, step_rng, run.frozen)
       acc = add_metrics(acc, metrics)
       step += 1
       if step % cfg.log_every == 0 or step == cfg.steps:
@@ -174,30 +295,38 @@ def train_and_evaluate(
         reporter.write(step, 'train', summary)
         reporter.progress(step, summary)
       if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-        result = evaluate(eval_step, state, data, config, mesh)
+        result = run.evaluate(state)
         reporter.write(step, 'eval', result)
         reporter.log(f'eval at step {step}: {_format(result)}')
       if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-        checkpointer.save(step, state, train_iter, meta)
+        checkpointer.save(step, state, train_iter, run.meta)
         saved_step = step
-    if stop.received is not None:
+      stopped = step < cfg.steps and stop.should_stop(step)
+    if stopped:
       if saved_step != step:
-        checkpointer.save(step, state, train_iter, meta)
+        checkpointer.save(step, state, train_iter, run.meta)
       checkpointer.wait()
       reporter.log(
-        f'{stop.received}: stopped at step {step}; checkpoint saved in '
+        f'{stop.reason}: stopped at step {step}; checkpoint saved in '
         f'{checkpointer.directory}; run the same command again to resume'
       )
     else:
-      final = evaluate(eval_step, state, data, config, mesh)
+      final = run.evaluate(state)
       reporter.write(step, 'eval', final)
-      reporter.log(f'final eval at step {step} on {data.eval_split!r}: {_format(final)}')
+      reporter.log(f'final eval at step {step} on {run.data.eval_split!r}: {_format(final)}')
   checkpointer.wait()
   checkpointer.close()
   reporter.close()
-  if jax.process_index() == 0 and os.path.getsize(os.path.join(workdir, 'metrics.jsonl')):
-    plot_curves(workdir)
+  if jax.process_index() == 0 and os.path.getsize(os.path.join(run.workdir, 'metrics.jsonl')):
+    plot_curves(run.workdir)
   return final
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, tty: bool | None = None
+) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns final eval."""
+  return train(build_run(config, workdir), tty=tty)
 
 
 def restore_from_workdir(workdir: str):

@@ -1,4 +1,11 @@
-"""Optax chains and learning-rate schedules built from the `optim` and `schedule` configs."""
+"""Optax chains and learning-rate schedules built from the `optim` and `schedule` configs.
+
+Every step count (train.steps, schedule.warmup_steps, the log / eval / checkpoint intervals)
+counts optimiser updates. Gradient accumulation (`optim.grad_accum_steps`) happens inside
+the train step (`bigjax.train.step`), not in the optimiser.
+"""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -44,29 +51,56 @@ def make_schedule(
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
-def decay_mask(params: PyTree) -> PyTree:
-  """True for kernels and embeddings; biases and norm scales (ndim <= 1) are not decayed."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+# Decay kernels only (dense, conv and attention weights): biases, norm scales, embedding
+# tables, position embeddings and class tokens are not decayed, as in big_vision, timm's
+# DeiT (`no_weight_decay`) and the "no bias decay" of He et al. (2019).
+DEFAULT_DECAY_PATTERN = r'(^|/)kernel$'
+
+
+def param_path(path) -> str:
+  """A tree path as 'block_0/attn/query/kernel'."""
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+
+
+def _compile(pattern: str) -> re.Pattern:
+  try:
+    return re.compile(pattern)
+  except re.error as e:
+    raise ValueError(
+      f'optim.decay_pattern {pattern!r} is not a regular expression ({e}): fix or unset it'
+    ) from None
+
+
+def decay_mask(params: PyTree, pattern: str = DEFAULT_DECAY_PATTERN) -> PyTree:
+  """True where weight decay applies: parameters whose '/'-joined path matches `pattern`
+  (`re.search`; the default matches every parameter named `kernel`)."""
+  regex = _compile(pattern)
+  return jax.tree_util.tree_map_with_path(
+    lambda path, _: bool(regex.search(param_path(path))), params
+  )
 
 
 def make_optimizer(
   optim: ml_collections.ConfigDict, schedule: optax.Schedule
 ) -> optax.GradientTransformation:
-  """clip -> optimiser (with masked weight decay) -> optional gradient accumulation."""
+  """clip -> optimiser, with weight decay on the parameters `optim.decay_pattern` matches."""
   name = optim.name
   wd = optim.get('weight_decay', 0.0)
+  pattern = optim.get('decay_pattern', '') or DEFAULT_DECAY_PATTERN
+  _compile(pattern)  # a bad pattern fails before training starts
+  mask = lambda params: decay_mask(params, pattern)  # noqa: E731
   if name not in OPTIMIZERS:
     raise ValueError(f'unknown optimizer {name!r}; choose one of {", ".join(OPTIMIZERS)}')
   if name in ('sgd', 'momentum', 'nesterov'):
     momentum = None if name == 'sgd' else optim.get('momentum', 0.9)
     # Coupled L2 decay as in the ResNet recipe: added to the gradient before momentum.
     core = optax.chain(
-      optax.add_decayed_weights(wd, mask=decay_mask) if wd else optax.identity(),
+      optax.add_decayed_weights(wd, mask=mask) if wd else optax.identity(),
       optax.sgd(schedule, momentum=momentum, nesterov=name == 'nesterov'),
     )
   elif name == 'adam':
     core = optax.chain(
-      optax.add_decayed_weights(wd, mask=decay_mask) if wd else optax.identity(),
+      optax.add_decayed_weights(wd, mask=mask) if wd else optax.identity(),
       optax.adam(
         schedule, b1=optim.get('b1', 0.9), b2=optim.get('b2', 0.999), eps=optim.get('eps', 1e-8)
       ),
@@ -78,7 +112,7 @@ def make_optimizer(
       b2=optim.get('b2', 0.999),
       eps=optim.get('eps', 1e-8),
       weight_decay=wd,
-      mask=decay_mask,
+      mask=mask,
     )
   else:
     core = optax.lamb(
@@ -87,19 +121,13 @@ def make_optimizer(
       b2=optim.get('b2', 0.999),
       eps=optim.get('eps', 1e-6),
       weight_decay=wd,
-      mask=decay_mask,
+      mask=mask,
     )
   clip = optim.get('clip_norm', 0.0)
-  tx = optax.chain(optax.clip_by_global_norm(clip), core) if clip else core
-  accum = int(optim.get('grad_accum_steps', 1))
-  if accum > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=accum)
-  return tx
+  return optax.chain(optax.clip_by_global_norm(clip), core) if clip else core
 
 
 def from_config(config: ml_collections.ConfigDict):
-  """(schedule, optimiser) for a run. The schedule counts optimiser updates: with
-  gradient accumulation over k micro-steps it spans train.steps // k updates."""
-  accum = int(config.optim.get('grad_accum_steps', 1))
-  schedule = make_schedule(config.schedule, config.optim.lr, config.train.steps // accum)
+  """(schedule, optimiser) for a run; the schedule spans train.steps optimiser updates."""
+  schedule = make_schedule(config.schedule, config.optim.lr, config.train.steps)
   return schedule, make_optimizer(config.optim, schedule)

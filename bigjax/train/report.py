@@ -81,7 +81,9 @@ def plot_curves(workdir: str) -> str:
 
   rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
   keys = [
-    k for k in ('loss', 'accuracy', 'bits_per_byte', 'exact_match') if any(k in r for r in rows)
+    k
+    for k in ('loss', 'accuracy', 'bits_per_byte', 'bits_per_token', 'exact_match')
+    if any(k in r for r in rows)
   ]
   fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
   for ax, key in zip(axes[0], keys):

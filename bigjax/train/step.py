@@ -1,4 +1,24 @@
-"""Pure train and eval steps: (state, batch, rng) -> (state, metrics)."""
+"""Pure train and eval steps.
+
+`train_step(state, batch, rng, frozen=None) -> (state, metrics)` is one optimiser update
+over the whole global batch. With `optim.grad_accum_steps = k` the batch is split into k
+micro-batches that run one after another inside the same jitted step (`lax.scan`, carrying
+the gradient sum and the model state such as `batch_stats`), so memory scales with the
+micro-batch while every step setting still counts updates. The objective is normalised
+over the whole update batch, sum(w * l) / sum(w) with the task's weights, so k micro-batches
+of B examples give the gradient of one batch of k * B.
+
+Seams for objectives that need more than the task:
+  frozen        a pytree passed to every step and never updated or donated (a teacher's
+                variables); `frozen_forward(frozen, micro_batch)` turns it into
+                `frozen_outputs` (default: the pytree itself), under stop_gradient.
+  loss_terms    `LossTerm(name, weight, fn)`: fn(outputs, micro_batch, frozen_outputs) ->
+                a per-element loss shaped like `task.weights(batch)`; it adds
+                weight * sum(w * fn) / sum(w) to the objective and is reported under `name`.
+"""
+
+import dataclasses
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -6,9 +26,44 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from bigjax.outputs import ModelOutput, as_output
 from bigjax.train.state import TrainState
-from bigjax.train.tasks import Task, main_logits
-from bigjax.typing import Batch, PRNGKey
+from bigjax.train.tasks import Task
+from bigjax.typing import Batch, PRNGKey, PyTree
+
+
+@dataclasses.dataclass(frozen=True)
+class LossTerm:
+  """An extra term of the objective (see the module docstring)."""
+
+  name: str
+  weight: float
+  fn: Callable[[ModelOutput, Batch, Any], jax.Array]
+
+
+def _float32(tree):
+  return jax.tree.map(
+    lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+  )
+
+
+def split_micro_batches(batch: Batch, k: int) -> Batch:
+  """[B, ...] leaves -> [k, B / k, ...]; micro-batch i holds examples i, i + k, i + 2k, ...
+
+  Taking every k-th example keeps each micro-batch spread over all devices (the batch is
+  sharded in contiguous blocks), so no micro-batch moves between devices.
+  """
+
+  def split(x):
+    if x.shape[0] % k:
+      raise ValueError(
+        f'a batch of {x.shape[0]} does not split into optim.grad_accum_steps={k} '
+        f'micro-batches: use a train.batch_size that is a multiple of {k}'
+      )
+    x = x.reshape(x.shape[0] // k, k, *x.shape[1:])  # [B / k, k, ...]
+    return jnp.swapaxes(x, 0, 1)  # [k, B / k, ...]
+
+  return jax.tree.map(split, batch)
 
 
 def make_train_step(
@@ -17,41 +72,88 @@ def make_train_step(
   config: ml_collections.ConfigDict,
   schedule: optax.Schedule,
   tx: optax.GradientTransformation,
+  *,
+  loss_terms: tuple[LossTerm, ...] = (),
+  frozen_forward: Callable[[PyTree, Batch], Any] | None = None,
 ):
-  """Returns train_step(state, batch, rng) -> (state, metrics); jit it once."""
+  """Returns train_step(state, batch, rng, frozen=None) -> (state, metrics); jit it once,
+  donating `state` only."""
   accum = int(config.optim.get('grad_accum_steps', 1))
+  if accum < 1:
+    raise ValueError(f'optim.grad_accum_steps must be >= 1, got {accum}')
+  names = [t.name for t in loss_terms]
+  if len(set(names)) != len(names):
+    raise ValueError(f'loss term names must be unique, got {names}')
 
-  def train_step(state: TrainState, batch: Batch, rng: PRNGKey):
+  def train_step(state: TrainState, batch: Batch, rng: PRNGKey, frozen: PyTree = None):
     rng = jax.random.fold_in(rng, state.step)  # per-step key: exact resume
     aug_rng, dropout_rng = jax.random.split(rng)
-    batch = task.augment(batch, aug_rng, config)
+    batch = task.augment(batch, aug_rng)  # on the whole update batch
+    total_weight = jnp.maximum(jnp.sum(task.weights(batch)), 1e-8)
     mutable = list(state.model_state)
 
-    def loss_fn(params):
-      out = model.apply(
-        {'params': params, **state.model_state},
-        *task.inputs(batch),
-        train=True,
-        rngs={'dropout': dropout_rng},
-        mutable=mutable or False,
-      )
-      outputs, new_model_state = out if mutable else (out, {})
-      per_example, weight = task.loss(outputs, batch, config)
-      loss = jnp.sum(per_example * weight) / jnp.maximum(jnp.sum(weight), 1e-8)
-      return loss, (outputs, new_model_state)
+    def micro_step(model_state, micro, dropout_key):
+      """Gradient of this micro-batch's share of the objective, and its metrics."""
+      frozen_outputs = None
+      if loss_terms:
+        forward = frozen_forward or (lambda f, b: f)
+        frozen_outputs = jax.lax.stop_gradient(forward(frozen, micro))
+      w = task.weights(micro)
 
-    (_, (outputs, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      def weighted_sum(per_element):
+        return jnp.sum(jnp.where(w > 0, per_element, 0.0) * w)
+
+      def loss_fn(params):
+        out = model.apply(
+          {'params': params, **model_state},
+          *task.inputs(micro),
+          train=True,
+          rngs={'dropout': dropout_key},
+          mutable=mutable or False,
+        )
+        outputs, new_model_state = out if mutable else (out, {})
+        outputs = as_output(outputs)
+        objective = weighted_sum(task.loss(outputs, micro)) / total_weight
+        terms = {}
+        for term in loss_terms:
+          terms[term.name] = weighted_sum(term.fn(outputs, micro, frozen_outputs)) / total_weight
+          objective = objective + term.weight * terms[term.name]
+        return objective, (outputs, new_model_state, terms)
+
+      (objective, (outputs, new_model_state, terms)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True
+      )(state.params)
+      metrics = task.metrics(_float32(outputs), micro)
+      share = jnp.full((), 1.0 / accum, jnp.float32)  # k shares make one update
+      metrics['objective'] = (objective, share)
+      for name, value in terms.items():
+        metrics[name] = (value, share)
+      return grads, {**model_state, **new_model_state}, metrics
+
+    if accum == 1:
+      grads, model_state, metrics = micro_step(state.model_state, batch, dropout_rng)
+    else:
+
+      def body(carry, xs):
+        grad_sum, model_state = carry
+        micro, i = xs
+        grads, model_state, metrics = micro_step(
+          model_state, micro, jax.random.fold_in(dropout_rng, i)
+        )
+        return (jax.tree.map(jnp.add, grad_sum, grads), model_state), metrics
+
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      xs = (split_micro_batches(batch, accum), jnp.arange(accum))
+      (grads, model_state), stacked = jax.lax.scan(body, (zeros, state.model_state), xs)
+      metrics = jax.tree.map(lambda x: jnp.sum(x, 0), stacked)
+
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = task.metrics(jax.tree.map(lambda x: x.astype(jnp.float32), outputs), batch)
     one = jnp.ones((), jnp.float32)
     metrics['grad_norm'] = (optax.global_norm(grads), one)
-    metrics['learning_rate'] = (schedule(state.step // accum), one)
+    metrics['learning_rate'] = (schedule(state.step), one)
     new_state = state.replace(
-      step=state.step + 1,
-      params=params,
-      opt_state=opt_state,
-      model_state={**state.model_state, **new_model_state},
+      step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
     )
     return new_state, metrics
 
@@ -63,7 +165,7 @@ def make_eval_step(model: nn.Module, task: Task):
 
   def eval_step(state: TrainState, batch: Batch):
     outputs = model.apply(state.variables, *task.inputs(batch), train=False)
-    return task.metrics(main_logits(outputs).astype(jnp.float32), batch)
+    return task.metrics(_float32(as_output(outputs)), batch)
 
   return eval_step
 

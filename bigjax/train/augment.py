@@ -1,25 +1,11 @@
-"""Former home of the image transforms, kept so old imports work.
+"""Batch-level augmentation in JAX, run inside the jitted train step on a whole update batch
+(before it is split into micro-batches): mixup and cutmix.
 
-The per-record transforms live in `bigjax.data.transforms.image` (re-exported here);
-`mixup_cutmix`, batch-level augmentation in JAX, moves next to the train step.
+Legend: B batch, H height, W width, C channels, N classes.
 """
 
 import jax
 import jax.numpy as jnp
-
-from bigjax.data.transforms.image import (  # noqa: F401  (re-exported)
-  AUGMENTS,
-  CENTER_CROP_FRACTION,
-  CenterCrop,
-  Decode,
-  Normalize,
-  RandomCropFlip,
-  RandomResizedCrop,
-  ToFloat,
-  center_crop,
-  image_transforms,
-  random_crop_box,
-)
 
 
 def mixup_cutmix(
