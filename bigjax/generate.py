@@ -57,7 +57,7 @@ class Prompt:
 
 def codec_for(config: ml_collections.ConfigDict, workdir: str) -> Prompt:
   """The prompt format of the run in `workdir` (its data set's tokenizer and task)."""
-  task = dataset_spec(config.data.name).task
+  task = config.get('task', {}).get('name', '') or dataset_spec(config.data.name).task
   max_len = config.data.get('max_len', None)
   return Prompt(run_tokenizer(config, workdir), task, int(max_len) if max_len else None)
 

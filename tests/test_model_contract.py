@@ -161,13 +161,6 @@ def _count(tree) -> int:
   return sum(x.size for x in jax.tree.leaves(tree))
 
 
-def _logits(outputs):
-  # Inception v3 returns (logits, aux logits) in training until it returns a ModelOutput.
-  if isinstance(outputs, tuple):
-    return outputs[0]
-  return logits_of(outputs)
-
-
 # ----------------------------------------------------------------------- the table itself
 def test_every_registered_model_has_a_row():
   missing = [n for n in NAMES if row_of(n) is None]
@@ -286,7 +279,7 @@ def tiny_outputs(name: str):
     rngs = {'dropout': rng}
     evaluated = logits_of(model.apply(variables, *inputs, train=False, rngs=rngs))
     trained = model.apply(variables, *inputs, train=True, rngs=rngs, mutable=mutable)
-    return evaluated, _logits(trained[0] if mutable else trained)
+    return evaluated, logits_of(trained[0] if mutable else trained)
 
   chex.clear_trace_counter()  # chex counts the traces of `run`'s code, across models
   return run(variables, inputs, jax.random.key(1)), run(variables, inputs, jax.random.key(2))
