@@ -1,4 +1,7 @@
-"""The config skeleton every experiment fills in. Imports only ml_collections."""
+"""The config skeleton every experiment fills in, and the pieces several experiments share.
+
+Imports only ml_collections.
+"""
 
 import ml_collections
 
@@ -72,13 +75,76 @@ def image_stats(name: str) -> dict:
   }[name]
 
 
+def imagenet_data(image_size: int, *, mixup_alpha: float, cutmix_alpha: float) -> dict:
+  """`data` settings for ImageNet-1k (TFDS `imagenet2012`): random-resized ('inception') crops
+  and flips at `image_size` for training, resize + centre crop at evaluation."""
+  return {
+    'name': 'imagenet2012',
+    'image_size': image_size,
+    'augment': 'inception',
+    'flip': True,
+    'mixup_alpha': mixup_alpha,
+    'cutmix_alpha': cutmix_alpha,
+    **image_stats('imagenet2012'),
+  }
+
+
 def shrink_for_test(c: ml_collections.ConfigDict) -> None:
   """Makes a config run in seconds on CPU: a few steps, small batches, frequent saves."""
-  c.train.steps = 6
-  c.train.batch_size = 16
-  c.train.eval_batch_size = 16
-  c.train.eval_steps = 2
-  c.train.log_every = 2
-  c.train.eval_every = 4
-  c.train.checkpoint_every = 3
+  c.train.update(steps=6, batch_size=16, eval_batch_size=16, eval_steps=2)
+  c.train.update(log_every=2, eval_every=4, checkpoint_every=3)
   c.schedule.warmup_steps = min(c.schedule.warmup_steps, 2)
+
+
+def is_test(arg: str | None) -> bool:
+  """True for the `test` argument, False for none; any other argument is a user error."""
+  if arg == 'test':
+    return True
+  if arg:
+    raise ValueError(f'unknown config argument {arg!r}: use no argument or "test"')
+  return False
+
+
+def byte_rnn_lm(model: str, *, lr: float, steps: int, test: bool) -> ml_collections.ConfigDict:
+  """A one-layer byte-level RNN language model on the `pystdlib` sources.
+
+  The CPU recipe of configs/lstm_pystdlib.py and configs/gru_pystdlib.py, which differ only
+  in the model, `lr` and `steps`: width 512 over 64-dim byte embeddings, windows of 128
+  bytes, Adam at a high `lr` with clipping at 1, 50 warm-up steps and a cosine decay to 5%,
+  one evaluation on the whole validation split at the end. `test` shrinks it for CPU tests.
+  """
+  c = base_config()
+  c.model.update(name=model, vocab_size=256, embed_dim=64, hidden_size=512, num_layers=1)
+  c.model.dropout_rate = 0.0  # under one epoch: no overfitting to fight
+  c.data.update(name='pystdlib', seq_len=128)
+  c.optim.update(name='adam', lr=lr, clip_norm=1.0)
+  c.schedule.update(name='cosine', warmup_steps=50, end_factor=0.05)
+  # Small batches: more updates for the same bytes, at the same cost per byte on a CPU.
+  c.train.update(steps=steps, batch_size=32, eval_batch_size=256, log_every=50)
+  c.train.update(eval_every=0, checkpoint_every=500)  # eval only at the end
+  if test:
+    shrink_for_test(c)
+    c.model.update(embed_dim=8, hidden_size=16)
+    c.data.seq_len = 16
+  return c
+
+
+def lenet_tfds(
+  dataset: str, *, weight_decay: float, train: dict, test: bool
+) -> ml_collections.ConfigDict:
+  """LeNet-5 on a 10-class TFDS image set at its own size (`mnist`, `cifar10`).
+
+  The recipe of configs/lenet_mnist.py and configs/lenet_cifar10.py, which differ only in
+  the data set, the weight decay and the run length (`train`: steps and eval / checkpoint
+  intervals): AdamW at lr 1e-3, 200 warm-up steps then cosine, batch 128. `test` shrinks it
+  for CPU tests.
+  """
+  c = base_config()
+  c.model.update(name='lenet', num_classes=10)
+  c.data.update(name=dataset, image_size=0, **image_stats(dataset))
+  c.optim.update(name='adamw', lr=1e-3, weight_decay=weight_decay)
+  c.schedule.warmup_steps = 200
+  c.train.update(batch_size=128, eval_batch_size=500, **train)
+  if test:
+    shrink_for_test(c)
+  return c

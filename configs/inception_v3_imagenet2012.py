@@ -21,38 +21,17 @@ EPOCH = 1_281_167 // BATCH  # steps per epoch
 
 def get_config(arg=None):
   c = common.base_config()
-  c.model.name = 'inception_v3'
-  c.model.num_classes = 1000
-  c.model.dropout_rate = 0.5
-  c.data.name = 'imagenet2012'
-  c.data.image_size = 299
-  c.data.augment = 'inception'
-  c.data.flip = True
-  c.data.mixup_alpha = 0.0
-  c.data.cutmix_alpha = 0.0
-  c.data.update(common.image_stats('imagenet2012'))
-  c.optim.name = 'momentum'
-  c.optim.lr = 0.1 * BATCH / 256
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 1e-4
-  c.schedule.name = 'cosine'
-  c.schedule.warmup_steps = 5 * EPOCH
-  c.train.steps = 100 * EPOCH
-  c.train.batch_size = BATCH
-  c.train.eval_batch_size = 500
-  c.train.log_every = 100
-  c.train.eval_every = 5 * EPOCH
-  c.train.checkpoint_every = EPOCH
-  c.train.label_smoothing = 0.1
-  c.train.aux_loss_weight = 0.4
-  c.train.compute_dtype = 'bfloat16'
-  if arg == 'test':
+  c.model.update(name='inception_v3', num_classes=1000, dropout_rate=0.5)
+  c.data.update(common.imagenet_data(299, mixup_alpha=0.0, cutmix_alpha=0.0))
+  c.optim.update(name='momentum', lr=0.1 * BATCH / 256, momentum=0.9, weight_decay=1e-4)
+  c.schedule.update(name='cosine', warmup_steps=5 * EPOCH)
+  c.train.update(steps=100 * EPOCH, batch_size=BATCH, eval_batch_size=500, label_smoothing=0.1)
+  c.train.update(log_every=100, eval_every=5 * EPOCH, checkpoint_every=EPOCH)
+  c.train.update(aux_loss_weight=0.4, compute_dtype='bfloat16')
+  if common.is_test(arg):
     common.shrink_for_test(c)
     c.model.name = 'inception_test'  # 1/16 of every width, padded for small images
-    c.model.num_classes = 1000
     c.data.image_size = 32
     c.optim.lr = 0.1 * c.train.batch_size / 256
     c.train.compute_dtype = 'float32'
-  elif arg:
-    raise ValueError(f'unknown config argument {arg!r}: use no argument or "test"')
   return c

@@ -10,29 +10,14 @@ from configs import common
 
 def get_config(arg=None):
   c = common.base_config()
-  c.model.name = 'mlp'
-  c.model.num_classes = 10
-  c.model.depth = 2
-  c.model.width = 256
-  c.model.activation = 'relu'
+  c.model.update(name='mlp', num_classes=10, depth=2, width=256, activation='relu')
   c.model.dropout_rate = 0.1
-  c.data.name = 'digits'
-  c.data.image_size = 0
-  c.data.update(common.image_stats('digits'))
-  c.optim.name = 'adamw'
-  c.optim.lr = 2e-3
-  c.optim.weight_decay = 1e-4
-  c.schedule.name = 'cosine'
-  c.schedule.warmup_steps = 50
-  c.train.steps = 600
-  c.train.batch_size = 128
-  c.train.eval_batch_size = 128
-  c.train.log_every = 100
-  c.train.eval_every = 200
-  c.train.checkpoint_every = 200
-  if arg == 'test':
+  c.data.update(name='digits', image_size=0, **common.image_stats('digits'))
+  c.optim.update(name='adamw', lr=2e-3, weight_decay=1e-4)
+  c.schedule.update(name='cosine', warmup_steps=50)
+  c.train.update(steps=600, batch_size=128, eval_batch_size=128)
+  c.train.update(log_every=100, eval_every=200, checkpoint_every=200)
+  if common.is_test(arg):
     common.shrink_for_test(c)
     c.model.width = 32
-  elif arg:
-    raise ValueError(f'unknown config argument {arg!r}: use no argument or "test"')
   return c

@@ -17,35 +17,16 @@ from configs import common
 
 def get_config(arg=None):
   c = common.base_config()
-  c.model.name = 'resnet18'
-  c.model.num_classes = 10
-  c.model.cifar_stem = True
-  c.data.name = 'cifar10'
-  c.data.image_size = 0  # keep 32x32
-  c.data.augment = 'crop_flip'
-  c.data.crop_padding = 4
-  c.data.flip = True
-  c.data.mixup_alpha = 0.0
-  c.data.cutmix_alpha = 0.0
-  c.data.update(common.image_stats('cifar10'))
-  c.optim.name = 'nesterov'
-  c.optim.lr = 0.1
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 5e-4
-  c.schedule.name = 'cosine'
-  c.schedule.warmup_steps = 391  # 1 epoch: 50,000 / 128 steps
-  c.train.steps = 78_200  # 200 epochs
-  c.train.batch_size = 128
-  c.train.eval_batch_size = 1000
-  c.train.log_every = 391
-  c.train.eval_every = 3910
-  c.train.checkpoint_every = 3910
-  c.train.compute_dtype = 'bfloat16'
-  if arg == 'test':
+  c.model.update(name='resnet18', num_classes=10, cifar_stem=True)
+  c.data.update(name='cifar10', image_size=0, **common.image_stats('cifar10'))  # keep 32x32
+  c.data.update(augment='crop_flip', crop_padding=4, flip=True, mixup_alpha=0.0, cutmix_alpha=0.0)
+  c.optim.update(name='nesterov', lr=0.1, momentum=0.9, weight_decay=5e-4)
+  c.schedule.update(name='cosine', warmup_steps=391)  # 1 epoch: 50,000 / 128 steps
+  c.train.update(steps=78_200, batch_size=128, eval_batch_size=1000)  # 200 epochs
+  c.train.update(log_every=391, eval_every=3910, checkpoint_every=3910, compute_dtype='bfloat16')
+  if common.is_test(arg):
     common.shrink_for_test(c)
     c.model.name = 'resnet_test'  # 2 stages of one basic block, 8 -> 16 channels
     c.data.mixup_alpha = 0.2  # exercise the mixup path end to end
     c.train.compute_dtype = 'float32'  # bf16 is covered by tests/test_vision_cnn.py
-  elif arg:
-    raise ValueError(f'unknown config argument {arg!r}: use no argument or "test"')
   return c

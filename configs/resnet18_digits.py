@@ -17,34 +17,15 @@ from configs import common
 
 def get_config(arg=None):
   c = common.base_config()
-  c.model.name = 'resnet18'
-  c.model.num_classes = 10
-  c.model.width = 16
-  c.model.zero_init_residual = True
-  c.data.name = 'digits'
-  c.data.image_size = 32
-  c.data.augment = 'crop_flip'
-  c.data.crop_padding = 4
-  c.data.flip = False
-  c.data.update(common.image_stats('digits'))
-  c.optim.name = 'nesterov'
-  c.optim.lr = 0.1
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 5e-4
-  c.schedule.name = 'cosine'
-  c.schedule.warmup_steps = 50
-  c.train.steps = 600  # about 53 epochs of the 1,438 training digits at batch 128
-  c.train.batch_size = 128
-  c.train.eval_batch_size = 128
-  c.train.log_every = 50
-  c.train.eval_every = 200
-  c.train.checkpoint_every = 200
-  c.train.label_smoothing = 0.1
-  if arg == 'test':
+  c.model.update(name='resnet18', num_classes=10, width=16, zero_init_residual=True)
+  c.data.update(name='digits', image_size=32, **common.image_stats('digits'))
+  c.data.update(augment='crop_flip', crop_padding=4, flip=False)
+  c.optim.update(name='nesterov', lr=0.1, momentum=0.9, weight_decay=5e-4)
+  c.schedule.update(name='cosine', warmup_steps=50)
+  # 600 steps: about 53 epochs of the 1,438 training digits at batch 128.
+  c.train.update(steps=600, batch_size=128, eval_batch_size=128, label_smoothing=0.1)
+  c.train.update(log_every=50, eval_every=200, checkpoint_every=200)
+  if common.is_test(arg):
     common.shrink_for_test(c)
-    c.model.name = 'resnet_test'
-    c.model.width = 8
-    c.model.cifar_stem = True
-  elif arg:
-    raise ValueError(f'unknown config argument {arg!r}: use no argument or "test"')
+    c.model.update(name='resnet_test', width=8, cifar_stem=True)
   return c

@@ -23,40 +23,18 @@ EPOCH = 1_281_167 // BATCH  # steps per epoch
 
 def get_config(arg=None):
   c = common.base_config()
-  c.model.name = 'resnet50'
-  c.model.num_classes = 1000
-  c.model.zero_init_residual = True
-  c.data.name = 'imagenet2012'
-  c.data.image_size = 224
-  c.data.augment = 'inception'
-  c.data.flip = True
-  c.data.mixup_alpha = 0.0
-  c.data.cutmix_alpha = 0.0
-  c.data.update(common.image_stats('imagenet2012'))
-  c.optim.name = 'momentum'  # nesterov off
-  c.optim.lr = 0.1 * BATCH / 256
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 1e-4
-  c.schedule.name = 'cosine'
-  c.schedule.warmup_steps = 5 * EPOCH
-  c.train.steps = 90 * EPOCH
-  c.train.batch_size = BATCH
-  c.train.eval_batch_size = 1000
-  c.train.log_every = 100
-  c.train.eval_every = 5 * EPOCH
-  c.train.checkpoint_every = EPOCH
-  c.train.label_smoothing = 0.1
+  c.model.update(name='resnet50', num_classes=1000, zero_init_residual=True)
+  c.data.update(common.imagenet_data(224, mixup_alpha=0.0, cutmix_alpha=0.0))
+  c.optim.update(name='momentum', lr=0.1 * BATCH / 256, momentum=0.9, weight_decay=1e-4)
+  c.schedule.update(name='cosine', warmup_steps=5 * EPOCH)
+  c.train.update(steps=90 * EPOCH, batch_size=BATCH, eval_batch_size=1000, label_smoothing=0.1)
+  c.train.update(log_every=100, eval_every=5 * EPOCH, checkpoint_every=EPOCH)
   c.train.compute_dtype = 'bfloat16'
-  if arg == 'test':
+  if common.is_test(arg):
     common.shrink_for_test(c)
-    c.model.name = 'resnet_test'
-    c.model.block = 'bottleneck'
-    c.model.cifar_stem = False  # the ImageNet stem: 7x7/2 conv + max-pool
-    c.model.num_classes = 1000
-    c.data.image_size = 32
-    c.data.cutmix_alpha = 1.0  # exercise the cutmix path end to end
+    # The ImageNet stem (7x7/2 conv + max-pool), bottleneck blocks.
+    c.model.update(name='resnet_test', block='bottleneck', cifar_stem=False)
+    c.data.update(image_size=32, cutmix_alpha=1.0)  # exercise the cutmix path end to end
     c.optim.lr = 0.1 * c.train.batch_size / 256
     c.train.compute_dtype = 'float32'
-  elif arg:
-    raise ValueError(f'unknown config argument {arg!r}: use no argument or "test"')
   return c

@@ -22,41 +22,19 @@ from configs import common
 
 def get_config(arg=None):
   c = common.base_config()
-  c.model.name = 'transformer_test'
-  c.model.vocab_size = 14  # pad, BOS, EOS, ten digits, '+'
-  c.model.hidden_size = 64
-  c.model.num_heads = 4
-  c.model.mlp_dim = 256
-  c.model.num_encoder_layers = 2
-  c.model.num_decoder_layers = 2
-  c.model.dropout_rate = 0.0
-  c.model.pre_norm = True
-  c.data.name = 'algorithmic_reversed'  # answers least significant digit first
-  c.data.task = 'addition'
-  c.data.pad_operands = True  # '12+345' -> '00000012+00000345'
-  c.data.max_len = 20  # 8 + 1 + 8 digits and EOS; 9 answer digits and BOS / EOS
-  c.optim.name = 'adamw'
-  c.optim.lr = 2e-3
-  c.optim.b2 = 0.98
-  c.optim.weight_decay = 0.01
-  c.optim.clip_norm = 1.0
-  c.schedule.name = 'cosine'
-  c.schedule.warmup_steps = 300
-  c.train.steps = 2000
-  c.train.batch_size = 128
-  c.train.eval_batch_size = 500
-  c.train.log_every = 100
-  c.train.eval_every = 500
-  c.train.checkpoint_every = 1000
-  if arg == 'test':
+  c.model.update(name='transformer_test', vocab_size=14)  # pad, BOS, EOS, ten digits, '+'
+  c.model.update(hidden_size=64, num_heads=4, mlp_dim=256, dropout_rate=0.0, pre_norm=True)
+  c.model.update(num_encoder_layers=2, num_decoder_layers=2)
+  # algorithmic_reversed: answers least significant digit first; pad_operands: '12+345' ->
+  # '00000012+00000345'; max_len: 8 + 1 + 8 digits and EOS, 9 answer digits and BOS / EOS.
+  c.data.update(name='algorithmic_reversed', task='addition', pad_operands=True, max_len=20)
+  c.optim.update(name='adamw', lr=2e-3, b2=0.98, weight_decay=0.01, clip_norm=1.0)
+  c.schedule.update(name='cosine', warmup_steps=300)
+  c.train.update(steps=2000, batch_size=128, eval_batch_size=500)
+  c.train.update(log_every=100, eval_every=500, checkpoint_every=1000)
+  if common.is_test(arg):
     common.shrink_for_test(c)
-    c.model.hidden_size = 32
-    c.model.num_heads = 2
-    c.model.mlp_dim = 64
-    c.model.num_encoder_layers = 1
-    c.model.num_decoder_layers = 1
-    c.data.num_train = 200  # a small custom problem set prepares in a second
-    c.data.num_test = 40
-  elif arg:
-    raise ValueError(f'unknown config argument {arg!r}: use no argument or "test"')
+    c.model.update(hidden_size=32, num_heads=2, mlp_dim=64)
+    c.model.update(num_encoder_layers=1, num_decoder_layers=1)
+    c.data.update(num_train=200, num_test=40)  # a small custom problem set prepares in a second
   return c

@@ -28,38 +28,20 @@ VOCAB = 32000
 
 def get_config(arg=None):
   c = common.base_config()
-  c.model.name = 'transformer_base'
-  c.model.vocab_size = VOCAB
-  c.model.dropout_rate = 0.1
-  c.data.name = 'wmt14_translate/de-en'
-  c.data.source_lang = 'en'
-  c.data.target_lang = 'de'
-  c.data.max_len = 128
+  c.model.update(name='transformer_base', vocab_size=VOCAB, dropout_rate=0.1)
+  c.data.update(name='wmt14_translate/de-en', source_lang='en', target_lang='de', max_len=128)
   c.data.vocab_size = VOCAB  # the BPE size; must equal model.vocab_size
-  c.data.tokenizer_sample = 200_000
-  c.data.tokenizer = ''  # '' -> <workdir>/tokenizer.json
-  c.optim.name = 'adam'
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.98
-  c.optim.eps = 1e-9
+  c.data.update(tokenizer_sample=200_000, tokenizer='')  # '' -> <workdir>/tokenizer.json
+  c.optim.update(name='adam', b1=0.9, b2=0.98, eps=1e-9)
   c.optim.lr = 512**-0.5 * 4000**-0.5  # lrate = d^-0.5 min(s^-0.5, s w^-1.5) peaks here
-  c.schedule.name = 'rsqrt'
-  c.schedule.warmup_steps = 4000
-  c.train.steps = 100_000
-  c.train.batch_size = 768
-  c.train.eval_batch_size = 500
-  c.train.label_smoothing = 0.1
+  c.schedule.update(name='rsqrt', warmup_steps=4000)
+  c.train.update(steps=100_000, batch_size=768, eval_batch_size=500, label_smoothing=0.1)
+  c.train.update(log_every=200, eval_every=5000, checkpoint_every=5000)
   c.train.compute_dtype = 'bfloat16'
-  c.train.log_every = 200
-  c.train.eval_every = 5000
-  c.train.checkpoint_every = 5000
-  if arg == 'test':
+  if common.is_test(arg):
     common.shrink_for_test(c)
     c.model.name = 'transformer_test'
     c.model.vocab_size = c.data.vocab_size = 300  # 256 bytes + 3 specials + a few merges
-    c.data.max_len = 16
-    c.data.tokenizer_sample = 64
+    c.data.update(max_len=16, tokenizer_sample=64)
     c.train.compute_dtype = 'float32'
-  elif arg:
-    raise ValueError(f'unknown config argument {arg!r}: use no argument or "test"')
   return c

@@ -17,37 +17,16 @@ from configs import common
 
 def get_config(arg=None):
   c = common.base_config()
-  c.model.name = 'vgg16_bn'
-  c.model.num_classes = 10
-  c.model.pool_size = 1
-  c.model.hidden = 512
-  c.model.dropout_rate = 0.5
-  c.data.name = 'cifar10'
-  c.data.image_size = 0  # keep 32x32
-  c.data.augment = 'crop_flip'
-  c.data.crop_padding = 4
-  c.data.flip = True
-  c.data.update(common.image_stats('cifar10'))
-  c.optim.name = 'momentum'
-  c.optim.lr = 0.05
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 5e-4
-  c.schedule.name = 'cosine'
-  c.schedule.warmup_steps = 391  # 1 epoch at batch 128
-  c.train.steps = 78_200  # 200 epochs
-  c.train.batch_size = 128
-  c.train.eval_batch_size = 1000
-  c.train.log_every = 391
-  c.train.eval_every = 3910
-  c.train.checkpoint_every = 3910
-  c.train.compute_dtype = 'bfloat16'
-  if arg == 'test':
+  c.model.update(name='vgg16_bn', num_classes=10, pool_size=1, hidden=512, dropout_rate=0.5)
+  c.data.update(name='cifar10', image_size=0, **common.image_stats('cifar10'))  # keep 32x32
+  c.data.update(augment='crop_flip', crop_padding=4, flip=True)
+  c.optim.update(name='momentum', lr=0.05, momentum=0.9, weight_decay=5e-4)
+  c.schedule.update(name='cosine', warmup_steps=391)  # 1 epoch at batch 128
+  c.train.update(steps=78_200, batch_size=128, eval_batch_size=1000)  # 200 epochs
+  c.train.update(log_every=391, eval_every=3910, checkpoint_every=3910, compute_dtype='bfloat16')
+  if common.is_test(arg):
     common.shrink_for_test(c)
-    c.model.name = 'vgg_test'  # two convolutions, 32-unit classifier
-    c.model.batch_norm = True
-    c.model.pool_size = 2
-    c.model.hidden = 32
+    # vgg_test: two convolutions, 32-unit classifier.
+    c.model.update(name='vgg_test', batch_norm=True, pool_size=2, hidden=32)
     c.train.compute_dtype = 'float32'
-  elif arg:
-    raise ValueError(f'unknown config argument {arg!r}: use no argument or "test"')
   return c

@@ -33,41 +33,20 @@ EPOCH = 1_281_167 // BATCH  # 312 steps per epoch
 
 def get_config(arg=None):
   c = common.base_config()
-  c.model.name = 'vit_b16'
-  c.model.num_classes = 1000
-  c.model.pool = 'cls'
+  c.model.update(name='vit_b16', num_classes=1000, pool='cls')
   c.model.dropout_rate = 0.0  # DeiT: no dropout once mixup / cutmix regularise
-  c.data.name = 'imagenet2012'
-  c.data.image_size = 224
-  c.data.augment = 'inception'
-  c.data.flip = True
-  c.data.mixup_alpha = 0.8
-  c.data.cutmix_alpha = 1.0
-  c.data.update(common.image_stats('imagenet2012'))
-  c.optim.name = 'adamw'
-  c.optim.lr = 3e-3 * BATCH / 4096
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.999
-  c.optim.weight_decay = 0.1
-  c.optim.clip_norm = 1.0
-  c.schedule.name = 'cosine'
-  c.schedule.warmup_steps = 10_000
-  c.train.steps = 300 * EPOCH
-  c.train.batch_size = BATCH
-  c.train.eval_batch_size = 1000
-  c.train.log_every = 100
-  c.train.eval_every = 5 * EPOCH
-  c.train.checkpoint_every = EPOCH
-  c.train.label_smoothing = 0.1
+  c.data.update(common.imagenet_data(224, mixup_alpha=0.8, cutmix_alpha=1.0))
+  c.optim.update(name='adamw', lr=3e-3 * BATCH / 4096, b1=0.9, b2=0.999)
+  c.optim.update(weight_decay=0.1, clip_norm=1.0)
+  c.schedule.update(name='cosine', warmup_steps=10_000)
+  c.train.update(steps=300 * EPOCH, batch_size=BATCH, eval_batch_size=1000, label_smoothing=0.1)
+  c.train.update(log_every=100, eval_every=5 * EPOCH, checkpoint_every=EPOCH)
   c.train.compute_dtype = 'bfloat16'
-  if arg == 'test':
+  if common.is_test(arg):
     common.shrink_for_test(c)
     c.model.name = 'vit_test'  # 2 layers of width 32, 4x4 patches
-    c.model.num_classes = 1000
     c.data.image_size = 32
     c.optim.lr = 3e-3 * c.train.batch_size / 4096
     c.optim.grad_accum_steps = 2  # exercise accumulation end to end: 2 micro-batches of 8
     c.train.compute_dtype = 'float32'  # bf16 is covered by tests/test_vit.py
-  elif arg:
-    raise ValueError(f'unknown config argument {arg!r}: use no argument or "test"')
   return c

@@ -25,37 +25,18 @@ from configs import common
 
 def get_config(arg=None):
   c = common.base_config()
-  c.model.name = 'vit_s4'  # ViT-S with 4x4 patches
-  c.model.num_classes = 10
-  c.model.dropout_rate = 0.1
-  c.model.pool = 'cls'
-  c.data.name = 'cifar10'
-  c.data.image_size = 0  # keep 32x32
-  c.data.augment = 'crop_flip'
-  c.data.crop_padding = 4
-  c.data.flip = True
-  c.data.mixup_alpha = 0.8  # DeiT's mixup / cutmix: ViTs need the regularisation on CIFAR
-  c.data.cutmix_alpha = 1.0
-  c.data.update(common.image_stats('cifar10'))
-  c.optim.name = 'adamw'
-  c.optim.lr = 1e-3
-  c.optim.weight_decay = 0.05
-  c.optim.b2 = 0.999
-  c.optim.clip_norm = 1.0
-  c.schedule.name = 'cosine'
-  c.schedule.warmup_steps = 500  # 5 epochs at batch 512
-  c.train.steps = 19_600  # 200 epochs: 50,000 / 512 = 98 steps per epoch
-  c.train.batch_size = 512
-  c.train.eval_batch_size = 1000
-  c.train.eval_every = 1960
-  c.train.checkpoint_every = 1960
-  c.train.log_every = 98
-  c.train.label_smoothing = 0.1
-  c.train.compute_dtype = 'bfloat16'
-  if arg == 'test':
+  c.model.update(name='vit_s4', num_classes=10, dropout_rate=0.1, pool='cls')  # 4x4 patches
+  c.data.update(name='cifar10', image_size=0, **common.image_stats('cifar10'))  # keep 32x32
+  c.data.update(augment='crop_flip', crop_padding=4, flip=True)
+  # DeiT's mixup / cutmix: ViTs need the regularisation on CIFAR.
+  c.data.update(mixup_alpha=0.8, cutmix_alpha=1.0)
+  c.optim.update(name='adamw', lr=1e-3, weight_decay=0.05, b2=0.999, clip_norm=1.0)
+  c.schedule.update(name='cosine', warmup_steps=500)  # 5 epochs at batch 512
+  # 200 epochs: 50,000 / 512 = 98 steps per epoch.
+  c.train.update(steps=19_600, batch_size=512, eval_batch_size=1000, label_smoothing=0.1)
+  c.train.update(log_every=98, eval_every=1960, checkpoint_every=1960, compute_dtype='bfloat16')
+  if common.is_test(arg):
     common.shrink_for_test(c)
     c.model.name = 'vit_test'  # 2 layers of width 32, 4x4 patches
     c.train.compute_dtype = 'float32'  # bf16 is covered by tests/test_vit.py; f32 compiles faster
-  elif arg:
-    raise ValueError(f'unknown config argument {arg!r}: use no argument or "test"')
   return c
