@@ -25,27 +25,6 @@ def torch_padding(kernel_size: Sequence[int]) -> tuple[tuple[int, int], ...]:
   return tuple((k // 2, k // 2) for k in kernel_size)
 
 
-def batch_norm(
-  *,
-  train: bool,
-  epsilon: float = 1e-5,
-  scale_init: Callable[..., Any] = nn.initializers.ones,
-  dtype: Dtype = None,
-  param_dtype: Dtype = jnp.float32,
-  name: str | None = None,
-) -> nn.BatchNorm:
-  """torch's BatchNorm2d: eps 1e-5 and running statistics with momentum 0.1 (Flax's 0.9)."""
-  return nn.BatchNorm(
-    use_running_average=not train,
-    momentum=0.9,
-    epsilon=epsilon,
-    scale_init=scale_init,
-    dtype=dtype,
-    param_dtype=param_dtype,
-    name=name,
-  )
-
-
 def conv_bn(
   x: jax.Array,
   features: int,
@@ -69,6 +48,7 @@ def conv_bn(
   out (plain VGG); the convolution has a bias only with `use_bias`.
   """
   conv_name, bn_name = names
+  dtypes = dict(dtype=dtype, param_dtype=param_dtype)
   x = nn.Conv(
     features,
     kernel_size,
@@ -76,17 +56,17 @@ def conv_bn(
     padding=padding,
     use_bias=use_bias,
     kernel_init=kernel_init,
-    dtype=dtype,
-    param_dtype=param_dtype,
     name=conv_name,
+    **dtypes,
   )(x)
   if not norm:
     return x
-  return batch_norm(
-    train=train,
+  # torch's BatchNorm2d: running statistics with momentum 0.1 (Flax's 0.9).
+  return nn.BatchNorm(
+    use_running_average=not train,
+    momentum=0.9,
     epsilon=epsilon,
     scale_init=scale_init,
-    dtype=dtype,
-    param_dtype=param_dtype,
     name=bn_name,
+    **dtypes,
   )(x)

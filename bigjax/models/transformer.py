@@ -129,6 +129,11 @@ class _Stack(nn.Module):
     return x
 
 
+STACK_OPTIONS = tuple(
+  f for f in _Stack.__dataclass_fields__ if f not in ('num_layers', 'parent', 'name')
+)
+
+
 class TransformerEncoder(_Stack):
   """The encoder stack on embedded inputs: [B, S, D] and [B, S] validity -> [B, S, D]."""
 
@@ -238,21 +243,10 @@ class Transformer(nn.Module):
     else:
       self.src_embed = embed('src_embed')
       self.tgt_embed = embed('tgt_embed')
-    final_norm = self.pre_norm if self.final_norm is None else self.final_norm
-    stack = dict(
-      num_heads=self.num_heads,
-      mlp_dim=self.mlp_dim,
-      dropout_rate=self.dropout_rate,
-      pre_norm=self.pre_norm,
-      final_norm=final_norm,
-      layer_norm_eps=self.layer_norm_eps,
-      activation=self.activation,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      attention_impl=self.attention_impl,
-      scan_layers=self.scan_layers,
-      remat=self.remat,
-    )
+    # Every stack option but its depth is the model option of the same name.
+    stack = {k: getattr(self, k) for k in STACK_OPTIONS}
+    if self.final_norm is None:
+      stack['final_norm'] = self.pre_norm
     self.encoder = TransformerEncoder(self.num_encoder_layers, **stack, name='encoder')
     self.decoder = TransformerDecoder(
       self.num_decoder_layers, decode=self.decode, **stack, name='decoder'

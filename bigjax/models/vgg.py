@@ -26,6 +26,7 @@ import numpy as np
 
 from bigjax.layers import initializers
 from bigjax.layers.conv import conv_bn
+from bigjax.layers.heads import classifier_head
 from bigjax.typing import Dtype
 
 # Layer configurations of Table 1: ints are 3x3 conv widths, 'M' a 2x2 max-pool.
@@ -125,24 +126,18 @@ class VGG(nn.Module):
       i += 1
     x = adaptive_avg_pool(x, self.pool_size)  # [B, P, P, C]
     x = x.reshape(x.shape[0], -1)  # [B, P*P*C]
-    for k in range(2):
-      x = nn.Dense(
-        self.hidden,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=initializers.normal(0.01),
-        name=f'fc_{k}',
-      )(x)
-      x = nn.relu(x)
-      x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    self.sow('intermediates', 'features', x)
-    return nn.Dense(
+    return classifier_head(
+      self,
+      x,
+      (self.hidden, self.hidden),
       self.num_classes,
+      act=nn.relu,
+      dropout_rate=self.dropout_rate,
+      train=train,
+      kernel_init=initializers.normal(0.01),
       dtype=self.dtype,
       param_dtype=self.param_dtype,
-      kernel_init=initializers.normal(0.01),
-      name='head',
-    )(x)
+    )
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
