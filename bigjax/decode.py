@@ -409,8 +409,8 @@ def _without_cache(variables: PyTree) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
-class _LMStep:
-  """step(variables, cache, tokens) for a decoder-only model (hashable by model)."""
+class _Step:
+  """A decoding step over `model` (hashable by model) and its cache's batch axes."""
 
   model: nn.Module
   axes: _Axes
@@ -418,22 +418,18 @@ class _LMStep:
   @property
   def cache_batch_axes(self) -> PyTree:
     return self.axes.tree()
+
+
+class _LMStep(_Step):
+  """step(variables, cache, tokens) for a decoder-only model."""
 
   def __call__(self, variables, cache, tokens):
     logits, mutated = self.model.apply({**variables, 'cache': cache}, tokens, mutable=['cache'])
     return logits, mutated['cache']
 
 
-@dataclasses.dataclass(frozen=True)
-class _Seq2SeqStep:
+class _Seq2SeqStep(_Step):
   """step(variables, (cache, encoded), tokens) for an encoder-decoder."""
-
-  model: nn.Module
-  axes: _Axes
-
-  @property
-  def cache_batch_axes(self) -> PyTree:
-    return self.axes.tree()
 
   def __call__(self, variables, state, tokens):
     cache, encoded = state

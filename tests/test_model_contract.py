@@ -189,17 +189,29 @@ def test_the_registry_lists_and_rejects():
 
 
 # ---------------------------------------------------------- every model, abstractly
-@pytest.mark.parametrize('name', NAMES)
-def test_shapes_dtypes_and_parameter_count(name):
+def _abstract(name: str) -> tuple[Row, nn.Module, Inputs]:
+  """(row, model with its defaults, abstract inputs) of a registered name."""
   row = row_of(name)
   model = bigjax.create_model(name)
-  inputs = row.inputs(model)
+  return row, model, row.inputs(model)
 
-  def forward(key, *inputs):
-    variables = model.init(key, *inputs, train=False)
-    return variables, model.apply(variables, *inputs, train=False)
 
-  variables, outputs = jax.eval_shape(forward, jax.random.key(0), *inputs)
+def _traced(model: nn.Module, inputs: Inputs, fn: Callable):
+  """`fn(variables, inputs)` with the model's initial variables, traced abstractly (nothing
+  compiled)."""
+  return jax.eval_shape(
+    lambda key, *xs: fn(model.init(key, *xs, train=False), xs), jax.random.key(0), *inputs
+  )
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_shapes_dtypes_and_parameter_count(name):
+  row, model, inputs = _abstract(name)
+
+  def forward(variables, xs):
+    return variables, model.apply(variables, *xs, train=False)
+
+  variables, outputs = _traced(model, inputs, forward)
   logits = logits_of(outputs)
   chex.assert_shape(logits, row.output(model))
   assert logits.dtype == jnp.float32
@@ -210,16 +222,13 @@ def test_shapes_dtypes_and_parameter_count(name):
 
 @pytest.mark.parametrize('name', DECODERS)
 def test_every_decoder_has_a_cached_step(name):
-  row = row_of(name)
-  model = bigjax.create_model(name)
-  inputs = row.inputs(model)
+  row, model, inputs = _abstract(name)
 
-  def first_step(key, *inputs):
-    variables = model.init(key, *inputs, train=False)
-    step, cache, fed = row.decoder(model, variables, inputs)
+  def first_step(variables, xs):
+    step, cache, fed = row.decoder(model, variables, xs)
     return logits_of(step(cache, fed[:, :1])[0])
 
-  logits = jax.eval_shape(first_step, jax.random.key(0), *inputs)
+  logits = _traced(model, inputs, first_step)
   chex.assert_shape(logits, (B, 1, model.vocab_size))
 
 

@@ -155,36 +155,28 @@ def _fails(capsys, argv, match, default_config=None):
   return err
 
 
-def test_unknown_config_key(capsys, tmp_path):
-  _fails(
-    capsys,
-    ['--workdir', str(tmp_path), '--config.train.stepz=5'],
-    'did you mean --config.train.steps',
-    DEFAULT,
-  )
+# A bad flag over the default config: (flags, what the one-line message says).
+BAD_FLAGS = {
+  'unknown_config_key': (['--config.train.stepz=5'], 'did you mean --config.train.steps'),
+  'wrong_value_type': (['--config.train.steps=abc'], 'expects int'),
+  'unknown_model': (['--config.model.name=lenett'], 'did you mean lenet'),
+  'unknown_dataset': (['--config.data.name=digitz'], "unknown dataset 'digitz'"),
+  'batch_not_divisible': (['--config.train.batch_size=12'], 'does not divide over 8 devices'),
+  'accumulation_that_does_not_divide': (
+    ['--config.train.batch_size=16', '--config.optim.grad_accum_steps=4'],
+    'does not split into optim.grad_accum_steps=4 micro-batches',
+  ),
+  'unknown_task': (['--config.task.name=lmm'], 'unknown task'),
+  'bad_decay_pattern': (['--config.optim.decay_pattern=(kernel'], 'is not a regular expression'),
+}
 
 
-def test_wrong_value_type(capsys, tmp_path):
-  _fails(capsys, ['--workdir', str(tmp_path), '--config.train.steps=abc'], 'expects int', DEFAULT)
-
-
-def test_unknown_model(capsys, tmp_path):
-  _fails(
-    capsys,
-    ['--workdir', str(tmp_path), '--config.model.name=lenett'],
-    'did you mean lenet',
-    DEFAULT,
-  )
-
-
-def test_unknown_dataset(capsys, tmp_path):
-  err = _fails(
-    capsys,
-    ['--workdir', str(tmp_path), '--config.data.name=digitz'],
-    "unknown dataset 'digitz'",
-    DEFAULT,
-  )
-  assert 'pystdlib' in err  # the list of known datasets
+@pytest.mark.parametrize('case', BAD_FLAGS)
+def test_bad_flag(capsys, tmp_path, case):
+  flags, match = BAD_FLAGS[case]
+  err = _fails(capsys, ['--workdir', str(tmp_path), *flags], match, DEFAULT)
+  if case == 'unknown_dataset':
+    assert 'pystdlib' in err  # the list of known datasets
 
 
 def test_public_dataset_not_prepared(capsys, tmp_path):
@@ -199,42 +191,6 @@ def test_public_dataset_not_prepared(capsys, tmp_path):
       f'--config.data.data_dir={empty}',
     ],
     f'tfds build mnist --data_dir={empty}',
-  )
-
-
-def test_batch_not_divisible(capsys, tmp_path):
-  _fails(
-    capsys,
-    ['--workdir', str(tmp_path), '--config.train.batch_size=12'],
-    'does not divide over 8 devices',
-    DEFAULT,
-  )
-
-
-def test_accumulation_that_does_not_divide(capsys, tmp_path):
-  _fails(
-    capsys,
-    [
-      '--workdir',
-      str(tmp_path),
-      '--config.train.batch_size=16',
-      '--config.optim.grad_accum_steps=4',
-    ],
-    'does not split into optim.grad_accum_steps=4 micro-batches',
-    DEFAULT,
-  )
-
-
-def test_unknown_task(capsys, tmp_path):
-  _fails(capsys, ['--workdir', str(tmp_path), '--config.task.name=lmm'], 'unknown task', DEFAULT)
-
-
-def test_bad_decay_pattern(capsys, tmp_path):
-  _fails(
-    capsys,
-    ['--workdir', str(tmp_path), '--config.optim.decay_pattern=(kernel'],
-    'is not a regular expression',
-    DEFAULT,
   )
 
 

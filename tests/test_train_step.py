@@ -18,20 +18,31 @@ from bigjax.train.tasks import get_task
 from configs import common
 
 
-def _setup(model_name='lenet', **model_kw):
+def _constant_config(optimizer: str, lr: float) -> ml_collections.ConfigDict:
+  """The base config with `optimizer` at a constant learning rate `lr`."""
   config = common.base_config()
-  config.optim.name = 'adam'
-  config.optim.lr = 3e-3
+  config.optim.name = optimizer
+  config.optim.lr = lr
   config.schedule.name = 'constant'
+  return config
+
+
+def _image_batch(side: int) -> dict:
+  """16 random [side, side, 1] images with labels in [0, 10)."""
+  rng = np.random.default_rng(0)
+  return {
+    'image': rng.normal(size=(16, side, side, 1)).astype(np.float32),
+    'label': rng.integers(0, 10, size=(16,)).astype(np.int32),
+  }
+
+
+def _setup(model_name='lenet', **model_kw):
+  config = _constant_config('adam', 3e-3)
   model = bigjax.create_model(model_name, **model_kw)
   task = get_task('classification', config)
   schedule = optim.make_schedule(config.schedule, config.optim.lr, 100)
   tx = optim.make_optimizer(config.optim, schedule)
-  rng = np.random.default_rng(0)
-  batch = {
-    'image': rng.normal(size=(16, 8, 8, 1)).astype(np.float32),
-    'label': rng.integers(0, 10, size=(16,)).astype(np.int32),
-  }
+  batch = _image_batch(8)
   state = init_state(model, tx, jax.random.key(0), (batch['image'][:1],))
   step = make_train_step(model, task, config, schedule, tx)
   return model, task, state, step, batch
@@ -47,6 +58,18 @@ def _run(state, step, batch, mesh, n):
     state, metrics = jitted(state, gbatch, jax.random.key(1))
     losses.append(float(metrics['loss'][0] / metrics['loss'][1]))
   return state, losses
+
+
+def _assert_eight_devices_equal_one(state, step, batch, n):
+  """n steps data-parallel over 8 devices give the losses and parameters of 1 device."""
+  mesh8 = sharding.make_mesh(ml_collections.ConfigDict({'data': -1}))
+  mesh1 = sharding.make_mesh(ml_collections.ConfigDict({'data': -1}), jax.devices()[:1])
+  assert mesh8.shape['data'] == 8 and mesh1.shape['data'] == 1
+  s8, l8 = _run(state, step, batch, mesh8, n)
+  s1, l1 = _run(state, step, batch, mesh1, n)
+  np.testing.assert_allclose(l8, l1, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(s8.params), jax.tree.leaves(s1.params)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_finite_learns_and_compiles_once():
@@ -68,14 +91,7 @@ def test_finite_learns_and_compiles_once():
 def test_eight_devices_equal_one_device():
   assert jax.device_count() == 8, 'conftest should provide 8 fake CPU devices'
   _, _, state, step, batch = _setup(features=(4, 8), hidden=(16,))
-  mesh8 = sharding.make_mesh(ml_collections.ConfigDict({'data': -1}))
-  mesh1 = sharding.make_mesh(ml_collections.ConfigDict({'data': -1}), jax.devices()[:1])
-  assert mesh8.shape['data'] == 8 and mesh1.shape['data'] == 1
-  s8, l8 = _run(state, step, batch, mesh8, 3)
-  s1, l1 = _run(state, step, batch, mesh1, 3)
-  np.testing.assert_allclose(l8, l1, atol=1e-6)
-  for a, b in zip(jax.tree.leaves(s8.params), jax.tree.leaves(s1.params)):
-    np.testing.assert_allclose(a, b, atol=1e-6)
+  _assert_eight_devices_equal_one(state, step, batch, 3)
 
 
 def test_batch_must_divide_devices():
@@ -89,24 +105,16 @@ def test_batch_must_divide_devices():
 
 
 def _accum_step(model, k, optimizer='sgd'):
-  config = common.base_config()
-  config.optim.name = optimizer
-  config.optim.lr = 0.5
+  config = _constant_config(optimizer, 0.5)
   config.optim.grad_accum_steps = k
-  config.schedule.name = 'constant'
   schedule, tx = optim.from_config(config)
   return make_train_step(model, get_task('classification', config), config, schedule, tx), tx
 
 
 def test_accumulated_micro_batches_equal_one_big_batch():
   model = bigjax.create_model('mlp', width=16, depth=1)
-  rng = np.random.default_rng(0)
-  batch = {
-    'image': rng.normal(size=(16, 4, 4, 1)).astype(np.float32),
-    'label': rng.integers(0, 10, size=(16,)).astype(np.int32),
-    # Padding rows (mask False) in one micro-batch only: the normalisation must be global.
-    'mask': np.arange(16) % 4 != 1,
-  }
+  # Padding rows (mask False) in one micro-batch only: the normalisation must be global.
+  batch = {**_image_batch(4), 'mask': np.arange(16) % 4 != 1}
   results = {}
   for k in (1, 4):
     step, tx = _accum_step(model, k)
@@ -140,30 +148,17 @@ def test_accumulation_carries_batch_stats_through_the_micro_batches():
 
 def test_accumulation_on_eight_devices_equals_one_device():
   model = bigjax.create_model('mlp', width=16, depth=1)
-  rng = np.random.default_rng(0)
-  batch = {
-    'image': rng.normal(size=(16, 4, 4, 1)).astype(np.float32),
-    'label': rng.integers(0, 10, size=(16,)).astype(np.int32),
-  }
+  batch = _image_batch(4)
   step, tx = _accum_step(model, 2, 'adam')
   state = init_state(model, tx, jax.random.key(0), (batch['image'][:1],))
-  mesh8 = sharding.make_mesh(ml_collections.ConfigDict({'data': -1}))
-  mesh1 = sharding.make_mesh(ml_collections.ConfigDict({'data': -1}), jax.devices()[:1])
-  s8, l8 = _run(state, step, batch, mesh8, 2)
-  s1, l1 = _run(state, step, batch, mesh1, 2)
-  np.testing.assert_allclose(l8, l1, atol=1e-6)
-  for a, b in zip(jax.tree.leaves(s8.params), jax.tree.leaves(s1.params)):
-    np.testing.assert_allclose(a, b, atol=1e-6)
+  _assert_eight_devices_equal_one(state, step, batch, 2)
 
 
 # --- seams: a frozen teacher and an extra loss term ------------------------------------
 
 
 def test_frozen_teacher_and_distillation_term():
-  config = common.base_config()
-  config.optim.name = 'sgd'
-  config.optim.lr = 0.5
-  config.schedule.name = 'constant'
+  config = _constant_config('sgd', 0.5)
   schedule, tx = optim.from_config(config)
   task = get_task('classification', config)
   student = bigjax.create_model('mlp', width=8, depth=1)

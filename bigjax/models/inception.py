@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.layers import initializers
+from bigjax.layers.conv import conv_bn, torch_padding
 from bigjax.outputs import ModelOutput
 from bigjax.typing import Dtype
 
@@ -44,25 +45,18 @@ class ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     # torchvision draws N(0, 0.1) truncated at +-2, i.e. 20 sigma: a plain normal.
-    x = nn.Conv(
+    x = conv_bn(
+      x,
       self.features,
       self.kernel_size,
-      (self.strides, self.strides),
+      self.strides,
+      train=train,
       padding=self.padding,
-      use_bias=False,
       kernel_init=initializers.normal(0.1),
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      name='conv',
-    )(x)
-    x = nn.BatchNorm(
-      use_running_average=not train,
-      momentum=0.9,
       epsilon=1e-3,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
-      name='bn',
-    )(x)
+    )
     return nn.relu(x)
 
 
@@ -84,7 +78,7 @@ class _Block(nn.Module):
   ) -> ConvBN:
     # 'same' convolutions keep the grid; the others are unpadded unless small_inputs.
     if same:
-      padding = tuple((kk // 2, kk // 2) for kk in k)
+      padding = torch_padding(k)
     else:
       padding = 'SAME' if self.small_inputs else 'VALID'
     return ConvBN(

@@ -9,7 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigjax.models.mlp import activation
+from bigjax.layers.activations import activation
+from bigjax.layers.heads import classifier_head
 from bigjax.typing import Dtype
 
 
@@ -47,12 +48,16 @@ class LeNet(nn.Module):
       if x.shape[1] >= 2:
         x = nn.max_pool(x, (2, 2), strides=(2, 2))  # [B, H/2, W/2, f]
     x = x.reshape(x.shape[0], -1)  # [B, H*W*C]
-    for i, h in enumerate(self.hidden):
-      x = act(nn.Dense(h, dtype=self.dtype, param_dtype=self.param_dtype, name=f'fc_{i}')(x))
-      x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    self.sow('intermediates', 'features', x)
-    return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(
-      x
+    return classifier_head(
+      self,
+      x,
+      self.hidden,
+      self.num_classes,
+      act=act,
+      dropout_rate=self.dropout_rate,
+      train=train,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
     )
 
 

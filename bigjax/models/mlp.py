@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.layers.activations import ACTIVATIONS, activation
+from bigjax.layers.heads import classifier_head
 from bigjax.typing import Dtype
 
 __all__ = ['ACTIVATIONS', 'MLP', 'activation']
@@ -17,7 +18,7 @@ __all__ = ['ACTIVATIONS', 'MLP', 'activation']
 class MLP(nn.Module):
   """`depth` hidden layers of `width` units, then a linear classifier.
 
-  `activation` is a name in `bigjax.layers.ACTIVATIONS` (re-exported here for lenet).
+  `activation` is a name in `bigjax.layers.ACTIVATIONS` (re-exported here).
   """
 
   num_classes: int = 10
@@ -33,16 +34,18 @@ class MLP(nn.Module):
     """[B, ...] -> [B, num_classes] logits."""
     act = activation(self.activation)
     x = x.reshape(x.shape[0], -1).astype(self.dtype)  # [B, D_in]
-    for i in range(self.depth):
-      x = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype, name=f'hidden_{i}')(
-        x
-      )
-      x = act(x)
-      x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    self.sow('intermediates', 'features', x)
-    logits = nn.Dense(
-      self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head'
-    )(x)
+    logits = classifier_head(
+      self,
+      x,
+      (self.width,) * self.depth,
+      self.num_classes,
+      act=act,
+      dropout_rate=self.dropout_rate,
+      train=train,
+      prefix='hidden',
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
     chex.assert_rank(logits, 2)
     return logits
 

@@ -26,8 +26,7 @@ Torchvision's `layer{i+1}.{j}` is `stage_{i}/block_{j}`; Hugging Face's
 The pooled feature vector [B, C_final] is sown into `intermediates` as 'features'.
 """
 
-import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import chex
 import flax.linen as nn
@@ -35,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.layers import initializers
+from bigjax.layers.conv import conv_bn, torch_padding
 from bigjax.typing import Dtype
 
 # torchvision initialises convolutions with Kaiming normal, fan_out mode, and the
@@ -42,76 +42,57 @@ from bigjax.typing import Dtype
 conv_init = initializers.he_normal('fan_out')
 
 
-def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
-  # Symmetric padding k // 2 as in torch (Flax 'SAME' pads stride-2 convs asymmetrically).
-  return ((k // 2, k // 2), (k // 2, k // 2))
+class _ResidualBlock(nn.Module):
+  """conv-BN-ReLU units in a row (the last without ReLU) plus the shortcut, then ReLU.
+
+  A subclass gives `layout`: per convolution, its kernel side and whether it carries the
+  block's stride. The last one has `features * expansion` channels, the others `features`.
+  """
+
+  features: int
+  strides: int = 1
+  zero_init_residual: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  expansion: ClassVar[int] = 1
+  layout: ClassVar[tuple[tuple[int, bool], ...]] = ()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    out = self.features * self.expansion
+    last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+    y = x
+    for i, (k, strided) in enumerate(self.layout, start=1):
+      last = i == len(self.layout)
+      y = conv_bn(
+        y,
+        out if last else self.features,
+        (k, k),
+        self.strides if strided else 1,
+        train=train,
+        padding=torch_padding((k, k)),
+        kernel_init=conv_init,
+        names=(f'conv{i}', f'bn{i}'),
+        scale_init=last_scale if last else nn.initializers.ones,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+      )
+      if not last:
+        y = nn.relu(y)
+    return nn.relu(y + _shortcut(self, x, out, train))
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(_ResidualBlock):
   """Two 3x3 convolutions (ResNet-18/34); the stride sits on the first."""
 
-  features: int
-  strides: int = 1
-  zero_init_residual: bool = False
-  expansion = 1
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    conv = functools.partial(
-      nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype, param_dtype=self.param_dtype
-    )
-    norm = functools.partial(
-      nn.BatchNorm,
-      use_running_average=not train,
-      momentum=0.9,
-      epsilon=1e-5,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-    )
-    last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
-    s = (self.strides, self.strides)
-    y = conv(self.features, (3, 3), s, padding=_pad(3), name='conv1')(x)
-    y = nn.relu(norm(name='bn1')(y))
-    y = conv(self.features, (3, 3), padding=_pad(3), name='conv2')(y)
-    y = norm(scale_init=last_scale, name='bn2')(y)
-    return nn.relu(y + _shortcut(self, x, self.features, train))
+  layout = ((3, True), (3, False))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
   """1x1 reduce -> 3x3 (strided, v1.5) -> 1x1 expand by 4 (ResNet-50/101/152)."""
 
-  features: int
-  strides: int = 1
-  zero_init_residual: bool = False
   expansion = 4
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    conv = functools.partial(
-      nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype, param_dtype=self.param_dtype
-    )
-    norm = functools.partial(
-      nn.BatchNorm,
-      use_running_average=not train,
-      momentum=0.9,
-      epsilon=1e-5,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-    )
-    last_scale = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
-    s = (self.strides, self.strides)
-    out = self.features * self.expansion
-    y = conv(self.features, (1, 1), name='conv1')(x)
-    y = nn.relu(norm(name='bn1')(y))
-    y = conv(self.features, (3, 3), s, padding=_pad(3), name='conv2')(y)
-    y = nn.relu(norm(name='bn2')(y))
-    y = conv(out, (1, 1), name='conv3')(y)
-    y = norm(scale_init=last_scale, name='bn3')(y)
-    return nn.relu(y + _shortcut(self, x, out, train))
+  layout = ((1, False), (3, True), (1, False))
 
 
 class Downsample(nn.Module):
@@ -124,24 +105,17 @@ class Downsample(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    x = nn.Conv(
+    return conv_bn(
+      x,
       self.features,
       (1, 1),
-      (self.strides, self.strides),
-      use_bias=False,
+      self.strides,
+      train=train,
+      padding='VALID',
       kernel_init=conv_init,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
-      name='conv',
-    )(x)
-    return nn.BatchNorm(
-      use_running_average=not train,
-      momentum=0.9,
-      epsilon=1e-5,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      name='bn',
-    )(x)
+    )
 
 
 def _shortcut(block: nn.Module, x: jax.Array, out: int, train: bool) -> jax.Array:
@@ -208,40 +182,22 @@ class ResNet(nn.Module):
       raise ValueError(f'unknown ResNet block {self.block!r}; choose one of {sorted(BLOCKS)}')
     block_cls = BLOCKS[self.block]
     x = x.astype(self.dtype)
-    if self.cifar_stem:
-      x = nn.Conv(
-        self.width,
-        (3, 3),
-        padding=_pad(3),
-        use_bias=False,
-        kernel_init=conv_init,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name='stem_conv',
-      )(x)
-    else:
-      x = nn.Conv(
-        self.width,
-        (7, 7),
-        (2, 2),
-        padding=_pad(7),
-        use_bias=False,
-        kernel_init=conv_init,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name='stem_conv',
-      )(x)  # [B, H/2, W/2, C]
-    x = nn.BatchNorm(
-      use_running_average=not train,
-      momentum=0.9,
-      epsilon=1e-5,
+    k, stride = (3, 1) if self.cifar_stem else (7, 2)
+    x = conv_bn(
+      x,
+      self.width,
+      (k, k),
+      stride,
+      train=train,
+      padding=torch_padding((k, k)),
+      kernel_init=conv_init,
+      names=('stem_conv', 'stem_bn'),
       dtype=self.dtype,
       param_dtype=self.param_dtype,
-      name='stem_bn',
-    )(x)
+    )  # [B, H/2, W/2, C] (H, W with cifar_stem)
     x = nn.relu(x)
     if not self.cifar_stem:
-      x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3))  # [B, H/4, W/4, C]
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=torch_padding((3, 3)))  # [B, H/4, W/4, C]
     for i, n in enumerate(self.stage_sizes):
       x = Stage(
         block_cls,

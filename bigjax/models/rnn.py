@@ -307,6 +307,43 @@ class RNN(nn.Module):
     return x, tuple(finals)
 
 
+def embed_and_rnn(
+  model: nn.Module,
+  tokens: jax.Array,
+  drop: nn.Dropout,
+  *,
+  cell: str,
+  bidirectional: bool = False,
+  train: bool = False,
+) -> tuple[jax.Array, RNN]:
+  """The front of every recurrent model: tokens [B, T] -> dropped embeddings [B, T, E], and
+  the `rnn` stack to run on them (not yet applied: the LM feeds it its cached state).
+
+  Called inside `model`'s compact method, so `embed` and `rnn` become its submodules; the
+  sizes are `model`'s vocab_size, embed_dim, hidden_size, num_layers, dropout_rate, dtype
+  and param_dtype. `drop` is the caller's dropout, which it may reuse further on.
+  """
+  x = nn.Embed(
+    model.vocab_size,
+    model.embed_dim,
+    dtype=model.dtype,
+    param_dtype=model.param_dtype,
+    name='embed',
+  )(tokens)  # [B, T, E]
+  x = drop(x, deterministic=not train)
+  rnn = RNN(
+    cell,
+    model.hidden_size,
+    model.num_layers,
+    bidirectional,
+    model.dropout_rate,
+    model.dtype,
+    model.param_dtype,
+    name='rnn',
+  )
+  return x, rnn
+
+
 class RNNLanguageModel(nn.Module):
   """Byte-level recurrent language model: `embed`, stacked `rnn`, `head` to V logits.
 
@@ -333,19 +370,7 @@ class RNNLanguageModel(nn.Module):
     """tokens [B, T] int (mask [B, T], default all valid) -> logits [B, T, V]."""
     chex.assert_rank(tokens, 2)
     drop = nn.Dropout(self.dropout_rate)
-    x = nn.Embed(
-      self.vocab_size, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype, name='embed'
-    )(tokens)  # [B, T, E]
-    x = drop(x, deterministic=not train)
-    rnn = RNN(
-      self.cell,
-      self.hidden_size,
-      self.num_layers,
-      dropout_rate=self.dropout_rate,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      name='rnn',
-    )
+    x, rnn = embed_and_rnn(self, tokens, drop, cell=self.cell, train=train)  # [B, T, E]
     carry = None
     if self.decode:
       cache = self.variable('cache', 'carry', rnn.zero_carries, tokens.shape[0])
@@ -390,20 +415,9 @@ class RNNClassifier(nn.Module):
     chex.assert_rank(tokens, 2)
     mask = tokens != self.pad_id if mask is None else mask.astype(bool)
     drop = nn.Dropout(self.dropout_rate)
-    x = nn.Embed(
-      self.vocab_size, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype, name='embed'
-    )(tokens)  # [B, T, E]
-    x = drop(x, deterministic=not train)
-    rnn = RNN(
-      self.cell,
-      self.hidden_size,
-      self.num_layers,
-      self.bidirectional,
-      self.dropout_rate,
-      self.dtype,
-      self.param_dtype,
-      name='rnn',
-    )
+    x, rnn = embed_and_rnn(
+      self, tokens, drop, cell=self.cell, bidirectional=self.bidirectional, train=train
+    )  # [B, T, E]
     y, finals = rnn(x, mask=mask, train=train)  # [B, T, N*H]
     if self.pooling == 'last':
       top = finals[-rnn.num_directions :]

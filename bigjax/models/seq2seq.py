@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigjax.models.rnn import RNN, RecurrentCell, zero_carry
+from bigjax.models.rnn import RecurrentCell, embed_and_rnn, zero_carry
 from bigjax.typing import Dtype, PyTree
 from bigjax.vocab import PAD_ID
 
@@ -54,20 +54,10 @@ class Seq2SeqEncoder(nn.Module):
     dense = lambda n, **kw: nn.Dense(  # noqa: E731
       n, dtype=self.dtype, param_dtype=self.param_dtype, **kw
     )
-    x = nn.Embed(
-      self.vocab_size, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype, name='embed'
-    )(src)  # [B, S, E]
-    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    rnn = RNN(
-      'lstm',
-      self.hidden_size,
-      self.num_layers,
-      bidirectional=True,
-      dropout_rate=self.dropout_rate,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      name='rnn',
-    )
+    drop = nn.Dropout(self.dropout_rate)
+    x, rnn = embed_and_rnn(
+      self, src, drop, cell='lstm', bidirectional=True, train=train
+    )  # [B, S, E]
     hidden, finals = rnn(x, mask=valid, train=train)  # [B, S, 2H]
     top = jnp.concatenate([finals[-2][1], finals[-1][1]], axis=-1).astype(self.dtype)  # [B, 2H]
     init_h = jnp.tanh(dense(self.hidden_size, name='bridge')(top))  # [B, H]

@@ -100,8 +100,8 @@ def block_config(module: nn.Module) -> BlockConfig:
   )
 
 
-class TransformerEncoder(nn.Module):
-  """The encoder stack on embedded inputs: [B, S, D] and [B, S] validity -> [B, S, D]."""
+class _Stack(nn.Module):
+  """The options shared by the encoder and the decoder stack."""
 
   num_layers: int
   num_heads: int
@@ -117,25 +117,32 @@ class TransformerEncoder(nn.Module):
   scan_layers: bool = False
   remat: bool = False
 
-  @nn.compact
-  def __call__(self, x: jax.Array, valid: jax.Array, *, train: bool = False) -> jax.Array:
+  @nn.nowrap
+  def _run(self, x: jax.Array, block: type[nn.Module], **kwargs) -> jax.Array:
+    """`num_layers` blocks on x (called from `__call__`), then the final norm if any."""
     config = block_config(self)
     x = stack_blocks(
-      x,
-      EncoderBlock,
-      config,
-      self.num_layers,
-      scan=self.scan_layers,
-      remat=self.remat,
-      key_valid=valid,  # padded keys are hidden
-      train=train,
+      x, block, config, self.num_layers, scan=self.scan_layers, remat=self.remat, **kwargs
     )
     if self.final_norm:
       x = config.make_norm('norm')(x)
     return x
 
 
-class TransformerDecoder(nn.Module):
+STACK_OPTIONS = tuple(
+  f for f in _Stack.__dataclass_fields__ if f not in ('num_layers', 'parent', 'name')
+)
+
+
+class TransformerEncoder(_Stack):
+  """The encoder stack on embedded inputs: [B, S, D] and [B, S] validity -> [B, S, D]."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, valid: jax.Array, *, train: bool = False) -> jax.Array:
+    return self._run(x, EncoderBlock, key_valid=valid, train=train)  # padded keys are hidden
+
+
+class TransformerDecoder(_Stack):
   """The decoder stack on embedded targets.
 
   [B, T, D] targets, [B, S, D] encoder output, [B, S] source validity and optional [B, T]
@@ -143,20 +150,7 @@ class TransformerDecoder(nn.Module):
   with `decode=True` its keys, values and key validity are appended to the `cache`.
   """
 
-  num_layers: int
-  num_heads: int
-  mlp_dim: int
-  dropout_rate: float = 0.0
-  pre_norm: bool = False
-  final_norm: bool = False
-  layer_norm_eps: float = 1e-6
-  activation: str = 'relu'
   decode: bool = False
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  attention_impl: str | None = None
-  scan_layers: bool = False
-  remat: bool = False
 
   @nn.compact
   def __call__(
@@ -168,23 +162,15 @@ class TransformerDecoder(nn.Module):
     *,
     train: bool = False,
   ) -> jax.Array:
-    config = block_config(self)
-    y = stack_blocks(
+    return self._run(
       y,
       DecoderBlock,
-      config,
-      self.num_layers,
-      scan=self.scan_layers,
-      remat=self.remat,
       decode=self.decode,
       encoded=encoded,
       key_valid=tgt_valid,
       encoded_valid=src_valid,
       train=train,
     )
-    if self.final_norm:
-      y = config.make_norm('norm')(y)
-    return y
 
 
 class TargetPositions(nn.Module):
@@ -257,21 +243,10 @@ class Transformer(nn.Module):
     else:
       self.src_embed = embed('src_embed')
       self.tgt_embed = embed('tgt_embed')
-    final_norm = self.pre_norm if self.final_norm is None else self.final_norm
-    stack = dict(
-      num_heads=self.num_heads,
-      mlp_dim=self.mlp_dim,
-      dropout_rate=self.dropout_rate,
-      pre_norm=self.pre_norm,
-      final_norm=final_norm,
-      layer_norm_eps=self.layer_norm_eps,
-      activation=self.activation,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      attention_impl=self.attention_impl,
-      scan_layers=self.scan_layers,
-      remat=self.remat,
-    )
+    # Every stack option but its depth is the model option of the same name.
+    stack = {k: getattr(self, k) for k in STACK_OPTIONS}
+    if self.final_norm is None:
+      stack['final_norm'] = self.pre_norm
     self.encoder = TransformerEncoder(self.num_encoder_layers, **stack, name='encoder')
     self.decoder = TransformerDecoder(
       self.num_decoder_layers, decode=self.decode, **stack, name='decoder'

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigjax.layers import initializers
+from bigjax.layers.conv import conv_bn
+from bigjax.layers.heads import classifier_head
 from bigjax.typing import Dtype
 
 # Layer configurations of Table 1: ints are 3x3 conv widths, 'M' a 2x2 max-pool.
@@ -107,46 +109,35 @@ class VGG(nn.Module):
       if v == 'M':
         x = nn.max_pool(x, (2, 2), (2, 2))  # [B, H/2, W/2, C]
         continue
-      x = nn.Conv(
+      x = conv_bn(
+        x,
         v,
         (3, 3),
+        train=train,
         padding=((1, 1), (1, 1)),
         kernel_init=initializers.he_normal('fan_out'),
+        names=(f'conv_{i}', f'bn_{i}'),
+        use_bias=True,
+        norm=self.batch_norm,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
-        name=f'conv_{i}',
-      )(x)
-      if self.batch_norm:
-        x = nn.BatchNorm(
-          use_running_average=not train,
-          momentum=0.9,
-          epsilon=1e-5,
-          dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          name=f'bn_{i}',
-        )(x)
+      )
       x = nn.relu(x)
       i += 1
     x = adaptive_avg_pool(x, self.pool_size)  # [B, P, P, C]
     x = x.reshape(x.shape[0], -1)  # [B, P*P*C]
-    for k in range(2):
-      x = nn.Dense(
-        self.hidden,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=initializers.normal(0.01),
-        name=f'fc_{k}',
-      )(x)
-      x = nn.relu(x)
-      x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    self.sow('intermediates', 'features', x)
-    return nn.Dense(
+    return classifier_head(
+      self,
+      x,
+      (self.hidden, self.hidden),
       self.num_classes,
+      act=nn.relu,
+      dropout_rate=self.dropout_rate,
+      train=train,
+      kernel_init=initializers.normal(0.01),
       dtype=self.dtype,
       param_dtype=self.param_dtype,
-      kernel_init=initializers.normal(0.01),
-      name='head',
-    )(x)
+    )
 
 
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -91,38 +91,20 @@ def make_optimizer(
   mask = lambda params: decay_mask(params, pattern)  # noqa: E731
   if name not in OPTIMIZERS:
     raise ValueError(f'unknown optimizer {name!r}; choose one of {", ".join(OPTIMIZERS)}')
-  if name in ('sgd', 'momentum', 'nesterov'):
-    momentum = None if name == 'sgd' else optim.get('momentum', 0.9)
-    # Coupled L2 decay as in the ResNet recipe: added to the gradient before momentum.
-    core = optax.chain(
-      optax.add_decayed_weights(wd, mask=mask) if wd else optax.identity(),
-      optax.sgd(schedule, momentum=momentum, nesterov=name == 'nesterov'),
-    )
-  elif name == 'adam':
-    core = optax.chain(
-      optax.add_decayed_weights(wd, mask=mask) if wd else optax.identity(),
-      optax.adam(
-        schedule, b1=optim.get('b1', 0.9), b2=optim.get('b2', 0.999), eps=optim.get('eps', 1e-8)
-      ),
-    )
-  elif name == 'adamw':
-    core = optax.adamw(
-      schedule,
-      b1=optim.get('b1', 0.9),
-      b2=optim.get('b2', 0.999),
-      eps=optim.get('eps', 1e-8),
-      weight_decay=wd,
-      mask=mask,
-    )
+  # Adam's moments; LAMB (You et al., 2020) defaults to eps 1e-6.
+  betas = dict(b1=optim.get('b1', 0.9), b2=optim.get('b2', 0.999))
+  eps = optim.get('eps', 1e-6 if name == 'lamb' else 1e-8)
+  if name in ('adamw', 'lamb'):  # decoupled decay, inside the optimiser
+    make = optax.adamw if name == 'adamw' else optax.lamb
+    core = make(schedule, **betas, eps=eps, weight_decay=wd, mask=mask)
   else:
-    core = optax.lamb(
-      schedule,
-      b1=optim.get('b1', 0.9),
-      b2=optim.get('b2', 0.999),
-      eps=optim.get('eps', 1e-6),
-      weight_decay=wd,
-      mask=mask,
-    )
+    # Coupled L2 decay (the ResNet recipe, and Adam's original): added to the gradient.
+    if name == 'adam':
+      inner = optax.adam(schedule, **betas, eps=eps)
+    else:
+      momentum = None if name == 'sgd' else optim.get('momentum', 0.9)
+      inner = optax.sgd(schedule, momentum=momentum, nesterov=name == 'nesterov')
+    core = optax.chain(optax.add_decayed_weights(wd, mask=mask) if wd else optax.identity(), inner)
   clip = optim.get('clip_norm', 0.0)
   return optax.chain(optax.clip_by_global_norm(clip), core) if clip else core
 
