@@ -28,5 +28,5 @@ def get_config(arg=None):
     common.shrink_for_test(c)
     c.model.name = 'resnet_test'  # 2 stages of one basic block, 8 -> 16 channels
     c.data.mixup_alpha = 0.2  # exercise the mixup path end to end
-    c.train.compute_dtype = 'float32'  # bf16 is covered by tests/test_vision_cnn.py
+    c.train.compute_dtype = 'float32'  # bf16 is covered by tests/models/test_vision_cnn.py
   return c

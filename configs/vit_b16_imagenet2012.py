@@ -48,5 +48,5 @@ def get_config(arg=None):
     c.data.image_size = 32
     c.optim.lr = 3e-3 * c.train.batch_size / 4096
     c.optim.grad_accum_steps = 2  # exercise accumulation end to end: 2 micro-batches of 8
-    c.train.compute_dtype = 'float32'  # bf16 is covered by tests/test_vit.py
+    c.train.compute_dtype = 'float32'  # bf16 is covered by tests/models/test_vit.py
   return c

@@ -38,5 +38,6 @@ def get_config(arg=None):
   if common.is_test(arg):
     common.shrink_for_test(c)
     c.model.name = 'vit_test'  # 2 layers of width 32, 4x4 patches
-    c.train.compute_dtype = 'float32'  # bf16 is covered by tests/test_vit.py; f32 compiles faster
+    # bf16 is covered by tests/models/test_vit.py; f32 compiles faster
+    c.train.compute_dtype = 'float32'
   return c

@@ -1,7 +1,7 @@
 """MLP and LeNet beyond the model contract: LeNet's small-image path, sown features.
 
 Shapes at the default sizes, dtypes, bf16 compute, one trace under jit, dropout, the
-LeNet-5 parameter count and the registry's errors are in tests/test_model_contract.py.
+LeNet-5 parameter count and the registry's errors are in tests/models/test_model_contract.py.
 """
 
 import chex

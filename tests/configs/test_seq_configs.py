@@ -8,7 +8,7 @@ import pytest
 
 from bigjax.train.cli import main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # config -> (model, the metric its eval must report)
 CONFIGS = {

@@ -92,8 +92,8 @@ class Row:
 # torchvision's published counts (1000 classes, 224x224; Inception v3 299x299 with its
 # auxiliary classifier); ViT-B, L and H at 224x224 with 1000 classes as timm and Hugging Face
 # list them, ViT-S/16 and ViT-Ti/16 as in DeiT. The Transformer's "65M" and "213M"
-# (Vaswani et al., Table 3) depend on a vocabulary we do not register: tests/test_transformer.py
-# checks them.
+# (Vaswani et al., Table 3) depend on a vocabulary we do not register:
+# tests/models/test_transformer.py checks them.
 VGG_COUNTS = {
   'vgg11': 132_863_336,
   'vgg13': 133_047_848,

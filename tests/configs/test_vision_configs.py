@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 from bigjax.data.datasets import dataset_spec
 from bigjax.train import cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MOCKED = ['resnet18_cifar10', 'vgg16_cifar10', 'resnet50_imagenet2012', 'inception_v3_imagenet2012']
 
 

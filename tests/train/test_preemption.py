@@ -2,7 +2,7 @@
 after the same step, with one committed checkpoint, and resuming equals not stopping.
 
 Two CPU processes (2 devices each) join one mesh through jax.distributed (gloo), as
-`tests/test_train_e2e.py::test_two_processes_train_one_global_batch` does.
+`tests/train/test_train_e2e.py::test_two_processes_train_one_global_batch` does.
 """
 
 import os
@@ -18,7 +18,7 @@ import pytest
 
 from bigjax.train.cli import load_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(ROOT, 'train.py')
 CONFIG = os.path.join(ROOT, 'configs', 'mlp_digits.py')
 TIMEOUT = 240  # a deadlocked pair never finishes: fail instead of hanging

@@ -18,7 +18,7 @@ from bigjax.data.tokenizers import pad_operands
 from bigjax.data.transforms.text import ReverseTarget
 from bigjax.train import cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _train(name, workdir, data_dir, *extra):

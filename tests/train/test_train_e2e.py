@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 
 from bigjax.train.cli import main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(ROOT, 'train.py')
 DEFAULT = os.path.join(ROOT, 'configs', 'mlp_digits.py')
 
