@@ -1,4 +1,5 @@
-"""The encoder-decoder stacks against torch.nn.Transformer with the same weights (fp32)."""
+"""The encoder-decoder stacks against torch.nn.Transformer with the same weights (fp32), the
+weights copied by `bigjax.convert.torch_transformer`."""
 
 import numpy as np
 import pytest
@@ -7,66 +8,12 @@ torch = pytest.importorskip('torch', reason='parity tests need torch (the parity
 
 import jax.numpy as jnp  # noqa: E402
 
+from bigjax.convert.torch_transformer import transformer_from_torch  # noqa: E402
 from bigjax.models.transformer import Transformer  # noqa: E402
 
 pytestmark = pytest.mark.parity
 
 B, S, T, D, H, F, N = 3, 7, 6, 32, 4, 64, 2
-
-
-def _attention(sd, prefix):
-  """torch MultiheadAttention (packed in_proj [3D, D], out_proj [D, D]) -> bigjax params."""
-  w = sd[f'{prefix}.in_proj_weight']  # [3D, D], rows q | k | v
-  b = sd[f'{prefix}.in_proj_bias']
-  k = D // H
-  params = {}
-  for i, name in enumerate(('query', 'key', 'value')):
-    params[name] = {
-      'kernel': w[i * D : (i + 1) * D].T.reshape(D, H, k),  # [D, H, K]
-      'bias': b[i * D : (i + 1) * D].reshape(H, k),
-    }
-  params['out'] = {
-    'kernel': sd[f'{prefix}.out_proj.weight'].T.reshape(H, k, D),  # [H, K, D]
-    'bias': sd[f'{prefix}.out_proj.bias'],
-  }
-  return params
-
-
-def _dense(sd, prefix):
-  return {'kernel': sd[f'{prefix}.weight'].T, 'bias': sd[f'{prefix}.bias']}
-
-
-def _norm(sd, prefix):
-  return {'scale': sd[f'{prefix}.weight'], 'bias': sd[f'{prefix}.bias']}
-
-
-def params_from_torch(sd: dict) -> dict:
-  """A torch.nn.Transformer state dict (numpy) -> the bigjax `encoder` and `decoder` params.
-
-  torch names its post-LN norms by position: encoder norm1 (attention), norm2 (MLP);
-  decoder norm1 (self-attention), norm2 (cross-attention), norm3 (MLP).
-  """
-  encoder, decoder = {}, {}
-  for i in range(N):
-    p = f'encoder.layers.{i}'
-    encoder[f'block_{i}'] = {
-      'attn': _attention(sd, f'{p}.self_attn'),
-      'attn_norm': _norm(sd, f'{p}.norm1'),
-      'mlp': {'fc1': _dense(sd, f'{p}.linear1'), 'fc2': _dense(sd, f'{p}.linear2')},
-      'mlp_norm': _norm(sd, f'{p}.norm2'),
-    }
-    p = f'decoder.layers.{i}'
-    decoder[f'block_{i}'] = {
-      'self_attn': _attention(sd, f'{p}.self_attn'),
-      'self_norm': _norm(sd, f'{p}.norm1'),
-      'cross_attn': _attention(sd, f'{p}.multihead_attn'),
-      'cross_norm': _norm(sd, f'{p}.norm2'),
-      'mlp': {'fc1': _dense(sd, f'{p}.linear1'), 'fc2': _dense(sd, f'{p}.linear2')},
-      'mlp_norm': _norm(sd, f'{p}.norm3'),
-    }
-  encoder['norm'] = _norm(sd, 'encoder.norm')
-  decoder['norm'] = _norm(sd, 'decoder.norm')
-  return {'encoder': encoder, 'decoder': decoder}
 
 
 @pytest.mark.filterwarnings('ignore:The PyTorch API of nested tensors')
@@ -122,7 +69,7 @@ def test_matches_torch_transformer(activation):
     layer_norm_eps=1e-5,
     activation=activation,
   )
-  params = params_from_torch(sd)
+  params = transformer_from_torch(sd, H)['params']  # the converter under test
 
   def stacks(module, src, src_valid, tgt, tgt_valid):
     encoded = module.encoder(src, src_valid)
