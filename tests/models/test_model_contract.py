@@ -287,7 +287,7 @@ def tiny_outputs(name: str):
   def run(variables, inputs, rng):
     rngs = {'dropout': rng}
     evaluated = logits_of(model.apply(variables, *inputs, train=False, rngs=rngs))
-    trained = model.apply(variables, *inputs, train=True, rngs=rngs, mutable=mutable)
+    trained = model.apply(variables, *inputs, train=True, rngs=rngs, mutable=mutable or False)
     return evaluated, logits_of(trained[0] if mutable else trained)
 
   chex.clear_trace_counter()  # chex counts the traces of `run`'s code, across models
