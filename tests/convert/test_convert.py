@@ -234,8 +234,8 @@ def test_missing_extra_and_misshapen_tensors_are_named(vit_dir, tmp_path):
 # ----- torch.nn.Transformer -----
 
 
-def _torch_transformer(norm_first, layers=2, d=32, heads=2, ff=64):
-  """A random torch.nn.Transformer of transformer_test's sizes, and its state dict."""
+def _torch_transformer(norm_first, layers=2, d=32, heads=2, ff=64, activation='relu'):
+  """A random torch.nn.Transformer (transformer_test's sizes by default), its state dict."""
   torch.manual_seed(0)
   ref = torch.nn.Transformer(
     d_model=d,
@@ -244,6 +244,7 @@ def _torch_transformer(norm_first, layers=2, d=32, heads=2, ff=64):
     num_decoder_layers=layers,
     dim_feedforward=ff,
     dropout=0.0,
+    activation=activation,  # torch's 'gelu' is the exact erf form
     batch_first=True,
     norm_first=norm_first,
   ).eval()
@@ -312,3 +313,59 @@ def test_torch_transformer_mismatch_is_explained():
     transformer_from_torch(sd, num_heads=4, into=fresh)
   with pytest.raises(ValueError, match='no torch.nn.Transformer weights'):
     transformer_from_torch({'fc.weight': np.zeros((2, 2))}, num_heads=2)
+
+
+@pytest.mark.parity
+@needs_torch
+@pytest.mark.filterwarnings('ignore:The PyTorch API of nested tensors')
+@pytest.mark.filterwarnings('ignore:enable_nested_tensor')
+@pytest.mark.parametrize('activation', ['relu', 'gelu'])
+def test_torch_transformer_parity_with_padding_masks(activation):
+  """Converted weights give torch's outputs with padded sources and targets, for both
+  activations (bigjax's 'gelu' is exact, as torch's is)."""
+  from bigjax.convert.torch_transformer import transformer_from_torch
+  from bigjax.models.transformer import Transformer
+
+  b, s, t, d, h = 3, 7, 6, 32, 4
+  ref, sd = _torch_transformer(False, heads=h, activation=activation)
+  rng = np.random.default_rng(0)
+  src = rng.normal(size=(b, s, d)).astype(np.float32)
+  tgt = rng.normal(size=(b, t, d)).astype(np.float32)
+  src_valid = np.arange(s)[None] < np.array([[s], [4], [2]])  # [B, S]
+  tgt_valid = np.arange(t)[None] < np.array([[t], [t], [3]])  # [B, T]
+  with torch.no_grad():
+    want = ref(
+      torch.from_numpy(src),
+      torch.from_numpy(tgt),
+      tgt_mask=torch.triu(torch.ones(t, t, dtype=torch.bool), 1),
+      tgt_is_causal=True,
+      src_key_padding_mask=torch.from_numpy(~src_valid),
+      tgt_key_padding_mask=torch.from_numpy(~tgt_valid),
+      memory_key_padding_mask=torch.from_numpy(~src_valid),
+    ).numpy()
+    memory = ref.encoder(
+      torch.from_numpy(src), src_key_padding_mask=torch.from_numpy(~src_valid)
+    ).numpy()
+
+  model = Transformer(
+    vocab_size=16,
+    hidden_size=d,
+    num_heads=h,
+    mlp_dim=64,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+    dropout_rate=0.0,
+    final_norm=True,
+    layer_norm_eps=1e-5,
+    activation=activation,
+  )
+
+  def stacks(module, src, src_valid, tgt, tgt_valid):
+    encoded = module.encoder(src, src_valid)
+    return encoded, module.decoder(tgt, encoded, src_valid, tgt_valid)
+
+  arrays = [jnp.asarray(x) for x in (src, src_valid, tgt, tgt_valid)]
+  encoded, got = model.apply(transformer_from_torch(sd, h), *arrays, method=stacks)
+  # torch zeroes padded encoder positions (nested tensors); only valid ones are compared.
+  np.testing.assert_allclose(np.asarray(encoded)[src_valid], memory[src_valid], atol=1e-4)
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=0)
