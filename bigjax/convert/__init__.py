@@ -3,8 +3,9 @@
 `from_pretrained(local_dir)` reads the folder, picks the converter module for
 `config.json`'s `model_type` and returns `(model, variables)`, a complete variable tree
 for a model that takes NHWC images (converted from the NCHW layout of PyTorch); each
-converter module (`hf_<arch>.py`) exposes `convert(config: dict, tensors: dict[str,
-np.ndarray])` and maps names and layouts with `bigjax.convert.mapping.WeightMap`.
+converter module (`hf_<arch>.py`) exposes `table(model) -> mapping.Table` (its one name
+and layout mapping, read in both directions), `convert(config: dict, tensors: dict[str,
+np.ndarray])` (import) and `export(model, variables) -> (config, tensors)`.
 
 Converters from `torch.nn` modules (state dicts of numpy arrays, both directions):
 `torch_rnn` (`RNN`/`LSTM`/`GRU`, and the recurrent state's layout) and `torch_transformer`
