@@ -108,12 +108,12 @@ def export(model: ResNet, variables: PyTree) -> tuple[dict, dict[str, np.ndarray
     raise ValueError(f'{name} block {model.block!r} is not one of {sorted(_EXPANSION)}')
   if model.num_classes < 1:
     raise ValueError(f'{name} with num_classes={model.num_classes} cannot be exported')
-  channels = variables['params']['stem_conv']['kernel'].shape[2]  # [kh, kw, C, width]
+  channels = int(variables['params']['stem_conv']['kernel'].shape[2])  # [kh, kw, C, width]
   expansion = _EXPANSION[model.block]
   config = {
     'model_type': 'resnet',
     'architectures': ['ResNetForImageClassification'],
-    'num_channels': int(channels),
+    'num_channels': channels,
     'embedding_size': model.width,
     'hidden_sizes': [model.width * 2**i * expansion for i in range(len(model.stage_sizes))],
     'depths': list(model.stage_sizes),
@@ -124,4 +124,6 @@ def export(model: ResNet, variables: PyTree) -> tuple[dict, dict[str, np.ndarray
     'id2label': {str(i): f'LABEL_{i}' for i in range(model.num_classes)},
     'label2id': {f'LABEL_{i}': i for i in range(model.num_classes)},
   }
-  return config, table(model).export_tensors(variables)
+  image = jax.ShapeDtypeStruct((1, 32, 32, config['num_channels']), jnp.float32)
+  abstract = mapping.abstract_variables(model, image)
+  return config, table(model).export_tensors(variables, abstract)

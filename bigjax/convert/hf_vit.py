@@ -138,7 +138,7 @@ def export(model: ViT, variables: PyTree) -> tuple[dict, dict[str, np.ndarray]]:
   if SCAN_NAME in params:  # scanned blocks are stored stacked; HF has one entry per layer
     variables = {**variables, 'params': unstack_layers(params)}
     params = variables['params']
-  p, _, channels, hidden = params['patch_embed']['kernel'].shape  # [P, P, C, D]
+  p, _, channels, _ = map(int, params['patch_embed']['kernel'].shape)  # [P, P, C, D]
   num_patches = params['pos_embed']['embedding'].shape[0] - 1  # [T, D], T = N + 1
   side = math.isqrt(num_patches)
   if side * side != num_patches:
@@ -149,7 +149,7 @@ def export(model: ViT, variables: PyTree) -> tuple[dict, dict[str, np.ndarray]]:
   config = {
     'model_type': 'vit',
     'architectures': ['ViTForImageClassification' if model.num_classes else 'ViTModel'],
-    'hidden_size': int(hidden),
+    'hidden_size': model.hidden_size,
     'num_hidden_layers': model.num_layers,
     'num_attention_heads': model.num_heads,
     'intermediate_size': model.mlp_dim,
@@ -157,12 +157,17 @@ def export(model: ViT, variables: PyTree) -> tuple[dict, dict[str, np.ndarray]]:
     'hidden_dropout_prob': model.dropout_rate,
     'attention_probs_dropout_prob': 0.0,  # bigjax ViT has no dropout on attention maps
     'layer_norm_eps': model.layer_norm_eps,
-    'image_size': side * int(p),
-    'patch_size': int(p),
-    'num_channels': int(channels),
+    'image_size': side * p,
+    'patch_size': p,
+    'num_channels': channels,
     'qkv_bias': True,
   }
   if model.num_classes:
     config['id2label'] = {str(i): f'LABEL_{i}' for i in range(model.num_classes)}
     config['label2id'] = {f'LABEL_{i}': i for i in range(model.num_classes)}
-  return config, table(model).export_tensors(variables)
+  plain = model.clone(scan_layers=False)  # the layout of the (unstacked) variables
+  image = jax.ShapeDtypeStruct(
+    (1, config['image_size'], config['image_size'], channels), jnp.float32
+  )
+  abstract = mapping.abstract_variables(plain, image)
+  return config, table(model).export_tensors(variables, abstract)

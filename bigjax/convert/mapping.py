@@ -163,12 +163,27 @@ class Table:
     flat = {k: jnp.asarray(v, jnp.float32) for k, v in filled.items()}
     return flax.traverse_util.unflatten_dict(flat, sep='/')
 
-  def export_tensors(self, variables: PyTree) -> dict[str, np.ndarray]:
+  def export_tensors(
+    self, variables: PyTree, abstract: PyTree | None = None
+  ) -> dict[str, np.ndarray]:
     """The source tensors (name -> contiguous float32 numpy array) of `variables`.
 
     Every variable (every collection but 'intermediates') must have exactly one rule.
+    Given `abstract` (the model's `abstract_variables`), `variables` must have exactly its
+    leaves and shapes, so variables of another model are a ValueError naming the variable.
     """
     leaves = _flatten({k: v for k, v in variables.items() if k != 'intermediates'})
+    if abstract is not None:
+      shapes = {k: tuple(v.shape) for k, v in _flatten(abstract).items()}
+      for path in sorted(set(shapes) | set(leaves)):
+        got = tuple(np.shape(leaves[path])) if path in leaves else None
+        if got != shapes.get(path):
+          want = f'shape {shapes[path]}' if path in shapes else 'no such variable'
+          have = f'shape {got}' if got is not None else 'none'
+          raise ValueError(
+            f'the variables do not fit the model at {path} (the model has {want}, the '
+            f'variables {have}): pass the complete variables of this model'
+          )
     self._check_rules(leaves)
     tensors: dict[str, np.ndarray] = {}
     for path, name, layout in self.rules:
