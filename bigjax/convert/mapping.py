@@ -179,7 +179,7 @@ class Table:
         got = tuple(np.shape(leaves[path])) if path in leaves else None
         if got != shapes.get(path):
           want = f'shape {shapes[path]}' if path in shapes else 'no such variable'
-          have = f'shape {got}' if got is not None else 'none'
+          have = f'have shape {got}' if got is not None else 'lack it'
           raise ValueError(
             f'the variables do not fit the model at {path} (the model has {want}, the '
             f'variables {have}): pass the complete variables of this model'
