@@ -1,4 +1,4 @@
-"""Hugging Face `ResNetForImageClassification` -> `bigjax.models.resnet.ResNet`.
+"""Hugging Face `ResNetForImageClassification` <-> `bigjax.models.resnet.ResNet`.
 
 HF ResNet (`microsoft/resnet-*`) is v1.5 (stride on the 3x3 of a bottleneck) with a 7x7
 stride-2 stem, a 3x3 stride-2 max-pool padded by 1, BN eps 1e-5: the layout of bigjax's

@@ -1,4 +1,4 @@
-"""Hugging Face `ViTForImageClassification` / `ViTModel` -> `bigjax.models.vit.ViT`.
+"""Hugging Face `ViTForImageClassification` / `ViTModel` <-> `bigjax.models.vit.ViT`.
 
 Source names are those `save_pretrained` writes (transformers 4.x and 5.x alike):
   vit.embeddings.{cls_token, position_embeddings, patch_embeddings.projection.*}
