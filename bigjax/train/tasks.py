@@ -416,6 +416,8 @@ def regression(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
 
   def finalize(totals, collected):
     del totals
+    if 'prediction' not in collected:  # nothing gathered (not an eval)
+      return {}
     x, y = collected['prediction'], collected['label']
     return {'pearson': pearson(x, y), 'spearman': spearman(x, y)}
 

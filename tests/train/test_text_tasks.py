@@ -388,3 +388,29 @@ def test_train_and_eval_step_with_a_tiny_encoder(name, head, classes, expected):
     x = np.r_[out, out[:6]]
     y = np.r_[batch['label'], batch['label'][:6]]
     np.testing.assert_allclose(result['pearson'], stats.pearsonr(x, y)[0], rtol=1e-5)
+
+
+def test_mlm_with_nsp_accumulates_exactly_when_micro_batches_select_as_many_tokens():
+  config = common.base_config()
+  config.optim.name = 'sgd'
+  config.optim.lr = 1.0
+  config.schedule.name = 'constant'
+  schedule, tx = optim.from_config(config)
+  model = _TinyEncoder('pretraining')
+  task = get_task('mlm', config)
+  rng = np.random.default_rng(7)
+  batch = _text_batch('mlm', rng)
+  # example i selects 1 + i // 2 tokens: both micro-batches (every 2nd example) select 10
+  ids = batch['input_ids']
+  batch['mlm_labels'] = np.where(np.arange(7)[None] <= np.arange(8)[:, None] // 2, ids, -1)
+  batch['mlm_labels'] = batch['mlm_labels'].astype(np.int32)
+  state = init_state(model, tx, jax.random.key(0), tuple(x[:1] for x in task.inputs(batch)))
+  results = []
+  for accum in (1, 2):
+    config.optim.grad_accum_steps = accum
+    step = jax.jit(make_train_step(model, task, config, schedule, tx))
+    new, metrics = step(state, batch, jax.random.key(1))
+    results.append((new.params, float(metrics['objective'][0])))
+  (p1, o1), (p2, o2) = results
+  np.testing.assert_allclose(o1, o2, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), p1, p2)
