@@ -174,7 +174,7 @@ class Run:
     total = None
     for batch in self.data.eval_batches(cfg.eval_batch_size, cfg.get('eval_steps', -1)):
       total = add_metrics(total, self.eval_step(state, sharding.global_batch(batch, self.mesh)))
-    return summarize(total) if total is not None else {}
+    return summarize(total, self.task) if total is not None else {}
 
 
 def build_run(
