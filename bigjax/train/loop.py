@@ -133,6 +133,7 @@ class Run:
   mesh; `frozen` (a teacher's variables, or {}) is placed once, passed to every step and
   never donated or updated. `on_init(state, run) -> state` runs on a freshly initialised
   state only, never on resume: loading pre-trained weights (`init_from`) plugs in there.
+  `notes` are logged once at the start (the init_from report, or why it was ignored).
   """
 
   config: ml_collections.ConfigDict
@@ -188,7 +189,8 @@ def build_run(
   on_init: Callable[[TrainState, Run], TrainState] | None = None,
 ) -> Run:
   """Builds the mesh, model, task, data, optimiser, checkpointer and jitted steps; checks
-  the config and the workdir before anything is written (except config.json)."""
+  the config, the workdir and `init_from` (bigjax.train.init_from) before anything is
+  written (config.json, init_from.json)."""
   workdir = os.path.abspath(workdir)
   cfg = config.train
   mesh = sharding.make_mesh(config.mesh)

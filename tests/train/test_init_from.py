@@ -135,6 +135,7 @@ def test_freeze_loaded_then_resume_ignores_init_from(
     '--config.init_from_skip=^head/',
     '--config.freeze_loaded=true',
     '--config.optim.weight_decay=0.5',  # must not move the frozen kernels either
+    '--config.optim.layer_decay=0.8',  # scales outside the frozen split
   ]
   assert main(['--workdir', workdir, *_flags(config_file, data_dir, steps=3, extra=flags)]) == 0
   out = capsys.readouterr().out
@@ -215,6 +216,38 @@ def test_bad_init_from_is_one_line_and_touches_nothing(
   assert len(err.splitlines()) == 1, err
   assert match in err, err
   assert _snapshot(str(workdir)) == before
+
+
+def test_model_state_loads_with_the_parameters():
+  """ResNet's BatchNorm statistics ('batch_stats/...') are matched and loaded too."""
+  from bigjax.train.state import init_state
+
+  model = create_model('resnet_test')
+  x = (jnp.zeros((1, 8, 8, 3)),)
+  theirs = model.init(jax.random.key(1), *x)
+  theirs = {
+    **_flat(theirs['params']),
+    **{f'batch_stats/{k}': v + 1.0 for k, v in _flat(theirs['batch_stats']).items()},
+  }
+  source = init_from.Source(
+    '/ckpt',
+    'bigjax workdir',
+    'resnet_test',
+    'ResNet',
+    1,
+    {k: v.shape for k, v in theirs.items()},
+    lambda wanted: {k: theirs[k].astype(d) for k, d in wanted.items()},
+  )
+  state = init_state(model, optax.sgd(0.1), jax.random.key(0), x)
+  plan = init_from.FineTune(source=source, freeze=True)
+  plan.match(state.params, state.model_state)
+  assert 'batch_stats/stem_bn/mean' in plan.loaded and plan.new == plan.dropped == []
+  assert plan.frozen and not any(n.startswith('batch_stats/') for n in plan.frozen)
+  loaded = plan.load(state, None)
+  ours = {**_flat(loaded.params), **_flat(loaded.model_state)}  # 'batch_stats/...'
+  assert set(ours) == set(theirs)
+  for name, value in ours.items():
+    np.testing.assert_array_equal(value, theirs[name], err_msg=name)
 
 
 def test_nothing_shared_names_both_sides():
