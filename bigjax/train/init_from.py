@@ -167,7 +167,7 @@ def open_source(path: str) -> Source:
 
 
 def _groups(names: list[str]) -> str:
-  """'block_0 (12), cls, head/bias, head/kernel': names grouped by their top-level prefix,
+  """'block_0 (16), cls, head/bias, head/kernel': names grouped by their top-level prefix,
   listed in full for groups of at most two."""
   if not names:
     return '-'
@@ -203,6 +203,7 @@ class FineTune:
     source = self.source
     if source is None:
       return
+    self.loaded, self.new, self.skipped, self._dtypes = [], [], [], {}
     target = {k: (tuple(v.shape), v.dtype) for k, v in _flat(params).items()}
     param_names = set(target)
     target.update({k: (tuple(v.shape), v.dtype) for k, v in _flat(model_state).items()})

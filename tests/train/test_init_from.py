@@ -124,6 +124,7 @@ def test_loads_matching_params_and_skips_a_new_head(source, config_file, tmp_pat
   assert "skipped (init_from_skip='^head/'): head/bias, head/kernel" in notes
 
 
+@pytest.mark.slow
 def test_freeze_loaded_then_resume_ignores_init_from(
   source, config_file, tmp_path, data_dir, capsys
 ):
