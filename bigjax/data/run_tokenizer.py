@@ -19,8 +19,10 @@ Data config fields:
 import os
 from typing import Callable
 
+import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from bigjax.data.tokenizers import Tokenizer, load_tokenizer
 
@@ -69,14 +71,19 @@ def _missing_explicit(path: str) -> str:
 def ensure(data: ml_collections.ConfigDict, dataset: str, learn: Callable[[], Tokenizer]) -> str:
   """Learns (`learn()`) and saves the workdir tokenizer on first use; returns its path.
 
-  An explicit data.tokenizer is never written: it must exist.
+  An explicit data.tokenizer is never written: it must exist. With several processes,
+  process 0 learns while the others wait (as `prepare_builder` does); a process that does
+  not share that workdir then learns its own copy.
   """
   path = tokenizer_path(data, dataset)
-  if os.path.exists(path):
-    return path
-  if data.get('tokenizer', None):
+  if data.get('tokenizer', None) and not os.path.exists(path):
     raise FileNotFoundError(_missing_explicit(path))
-  learn().save(path)
+  if jax.process_count() > 1:
+    if jax.process_index() == 0 and not os.path.exists(path):
+      learn().save(path)
+    multihost_utils.sync_global_devices(f'tokenizer {path}')
+  if not os.path.exists(path):
+    learn().save(path)
   return path
 
 

@@ -162,6 +162,11 @@ def test_pystdlib_mlm_examples_and_tokenizer_in_workdir(mlm_data):
   assert evals['mask'].all() and set(evals) == set(batch) | {'mask'}
   again = next(Data(data.config).eval_batches(8))  # the eval mask is fixed
   np.testing.assert_array_equal(evals['input_ids'], again['input_ids'])
+  single = data.config.copy_and_resolve_references()
+  single.nsp = False  # masked LM alone: one sentence, no NSP label
+  batch = next(Data(single).eval_batches(8))
+  assert set(batch) == {'input_ids', 'segment_ids', 'mlm_labels', 'mask'}
+  assert not batch['segment_ids'].any() and ((batch['input_ids'] == SEP).sum(1) == 1).all()
 
 
 def test_masks_are_redrawn_every_epoch_and_identical_after_resume(mlm_data):

@@ -16,8 +16,8 @@ vocabulary of `data.vocab_size` from their training split on first use (at most
 
 Data config fields (text sets): data.max_len (T, tokens per example), data.vocab_size,
 data.tokenizer, data.tokenizer_sample, data.lowercase; pystdlib_mlm also data.segment_lines
-(4), data.nsp (True; False: single segments, no nsp_label), data.nsp_seed (0),
-data.mask_prob (0.15).
+(4), data.nsp (True; False: one sentence, the two segments of an IsNext pair, and no
+nsp_label), data.nsp_seed (0), data.mask_prob (0.15).
 """
 
 import ml_collections
@@ -97,7 +97,7 @@ def open_mlm_split(split: str, data_dir: str | None, data: ml_collections.Config
     segments += parts
     doc_ids += [i] * len(parts)
   pairs = SegmentPairs(segments, doc_ids, int(data.get('nsp_seed', 0)))
-  return pairs if data.get('nsp', True) else _FirstSegment(pairs)
+  return pairs if data.get('nsp', True) else _Spans(pairs)
 
 
 class _Files:
@@ -113,8 +113,9 @@ class _Files:
     return {'text': file_text(self.source[int(i)])}
 
 
-class _FirstSegment:
-  """Every segment with a successor alone, for masked LM without next-sentence prediction."""
+class _Spans:
+  """For masked LM without next-sentence prediction: each pair's span of the document (a
+  segment and its successor) as one text."""
 
   def __init__(self, pairs: SegmentPairs):
     self.pairs = pairs
@@ -123,10 +124,11 @@ class _FirstSegment:
     return len(self.pairs)
 
   def __getitem__(self, i: int) -> dict:
-    return {'text_a': self.pairs.segments[int(self.pairs.starts[int(i)])]}
+    s = int(self.pairs.starts[int(i)])
+    return {'text_a': '\n'.join(self.pairs.segments[s : s + 2])}
 
   def __repr__(self) -> str:
-    return f'FirstSegment({self.pairs!r})'
+    return f'Spans({self.pairs!r})'
 
 
 def mlm_transforms_of(data: ml_collections.ConfigDict, train: bool) -> list:
