@@ -202,21 +202,25 @@ def test_bare_bert_model_and_scanned_export(pretraining, tmp_path):
 
 
 @pytest.mark.parametrize(
-  'name, head, arch',
+  'name, head, arch, extra',
   [
-    ('bert_test', 'token_classification', 'BertForTokenClassification'),
-    ('roberta_test', 'classification', 'RobertaForSequenceClassification'),
-    ('roberta_test', 'span', 'RobertaForQuestionAnswering'),
+    ('bert_test', 'token_classification', 'BertForTokenClassification', {}),
+    ('bert_test', 'span', 'BertForQuestionAnswering', {'type_vocab_size': 0}),
+    ('roberta_test', 'classification', 'RobertaForSequenceClassification', {}),
+    ('roberta_test', 'span', 'RobertaForQuestionAnswering', {}),
   ],
 )
-def test_bigjax_heads_export_and_import_back(name, head, arch, tmp_path):
+def test_bigjax_heads_export_and_import_back(name, head, arch, extra, tmp_path):
   # Only transformers' sequence classifiers have a pooler (a bigjax one would be written
   # anyway, and transformers would report it as unexpected).
   pooler = head == 'classification'
   model = bigjax.create_model(
-    name, head=head, num_classes=3, pooler=pooler, dropout_rate=0.0, max_positions=40
+    name, head=head, num_classes=3, pooler=pooler, dropout_rate=0.0, max_positions=40, **extra
   )
-  batch = _batch(model.pad_id, seed=1)
+  ids, segments, real = _batch(model.pad_id, seed=1)
+  if not model.type_vocab_size:  # exported with one all-zero segment embedding: segment 0 only
+    segments = np.zeros_like(segments)
+  batch = ids, segments, real
   abstract = mapping.abstract_variables(model, jax.ShapeDtypeStruct((2, T), jnp.int32))
   rng = np.random.RandomState(2)
   variables = jax.tree.map(
