@@ -21,4 +21,17 @@ def from_pretrained(local_dir: str):
   return _load(local_dir)
 
 
-__all__ = ['create_model', 'from_pretrained', 'list_models', 'losses']
+def save_pretrained(model, variables, folder: str, *, max_shard_size=None, overwrite=False):
+  """Writes `model` and `variables` as a Hugging Face style folder (config.json +
+  model.safetensors, sharded above `max_shard_size` bytes) that `transformers` and
+  `from_pretrained` load; the reverse of `from_pretrained`, through the same mapping tables.
+
+  Refuses an existing non-empty `folder` unless `overwrite=True`. See
+  `bigjax.convert.save_pretrained` and `bigjax.convert.EXPORTERS` for the model classes.
+  """
+  from bigjax.convert import save_pretrained as _save
+
+  _save(model, variables, folder, max_shard_size=max_shard_size, overwrite=overwrite)
+
+
+__all__ = ['create_model', 'from_pretrained', 'list_models', 'losses', 'save_pretrained']

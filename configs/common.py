@@ -11,6 +11,16 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.model = ml_collections.ConfigDict({'name': 'mlp'})
+  # Fine-tuning (bigjax.train.init_from): a bigjax workdir or a Hugging Face style folder
+  # (config.json + *.safetensors) whose parameters are loaded where name and shape match;
+  # the rest start fresh. Ignored when the workdir already holds a checkpoint (resume).
+  c.init_from = ''
+  # Regex over '/'-joined parameter names (re.search) that are initialised fresh even when
+  # the source has them with the same shape, e.g. '^head/' for a new classifier; a name in
+  # both with another shape is an error unless this matches it.
+  c.init_from_skip = ''
+  # True: the loaded parameters get no updates (no optimiser state, no weight decay).
+  c.freeze_loaded = False
   # What the trainer optimises and reports (bigjax.train.tasks): 'classification', 'lm',
   # 'seq2seq'; '' = the data set's default.
   c.task = ml_collections.ConfigDict({'name': ''})
@@ -40,6 +50,10 @@ def base_config() -> ml_collections.ConfigDict:
       # Split each update's train.batch_size examples into k micro-batches run one after
       # another in the same step (less memory, same update); steps still count updates.
       'grad_accum_steps': 1,
+      # Layer-wise learning-rate decay (ELECTRA, Clark et al., 2020; BEiT, Bao et al., 2022):
+      # the learning rate of a parameter at depth k of L + 1 is scaled by d^(L + 1 - k):
+      # embeddings 0, block_{i} i + 1, final norm / pooler / heads L + 1. 1.0 = off.
+      'layer_decay': 1.0,
     }
   )
   c.schedule = ml_collections.ConfigDict({'name': 'cosine', 'warmup_steps': 0, 'end_factor': 0.0})

@@ -1,10 +1,15 @@
-"""Weight import from Hugging Face style folders: `config.json` + safetensors, never pickle.
+"""Weights in and out of Hugging Face style folders: `config.json` + safetensors, never pickle.
 
 `from_pretrained(local_dir)` reads the folder, picks the converter module for
 `config.json`'s `model_type` and returns `(model, variables)`, a complete variable tree
 for a model that takes NHWC images (converted from the NCHW layout of PyTorch); each
-converter module (`hf_<arch>.py`) exposes `convert(config: dict, tensors: dict[str,
-np.ndarray])` and maps names and layouts with `bigjax.convert.mapping.WeightMap`.
+converter module (`hf_<arch>.py`) exposes `table(model) -> mapping.Table` (its one name
+and layout mapping, read in both directions), `convert(config: dict, tensors: dict[str,
+np.ndarray])` (import) and `export(model, variables) -> (config, tensors)`.
+
+`save_pretrained(model, variables, folder)` is the reverse: it picks the converter module by
+the model's class (`EXPORTERS`), and writes what its `export` returns, a folder
+`transformers`' `from_pretrained` loads.
 
 Converters from `torch.nn` modules (state dicts of numpy arrays, both directions):
 `torch_rnn` (`RNN`/`LSTM`/`GRU`, and the recurrent state's layout) and `torch_transformer`
@@ -14,10 +19,12 @@ Converters from `torch.nn` modules (state dicts of numpy arrays, both directions
 import importlib
 import json
 import os
+import shutil
+import tempfile
 
 import flax.linen as nn
 import numpy as np
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 from bigjax.typing import PyTree
 
@@ -25,6 +32,13 @@ from bigjax.typing import PyTree
 CONVERTERS: dict[str, str] = {
   'vit': 'bigjax.convert.hf_vit',
   'resnet': 'bigjax.convert.hf_resnet',
+}
+
+# bigjax model class name -> converter module whose `export` writes it (the reverse of
+# CONVERTERS).
+EXPORTERS: dict[str, str] = {
+  'ViT': 'bigjax.convert.hf_vit',
+  'ResNet': 'bigjax.convert.hf_resnet',
 }
 
 _WEIGHTS = 'model.safetensors'
@@ -102,4 +116,101 @@ def from_pretrained(local_dir: str) -> tuple[nn.Module, PyTree]:
   return converter.convert(config, read_tensors(local_dir))
 
 
-__all__ = ['CONVERTERS', 'from_pretrained', 'read_config', 'read_tensors']
+def _shards(tensors: dict[str, np.ndarray], max_shard_size: int) -> list[dict[str, np.ndarray]]:
+  """Splits `tensors` (in order) into groups of at most `max_shard_size` bytes each (a
+  tensor larger than that gets a group of its own)."""
+  shards: list[dict[str, np.ndarray]] = [{}]
+  size = 0
+  for name, value in tensors.items():
+    if shards[-1] and size + value.nbytes > max_shard_size:
+      shards.append({})
+      size = 0
+    shards[-1][name] = value
+    size += value.nbytes
+  return shards
+
+
+def _write(folder: str, config: dict, tensors: dict[str, np.ndarray], max_shard_size) -> None:
+  with open(os.path.join(folder, 'config.json'), 'w') as f:
+    json.dump(config, f, indent=2, sort_keys=True)
+  total = sum(v.nbytes for v in tensors.values())
+  metadata = {'format': 'pt'}  # transformers checks it; the tensors are in torch's layout
+  if max_shard_size is None or total <= max_shard_size:
+    save_file(tensors, os.path.join(folder, _WEIGHTS), metadata=metadata)
+    return
+  shards = _shards(tensors, max_shard_size)
+  weight_map = {}
+  for i, shard in enumerate(shards, start=1):
+    name = f'model-{i:05d}-of-{len(shards):05d}.safetensors'
+    save_file(shard, os.path.join(folder, name), metadata=metadata)
+    weight_map.update({k: name for k in shard})
+  with open(os.path.join(folder, _INDEX), 'w') as f:
+    json.dump({'metadata': {'total_size': total}, 'weight_map': weight_map}, f, indent=2)
+
+
+def save_pretrained(
+  model: nn.Module,
+  variables: PyTree,
+  folder: str,
+  *,
+  max_shard_size: int | None = None,
+  overwrite: bool = False,
+) -> None:
+  """Writes `model` and its `variables` as a Hugging Face style folder.
+
+  The folder holds `config.json` and `model.safetensors` (float32, torch layouts), or, when
+  the weights exceed `max_shard_size` bytes, shards `model-0000i-of-0000n.safetensors`
+  and `model.safetensors.index.json`; `transformers`' `from_pretrained(folder)` and
+  `bigjax.from_pretrained(folder)` load it. It is written beside `folder` and renamed into
+  place, so a failed save leaves no partial folder. An existing non-empty `folder` is
+  refused unless `overwrite=True`, which replaces it as a whole (any other files in it go).
+  """
+  name = type(model).__name__
+  if name not in EXPORTERS:
+    raise ValueError(
+      f'bigjax cannot export {name} models to Hugging Face format; exportable model '
+      f'classes: {", ".join(sorted(EXPORTERS))}'
+    )
+  if max_shard_size is not None and (not isinstance(max_shard_size, int) or max_shard_size < 1):
+    raise ValueError(f'max_shard_size must be a positive number of bytes, got {max_shard_size!r}')
+  folder = os.path.abspath(folder)
+  exists = os.path.lexists(folder)
+  if exists and not os.path.isdir(folder):
+    raise ValueError(f'{folder!r} exists and is not a directory: pass a folder path')
+  if exists and os.listdir(folder) and not overwrite:
+    raise ValueError(
+      f'{folder!r} exists and is not empty: pass an empty or new folder, or overwrite=True '
+      'to replace it'
+    )
+  config, tensors = importlib.import_module(EXPORTERS[name]).export(model, variables)
+  parent = os.path.dirname(folder)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(folder)}.', dir=parent)
+  try:
+    _write(tmp, config, tensors, max_shard_size)
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private to the user
+    if not exists:
+      os.rename(tmp, folder)
+      return
+    # Move the old folder aside, put the new one in its place, then delete the old one.
+    aside = tempfile.mkdtemp(prefix=f'.{os.path.basename(folder)}.old.', dir=parent)
+    os.rename(folder, os.path.join(aside, 'old'))
+    try:
+      os.rename(tmp, folder)
+    except BaseException:
+      os.rename(os.path.join(aside, 'old'), folder)
+      raise
+    shutil.rmtree(aside)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+__all__ = [
+  'CONVERTERS',
+  'EXPORTERS',
+  'from_pretrained',
+  'read_config',
+  'read_tensors',
+  'save_pretrained',
+]

@@ -1,4 +1,4 @@
-"""Hugging Face `ViTForImageClassification` / `ViTModel` -> `bigjax.models.vit.ViT`.
+"""Hugging Face `ViTForImageClassification` / `ViTModel` <-> `bigjax.models.vit.ViT`.
 
 Source names are those `save_pretrained` writes (transformers 4.x and 5.x alike):
   vit.embeddings.{cls_token, position_embeddings, patch_embeddings.projection.*}
@@ -10,8 +10,13 @@ transformers 5 names its modules differently in memory (`vit.layers.{i}.attentio
 `ViTModel` (no `vit.` prefix, no classifier) loads as `num_classes=0`: the model then
 returns the final-norm class-token features, HF's `last_hidden_state[:, 0]`; its pooler
 (dense + tanh, unused by the classifier) is skipped.
+
+`table(model)` is the one name and layout mapping; `convert` (import) and `export` read it.
+`export` writes `ViTForImageClassification` (or `ViTModel` when num_classes=0, without a
+pooler: transformers initialises that one afresh, and it feeds no output bigjax has).
 """
 
+import math
 import re
 
 import flax.linen as nn
@@ -20,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigjax.convert import mapping
+from bigjax.layers.stack import SCAN_NAME, unstack_layers
+from bigjax.models.vit import ViT
 from bigjax.registry import create_model
 from bigjax.typing import PyTree
 
@@ -71,6 +78,37 @@ def model_overrides(config: dict, num_classes: int) -> dict:
   )
 
 
+# HF position embeddings [1, T, D] <-> bigjax pos_embed/embedding [T, D].
+_UNBATCH = mapping.Layout('unbatch', lambda w: w[0], lambda w: w[None])
+
+
+def table(model: ViT) -> mapping.Table:
+  """The ViT mapping: `vit.`-prefixed names with a classifier, bare `ViTModel` names without."""
+  p = 'vit.' if model.num_classes else ''
+  t = mapping.Table()
+  emb = f'{p}embeddings'
+  t.dense('params/patch_embed', f'{emb}.patch_embeddings.projection', kernel=mapping.CONV)
+  t.add('params/cls', f'{emb}.cls_token')  # [1, 1, D]
+  t.add('params/pos_embed/embedding', f'{emb}.position_embeddings', _UNBATCH)  # [T, D]
+  heads = mapping.heads_in(model.num_heads)
+  for i in range(model.num_layers):
+    src, dst = f'{p}encoder.layer.{i}', f'params/block_{i}'
+    t.norm(f'{dst}/attn_norm', f'{src}.layernorm_before')
+    for part in ('query', 'key', 'value'):
+      t.dense(f'{dst}/attn/{part}', f'{src}.attention.attention.{part}', heads, heads)
+    t.dense(f'{dst}/attn/out', f'{src}.attention.output.dense', mapping.heads_out(model.num_heads))
+    t.norm(f'{dst}/mlp_norm', f'{src}.layernorm_after')
+    t.dense(f'{dst}/mlp/fc1', f'{src}.intermediate.dense')
+    t.dense(f'{dst}/mlp/fc2', f'{src}.output.dense')
+  t.norm('params/norm', f'{p}layernorm')
+  if model.num_classes:
+    t.dense('params/head', 'classifier')
+  # The pooler (dense + tanh) feeds no classifier of ViTForImageClassification; the mask
+  # token only serves masked-image-modelling pre-training.
+  t.skip += [rf'{re.escape(p)}pooler\..*', rf'{re.escape(emb)}\.mask_token']
+  return t
+
+
 def convert(config: dict, tensors: dict[str, np.ndarray]) -> tuple[nn.Module, PyTree]:
   """Builds the bigjax ViT described by `config` and fills it from `tensors`."""
   source = {}
@@ -78,48 +116,58 @@ def convert(config: dict, tensors: dict[str, np.ndarray]) -> tuple[nn.Module, Py
     for pattern, repl in _RENAMES:
       name = re.sub(pattern, repl, name)
     source[name] = value
-  p = 'vit.' if any(n.startswith('vit.') for n in source) else ''
   has_head = 'classifier.weight' in source
+  if not has_head:  # a headless checkpoint under the `vit.` prefix reads as a bare ViTModel
+    source = {n.removeprefix('vit.'): v for n, v in source.items()}
   num_classes = mapping.hf_num_labels(config) if has_head else 0
   model = create_model('vit_b16', **model_overrides(config, num_classes))
 
   height, width = _pair(config.get('image_size', 224))
   image = jax.ShapeDtypeStruct((1, height, width, int(config.get('num_channels', 3))), jnp.float32)
   arch = 'ViTForImageClassification' if has_head else 'ViTModel'
-  wm = mapping.WeightMap(source, mapping.abstract_variables(model, image), f'{arch} checkpoint')
+  abstract = mapping.abstract_variables(model, image)
+  return model, table(model).import_variables(source, abstract, f'{arch} checkpoint')
 
-  def dense(path, name, kernel=mapping.linear, bias=mapping.identity):
-    wm.set(f'params/{path}/kernel', f'{name}.weight', kernel)
-    wm.set(f'params/{path}/bias', f'{name}.bias', bias)
 
-  def norm(path, name):
-    wm.set(f'params/{path}/scale', f'{name}.weight')
-    wm.set(f'params/{path}/bias', f'{name}.bias')
-
-  emb = f'{p}embeddings'
-  dense('patch_embed', f'{emb}.patch_embeddings.projection', kernel=mapping.conv)
-  wm.set('params/cls', f'{emb}.cls_token')  # [1, 1, D]
-  wm.set('params/pos_embed/embedding', f'{emb}.position_embeddings', lambda w: w[0])  # [T, D]
-  heads = model.num_heads
-  for i in range(model.num_layers):
-    src, dst = f'{p}encoder.layer.{i}', f'block_{i}'
-    norm(f'{dst}/attn_norm', f'{src}.layernorm_before')
-    for part in ('query', 'key', 'value'):
-      dense(
-        f'{dst}/attn/{part}',
-        f'{src}.attention.attention.{part}',
-        kernel=mapping.heads_in(heads),
-        bias=mapping.heads_in(heads),
-      )
-    dense(f'{dst}/attn/out', f'{src}.attention.output.dense', kernel=mapping.heads_out(heads))
-    norm(f'{dst}/mlp_norm', f'{src}.layernorm_after')
-    dense(f'{dst}/mlp/fc1', f'{src}.intermediate.dense')
-    dense(f'{dst}/mlp/fc2', f'{src}.output.dense')
-  norm('norm', f'{p}layernorm')
-  if has_head:
-    dense('head', 'classifier')
-  # The pooler (dense + tanh) feeds no classifier of ViTForImageClassification; the mask
-  # token only serves masked-image-modelling pre-training.
-  wm.skip(rf'{re.escape(p)}pooler\..*')
-  wm.skip(rf'{re.escape(emb)}\.mask_token')
-  return model, wm.build()
+def export(model: ViT, variables: PyTree) -> tuple[dict, dict[str, np.ndarray]]:
+  """A bigjax ViT -> Hugging Face `config.json` (as a dict) and safetensors tensors."""
+  name = type(model).__name__
+  if model.pool != 'cls':
+    raise ValueError(f"{name} with pool={model.pool!r} has no Hugging Face form: use pool='cls'")
+  params = variables['params']
+  if SCAN_NAME in params:  # scanned blocks are stored stacked; HF has one entry per layer
+    variables = {**variables, 'params': unstack_layers(params)}
+    params = variables['params']
+  p, _, channels, _ = map(int, params['patch_embed']['kernel'].shape)  # [P, P, C, D]
+  num_patches = params['pos_embed']['embedding'].shape[0] - 1  # [T, D], T = N + 1
+  side = math.isqrt(num_patches)
+  if side * side != num_patches:
+    raise ValueError(
+      f'{name} has {num_patches} patch positions, not a square number: Hugging Face ViT '
+      'needs square images (image_size x image_size)'
+    )
+  config = {
+    'model_type': 'vit',
+    'architectures': ['ViTForImageClassification' if model.num_classes else 'ViTModel'],
+    'hidden_size': model.hidden_size,
+    'num_hidden_layers': model.num_layers,
+    'num_attention_heads': model.num_heads,
+    'intermediate_size': model.mlp_dim,
+    'hidden_act': 'gelu_pytorch_tanh' if model.gelu_approximate else 'gelu',
+    'hidden_dropout_prob': model.dropout_rate,
+    'attention_probs_dropout_prob': 0.0,  # bigjax ViT has no dropout on attention maps
+    'layer_norm_eps': model.layer_norm_eps,
+    'image_size': side * p,
+    'patch_size': p,
+    'num_channels': channels,
+    'qkv_bias': True,
+  }
+  if model.num_classes:
+    config['id2label'] = {str(i): f'LABEL_{i}' for i in range(model.num_classes)}
+    config['label2id'] = {f'LABEL_{i}': i for i in range(model.num_classes)}
+  plain = model.clone(scan_layers=False)  # the layout of the (unstacked) variables
+  image = jax.ShapeDtypeStruct(
+    (1, config['image_size'], config['image_size'], channels), jnp.float32
+  )
+  abstract = mapping.abstract_variables(plain, image)
+  return config, table(model).export_tensors(variables, abstract)

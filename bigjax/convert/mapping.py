@@ -1,16 +1,22 @@
-"""Fills a bigjax variable tree from named source tensors, with full accounting.
+"""One table per architecture, read in both directions: import and export of weights.
 
-A converter declares, for every leaf of the target tree (`params/block_0/attn/query/kernel`),
-which source tensor fills it and how its layout changes. `WeightMap.build` then checks
-that every target leaf was filled exactly once, with the right shape, and that every
-source tensor was used or deliberately skipped, so a renamed or missing tensor cannot
-silently leave a randomly initialised weight behind.
+A converter declares a `Table` of rules once; each rule says which source tensor (a
+Hugging Face / torch name, `vit.encoder.layer.0.attention.attention.query.weight`) holds
+which bigjax variable (`params/block_0/attn/query/kernel`) and how the layout changes
+(`Layout`, a reversible pair of functions). `Table.import_variables` fills a bigjax
+variable tree from the source tensors and `Table.export_tensors` writes the source
+tensors back from a variable tree, both with full accounting: every bigjax variable is
+covered by exactly one rule, and on import every source tensor is used or deliberately
+skipped, so a renamed or missing tensor cannot silently leave a randomly initialised
+weight behind, nor a forgotten variable silently stay out of an export.
 
-Layouts: torch Linear [out, in] -> Dense [in, out]; Conv2d [O, I, kh, kw] -> Conv
-[kh, kw, I, O]; a fused-heads Linear [H*K, D] -> DenseGeneral [D, H, K]; an output
-projection [D, H*K] -> [H, K, D].
+Layouts (source <-> bigjax): torch Linear [out, in] <-> Dense [in, out]; Conv2d
+[O, I, kh, kw] <-> Conv [kh, kw, I, O]; a fused-heads Linear [H*K, D] <-> DenseGeneral
+[D, H, K] (bias [H*K] <-> [H, K]); an output projection [D, H*K] <-> [H, K, D].
+Legend: D width, H heads, K head dim, O/I output/input channels, kh/kw kernel size.
 """
 
+import dataclasses
 import re
 from typing import Any, Callable
 
@@ -22,99 +28,171 @@ import numpy as np
 
 from bigjax.typing import PyTree
 
-Transform = Callable[[np.ndarray], np.ndarray]
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """A reversible change of layout between a source (torch) tensor and a bigjax variable."""
+
+  name: str
+  to_flax: Callable[[np.ndarray], np.ndarray]
+  to_torch: Callable[[np.ndarray], np.ndarray]
 
 
-def identity(w: np.ndarray) -> np.ndarray:
-  return w
+IDENTITY = Layout('identity', lambda w: w, lambda w: w)
+# torch Linear weight [out, in] <-> Dense kernel [in, out].
+LINEAR = Layout('linear', lambda w: w.T, lambda w: w.T)
+# torch Conv2d weight [O, I, kh, kw] <-> Flax Conv kernel [kh, kw, I, O].
+CONV = Layout('conv', lambda w: w.transpose(2, 3, 1, 0), lambda w: w.transpose(3, 2, 0, 1))
 
 
-def linear(w: np.ndarray) -> np.ndarray:
-  """torch Linear weight [out, in] -> Dense kernel [in, out]."""
-  return w.T
+def heads_in(num_heads: int) -> Layout:
+  """q/k/v Linear weight [H*K, D] <-> DenseGeneral kernel [D, H, K]; bias [H*K] <-> [H, K]."""
 
-
-def conv(w: np.ndarray) -> np.ndarray:
-  """torch Conv2d weight [O, I, kh, kw] -> Flax Conv kernel [kh, kw, I, O]."""
-  return w.transpose(2, 3, 1, 0)
-
-
-def heads_in(num_heads: int) -> Transform:
-  """q/k/v Linear weight [H*K, D] -> DenseGeneral kernel [D, H, K]; bias [H*K] -> [H, K]."""
-
-  def f(w: np.ndarray) -> np.ndarray:
+  def to_flax(w: np.ndarray) -> np.ndarray:
     if w.ndim == 1:
       return w.reshape(num_heads, -1)  # [H, K]
     return w.T.reshape(w.shape[1], num_heads, -1)  # [D, H, K]
 
-  return f
+  def to_torch(w: np.ndarray) -> np.ndarray:
+    if w.ndim == 2:
+      return w.reshape(-1)  # [H*K]
+    return w.reshape(w.shape[0], -1).T  # [H*K, D]
+
+  return Layout(f'heads_in({num_heads})', to_flax, to_torch)
 
 
-def heads_out(num_heads: int) -> Transform:
-  """Output Linear weight [D, H*K] -> DenseGeneral kernel [H, K, D]."""
+def heads_out(num_heads: int) -> Layout:
+  """Output Linear weight [D, H*K] <-> DenseGeneral kernel [H, K, D]."""
 
-  def f(w: np.ndarray) -> np.ndarray:
+  def to_flax(w: np.ndarray) -> np.ndarray:
     return w.T.reshape(num_heads, -1, w.shape[0])  # [H, K, D]
 
-  return f
+  def to_torch(w: np.ndarray) -> np.ndarray:
+    return w.reshape(-1, w.shape[-1]).T  # [D, H*K]
+
+  return Layout(f'heads_out({num_heads})', to_flax, to_torch)
 
 
-class WeightMap:
-  """Maps source tensors onto the leaves of an abstract variable tree.
+# (bigjax path 'params/block_0/attn/query/kernel', source tensor name, layout)
+Rule = tuple[str, str, Layout]
 
-  source: name -> array (from safetensors). target: the tree of `jax.eval_shape(model.init,
-  ...)` (leaves with `.shape`); only the collections present in it are filled.
+
+def _flatten(tree: PyTree) -> dict[str, Any]:
+  return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep='/')
+
+
+@dataclasses.dataclass
+class Table:
+  """The name and layout mapping of one architecture, used by import and export alike.
+
+  rules: one per bigjax variable (every collection but 'intermediates': `params`,
+    `batch_stats`, ...). skip: regexes (full match) of source tensors deliberately unused
+    on import (a pooler no bigjax head reads, training bookkeeping); export does not write them.
   """
 
-  def __init__(self, source: dict[str, np.ndarray], target: PyTree, what: str):
-    self.source = source
-    self.what = what  # e.g. 'ViTForImageClassification checkpoint', for error messages
-    flat = flax.traverse_util.flatten_dict(target, sep='/')
-    self.shapes: dict[str, tuple[int, ...]] = {k: tuple(v.shape) for k, v in flat.items()}
-    self.filled: dict[str, np.ndarray] = {}
-    self.used: set[str] = set()
+  rules: list[Rule] = dataclasses.field(default_factory=list)
+  skip: list[str] = dataclasses.field(default_factory=list)
 
-  def set(self, path: str, name: str, transform: Transform = identity) -> None:
-    """Fills target leaf `path` ('params/head/kernel') from source tensor `name`."""
-    if path not in self.shapes:
-      raise AssertionError(f'converter bug: the model has no variable {path}')
-    if path in self.filled:
-      raise AssertionError(f'converter bug: {path} is filled twice')
-    if name not in self.source:
-      raise ValueError(
-        f'the {self.what} has no tensor {name!r} (needed for {path}): the weights are '
-        'incomplete or do not match config.json; re-save them with save_pretrained'
-      )
-    value = np.asarray(transform(np.asarray(self.source[name])))
-    if value.shape != self.shapes[path]:
-      raise ValueError(
-        f'tensor {name!r} has shape {tuple(self.source[name].shape)} '
-        f'(-> {value.shape}), but the model built from config.json expects '
-        f'{self.shapes[path]} at {path}: config.json does not match the weights'
-      )
-    if not np.issubdtype(value.dtype, np.floating):
-      raise ValueError(f'tensor {name!r} has dtype {value.dtype}, expected a float tensor')
-    self.filled[path] = value
-    self.used.add(name)
+  def add(self, path: str, name: str, layout: Layout = IDENTITY) -> None:
+    """bigjax variable `path` ('params/head/kernel') <-> source tensor `name`."""
+    self.rules.append((path, name, layout))
 
-  def skip(self, pattern: str) -> None:
-    """Marks every source tensor whose name fully matches regex `pattern` as deliberately unused."""
-    self.used.update(n for n in self.source if re.fullmatch(pattern, n))
+  def dense(self, path: str, name: str, kernel: Layout = LINEAR, bias: Layout = IDENTITY) -> None:
+    """`path`/kernel <-> `name`.weight, `path`/bias <-> `name`.bias."""
+    self.add(f'{path}/kernel', f'{name}.weight', kernel)
+    self.add(f'{path}/bias', f'{name}.bias', bias)
 
-  def build(self) -> dict[str, Any]:
-    """Checks the accounting and returns the float32 variable tree."""
-    missing = sorted(set(self.shapes) - set(self.filled))
+  def norm(self, path: str, name: str) -> None:
+    """`path`/scale <-> `name`.weight, `path`/bias <-> `name`.bias (LayerNorm, BatchNorm)."""
+    self.add(f'{path}/scale', f'{name}.weight')
+    self.add(f'{path}/bias', f'{name}.bias')
+
+  def _check_rules(self, leaves: dict[str, Any]) -> None:
+    """Converter invariants: the rules are one-to-one and cover exactly `leaves`."""
+    paths, names = set(), set()
+    for path, name, _ in self.rules:
+      if path in paths:
+        raise AssertionError(f'converter bug: {path} has two rules')
+      if name in names:
+        raise AssertionError(f'converter bug: source tensor {name} has two rules')
+      if path not in leaves:
+        raise AssertionError(f'converter bug: the model has no variable {path}')
+      paths.add(path)
+      names.add(name)
+    missing = sorted(set(leaves) - paths)
     if missing:
-      raise AssertionError(f'converter bug: variables left unfilled: {", ".join(missing)}')
-    unused = sorted(set(self.source) - self.used)
+      raise AssertionError(f'converter bug: variables with no rule: {", ".join(missing)}')
+
+  def import_variables(
+    self, source: dict[str, np.ndarray], abstract: PyTree, what: str
+  ) -> dict[str, Any]:
+    """Fills the tree shaped like `abstract` (e.g. `abstract_variables(model, ...)`) from
+    `source` (name -> array, from safetensors); returns it float32.
+
+    `what` names the checkpoint in error messages ('ViTForImageClassification checkpoint').
+    """
+    shapes = {k: tuple(v.shape) for k, v in _flatten(abstract).items()}
+    self._check_rules(shapes)
+    filled: dict[str, np.ndarray] = {}
+    for path, name, layout in self.rules:
+      if name not in source:
+        raise ValueError(
+          f'the {what} has no tensor {name!r} (needed for {path}): the weights are '
+          'incomplete or do not match config.json; re-save them with save_pretrained'
+        )
+      value = np.asarray(layout.to_flax(np.asarray(source[name])))
+      if value.shape != shapes[path]:
+        raise ValueError(
+          f'tensor {name!r} has shape {tuple(source[name].shape)} '
+          f'(-> {value.shape}), but the model built from config.json expects '
+          f'{shapes[path]} at {path}: config.json does not match the weights'
+        )
+      if not np.issubdtype(value.dtype, np.floating):
+        raise ValueError(f'tensor {name!r} has dtype {value.dtype}, expected a float tensor')
+      filled[path] = value
+    used = {name for _, name, _ in self.rules}
+    unused = sorted(
+      n for n in source if n not in used and not any(re.fullmatch(p, n) for p in self.skip)
+    )
     if unused:
       shown = ', '.join(unused[:8]) + (f', ... ({len(unused)} in all)' if len(unused) > 8 else '')
       raise ValueError(
-        f'the {self.what} has tensors this converter does not use: {shown}; '
+        f'the {what} has tensors this converter does not use: {shown}; '
         'config.json does not match the weights, or the checkpoint is of another architecture'
       )
-    flat = {k: jnp.asarray(v, jnp.float32) for k, v in self.filled.items()}
+    flat = {k: jnp.asarray(v, jnp.float32) for k, v in filled.items()}
     return flax.traverse_util.unflatten_dict(flat, sep='/')
+
+  def export_tensors(
+    self, variables: PyTree, abstract: PyTree | None = None
+  ) -> dict[str, np.ndarray]:
+    """The source tensors (name -> contiguous float32 numpy array) of `variables`.
+
+    Every variable (every collection but 'intermediates') must have exactly one rule.
+    Given `abstract` (the model's `abstract_variables`), `variables` must have exactly its
+    leaves and shapes, so variables of another model are a ValueError naming the variable.
+    """
+    leaves = _flatten({k: v for k, v in variables.items() if k != 'intermediates'})
+    if abstract is not None:
+      shapes = {k: tuple(v.shape) for k, v in _flatten(abstract).items()}
+      for path in sorted(set(shapes) | set(leaves)):
+        got = tuple(np.shape(leaves[path])) if path in leaves else None
+        if got != shapes.get(path):
+          want = f'shape {shapes[path]}' if path in shapes else 'no such variable'
+          have = f'have shape {got}' if got is not None else 'lack it'
+          raise ValueError(
+            f'the variables do not fit the model at {path} (the model has {want}, the '
+            f'variables {have}): pass the complete variables of this model'
+          )
+    self._check_rules(leaves)
+    tensors: dict[str, np.ndarray] = {}
+    for path, name, layout in self.rules:
+      value = np.asarray(jax.device_get(leaves[path])).astype(np.float32)
+      out = np.ascontiguousarray(layout.to_torch(value), dtype=np.float32)
+      if layout.to_flax(out).shape != value.shape:
+        raise AssertionError(f'converter bug: layout {layout.name} of {path} does not invert')
+      tensors[name] = out
+    return tensors
 
 
 def abstract_variables(model: nn.Module, *inputs: jax.ShapeDtypeStruct) -> PyTree:

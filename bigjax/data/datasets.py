@@ -7,7 +7,7 @@ row.
 
 import difflib
 
-from bigjax.data.sets import algorithmic, images, pystdlib, wmt
+from bigjax.data.sets import algorithmic, glue, images, pystdlib, wikipedia, wmt
 from bigjax.data.spec import DatasetSpec
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -16,6 +16,8 @@ DATASETS: dict[str, DatasetSpec] = {
   'algorithmic_reversed': algorithmic.ALGORITHMIC_REVERSED,
   'digits': images.DIGITS,
   'pystdlib': pystdlib.PYSTDLIB,
+  'pystdlib_mlm': pystdlib.PYSTDLIB_MLM,
+  'pystdlib_syntax': pystdlib.PYSTDLIB_SYNTAX,
   # Public TFDS data sets, prepared beforehand with `tfds build`.
   'mnist': images.public('mnist'),
   'fashion_mnist': images.public('fashion_mnist'),
@@ -23,6 +25,8 @@ DATASETS: dict[str, DatasetSpec] = {
   'cifar100': images.public('cifar100'),
   'imagenet2012': images.IMAGENET2012,
   'wmt14_translate/de-en': wmt.WMT14_DE_EN,
+  'wikipedia': wikipedia.WIKIPEDIA,  # data.tfds_name picks the dump
+  **{f'glue/{task}': glue.glue(task) for task in glue.TASKS},
 }
 
 

@@ -1,5 +1,6 @@
-"""Random-access record sources: prepared public TFDS splits, and fixed windows over a
-byte corpus.
+"""Random-access record sources: prepared public TFDS splits, fixed windows over a byte
+corpus, and sentence pairs for next-sentence prediction (segments of documents, or chunks
+of articles read lazily).
 
 Legend: T window length (`data.seq_len`).
 """
@@ -66,3 +67,101 @@ class WindowSource:
 def corpus_from_source(source, field: str = 'bytes') -> np.ndarray:
   """Concatenates every document's bytes (uint8) of a TFDS data source."""
   return np.concatenate([np.asarray(source[i][field], np.uint8) for i in range(len(source))])
+
+
+# Sentence pairs for next-sentence prediction (BERT, section 3.1): B follows A in the
+# same document (nsp_label 0) or comes from another document (nsp_label 1, Hugging Face's
+# convention), half the time each. The choice is a function of (seed, record index).
+IS_NEXT, IS_RANDOM = 0, 1
+
+
+def _rng(seed: int, index: int) -> np.random.Generator:
+  return np.random.default_rng([int(seed), int(index)])
+
+
+class SegmentPairs:
+  """Pairs of consecutive text segments: record i is (segment s, segment s + 1) or (segment
+  s, a segment of another document), where s runs over the segments that have a successor
+  in their document. Records are {'text_a', 'text_b': str, 'nsp_label': int32}.
+
+  segments: every document's segments in order; doc_ids: their document, non-decreasing.
+  """
+
+  def __init__(self, segments: list[str], doc_ids, seed: int = 0):
+    doc_ids = np.asarray(doc_ids, np.int64)
+    if len(segments) != len(doc_ids) or len(np.unique(doc_ids)) < 2:
+      raise ValueError('sentence pairs need segments from at least two documents')
+    self.segments, self.doc_ids, self.seed = segments, doc_ids, int(seed)
+    self.starts = np.flatnonzero(doc_ids[:-1] == doc_ids[1:])
+
+  def __len__(self) -> int:
+    return len(self.starts)
+
+  def __getitem__(self, i: int) -> dict:
+    rng = _rng(self.seed, i)
+    s = int(self.starts[int(i)])
+    if rng.random() < 0.5:
+      return self._pair(s, s + 1, IS_NEXT)
+    while True:  # a uniformly chosen segment of another document
+      j = int(rng.integers(len(self.segments)))
+      if self.doc_ids[j] != self.doc_ids[s]:
+        return self._pair(s, j, IS_RANDOM)
+
+  def _pair(self, a: int, b: int, label: int) -> dict:
+    return {'text_a': self.segments[a], 'text_b': self.segments[b], 'nsp_label': np.int32(label)}
+
+  def __repr__(self) -> str:
+    return f'SegmentPairs(segments={len(self.segments)}, pairs={len(self)}, seed={self.seed})'
+
+
+def segment_lines(text: str, lines_per_segment: int) -> list[str]:
+  """A document's non-blank lines, `lines_per_segment` at a time (newlines kept)."""
+  lines = [line for line in text.splitlines() if line.strip()]
+  n = lines_per_segment
+  return ['\n'.join(lines[k : k + n]) for k in range(0, len(lines), n)]
+
+
+def chunk_words(text: str, words_per_chunk: int) -> list[str]:
+  """A document cut into consecutive chunks of `words_per_chunk` whitespace-separated words."""
+  words = text.split()
+  n = words_per_chunk
+  return [' '.join(words[k : k + n]) for k in range(0, len(words), n)] or ['']
+
+
+class ArticlePairs:
+  """Sentence pairs from a source of articles, read lazily (one record per article).
+
+  Record i cuts article i into chunks of `words_per_chunk` words and pairs a random chunk
+  with the next one (nsp_label 0) or with a random chunk of another article (nsp_label 1),
+  half the time each; a one-chunk article always gets a random partner.
+  Records are {'text_a', 'text_b': str, 'nsp_label': int32}.
+  """
+
+  def __init__(self, source: Source, words_per_chunk: int, field: str = 'text', seed: int = 0):
+    if len(source) < 2:
+      raise ValueError('sentence pairs need at least two articles')
+    self.source, self.words, self.field, self.seed = source, int(words_per_chunk), field, seed
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def chunks(self, i: int) -> list[str]:
+    value = self.source[int(i)][self.field]
+    text = value.decode('utf-8') if isinstance(value, bytes) else str(value)
+    return chunk_words(text, self.words)
+
+  def __getitem__(self, i: int) -> dict:
+    rng = _rng(self.seed, i)
+    chunks = self.chunks(i)
+    if len(chunks) > 1 and rng.random() < 0.5:
+      j = int(rng.integers(len(chunks) - 1))
+      a, b, label = chunks[j], chunks[j + 1], IS_NEXT
+    else:
+      a = chunks[int(rng.integers(len(chunks)))]
+      other = (int(i) + 1 + int(rng.integers(len(self) - 1))) % len(self)
+      others = self.chunks(other)
+      b, label = others[int(rng.integers(len(others)))], IS_RANDOM
+    return {'text_a': a, 'text_b': b, 'nsp_label': np.int32(label)}
+
+  def __repr__(self) -> str:
+    return f'ArticlePairs({self.source!r}, words_per_chunk={self.words}, seed={self.seed})'

@@ -21,7 +21,8 @@ from bigjax.data.tokenizers import Tokenizer
 class DatasetSpec:
   """How the trainer reads one data set.
 
-  task: the default objective, 'classification' | 'lm' | 'seq2seq' (`bigjax.train.tasks`).
+  task: the default objective, 'classification' | 'lm' | 'seq2seq' | 'mlm' |
+    'text_classification' | 'regression' (`bigjax.train.tasks`).
   open_split(split, data_dir, data_config) -> Source (prepares the data on first use).
   transforms(data_config, train) -> per-record grain transforms, applied before batching;
     they must return the task's example dict of numpy arrays.

@@ -5,7 +5,8 @@
                         `algorithmic_reversed` variant zero-pads operands and reads answers
                         backwards, as that data set was trained
   SubwordTokenizer      a Hugging Face `tokenizers` model: byte-level BPE (`train_bpe`) or
-                        WordPiece (`train_wordpiece`), shared by translation, BERT, GPT, CLIP
+                        WordPiece (`train_wordpiece`, or BERT's `vocab.txt` read by
+                        `wordpiece_from_vocab`), shared by translation, BERT, GPT, CLIP
 
 Every tokenizer pads with `bigjax.vocab.PAD_ID` (0) and saves to one JSON file that
 `load_tokenizer` reads back (a subword tokenizer's file is the `tokenizers` library's own
@@ -176,6 +177,8 @@ class SubwordTokenizer:
   pad_id = PAD_ID
 
   def __init__(self, backend: tokenizers.Tokenizer):
+    backend.no_truncation()  # a pretrained tokenizer.json may carry its own; data sets cut
+    backend.no_padding()
     self.backend = backend
     special = {i: t.content for i, t in backend.get_added_tokens_decoder().items() if t.special}
     if 'pad' not in special.get(PAD_ID, '').lower():
@@ -276,14 +279,48 @@ def train_wordpiece(
   return SubwordTokenizer(tok)
 
 
-def load_tokenizer(path: str) -> Tokenizer:
-  """Reads a tokenizer that `save` wrote (or any `tokenizers` library tokenizer.json)."""
+def wordpiece_from_vocab(path: str, *, lowercase: bool = True) -> SubwordTokenizer:
+  """A WordPiece tokenizer over BERT's `vocab.txt` (one token per line, id = line number).
+
+  BERT's normaliser (lower case and accents stripped when `lowercase`: the uncased models)
+  and pre-tokenizer; the bracketed special tokens the file holds ('[PAD]', '[UNK]', ...)
+  are marked special, at their ids in the file.
+  """
+  with open(path, encoding='utf-8') as f:
+    tokens = [line.rstrip('\n') for line in f]
+  vocab = {}
+  for i, token in enumerate(tokens):
+    vocab.setdefault(token, i)
+  if '[UNK]' not in vocab:
+    raise ValueError(f"{path} has no '[UNK]' token: is it a BERT WordPiece vocab.txt?")
+  tok = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token='[UNK]'))
+  tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  tok.decoder = decoders.WordPiece()
+  tok.add_special_tokens([t for t in WORDPIECE_SPECIAL_TOKENS if t in vocab])
+  return SubwordTokenizer(tok)
+
+
+def load_tokenizer(path: str, *, lowercase: bool = True) -> Tokenizer:
+  """Reads a tokenizer that `save` wrote (or any `tokenizers` library tokenizer.json), a
+  BERT `vocab.txt` (`wordpiece_from_vocab`; `lowercase` applies to it only), or a folder
+  holding either (a run's workdir, a Hugging Face folder; tokenizer.json first)."""
   path = os.fspath(path)
+  if os.path.isdir(path):
+    found = [os.path.join(path, n) for n in ('tokenizer.json', 'vocab.txt')]
+    found = [p for p in found if os.path.exists(p)]
+    if not found:
+      raise FileNotFoundError(
+        f'no tokenizer.json or vocab.txt in {path}: point at a folder (or file) that has one'
+      )
+    path = found[0]
   if not os.path.exists(path):
     raise FileNotFoundError(
       f'no tokenizer at {path}: save one there (Tokenizer.save), or point at the '
       'tokenizer.json of a run that has one'
     )
+  if path.endswith('.txt'):
+    return wordpiece_from_vocab(path, lowercase=lowercase)
   with open(path) as f:
     value = json.load(f)
   kind = value.get(_KIND)

@@ -9,6 +9,7 @@ import os
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from bigjax.train.state import TrainState
@@ -80,6 +81,37 @@ class Checkpointer:
     if data_iter is not None:
       items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
     return self.manager.restore(step, args=ocp.args.Composite(**items))['state']
+
+  def state_shapes(self, step: int) -> dict[str, dict[tuple, tuple[int, ...]]]:
+    """{'params': {path: shape}, 'model_state': {path: shape}} of the state saved at `step`,
+    from the checkpoint's metadata (no array is read); paths are tuples of keys."""
+    tree = self.manager.item_metadata(step)['state']
+    tree = getattr(tree, 'tree', tree)
+    return {
+      part: {
+        tuple(str(getattr(k, 'key', k)) for k in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree.get(part, {}))
+      }
+      for part in ('params', 'model_state')
+    }
+
+  def restore_subset(self, step: int, target: dict) -> dict:
+    """Reads only the leaves named by `target` (a nested dict like the saved TrainState's,
+    e.g. {'params': {...}}, leaves jax.ShapeDtypeStruct) as numpy arrays: no optimiser
+    state, no data iterator."""
+    manager = ocp.CheckpointManager(
+      self.directory,
+      options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+      item_handlers={'state': ocp.PyTreeCheckpointHandler()},
+    )
+    restore_args = jax.tree.map(
+      lambda x: ocp.RestoreArgs(restore_type=np.ndarray, dtype=x.dtype), target
+    )
+    args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+    try:
+      return manager.restore(step, args=ocp.args.Composite(state=args))['state']
+    finally:
+      manager.close()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

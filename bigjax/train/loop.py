@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 
 from bigjax.data.pipeline import Data
 from bigjax.registry import create_model, model_spec
-from bigjax.train import optim, sharding
+from bigjax.train import init_from, optim, sharding
 from bigjax.train.checkpoint import Checkpointer, fingerprint
 from bigjax.train.report import Reporter, plot_curves
 from bigjax.train.state import TrainState, init_state
@@ -133,6 +133,7 @@ class Run:
   mesh; `frozen` (a teacher's variables, or {}) is placed once, passed to every step and
   never donated or updated. `on_init(state, run) -> state` runs on a freshly initialised
   state only, never on resume: loading pre-trained weights (`init_from`) plugs in there.
+  `notes` are logged once at the start (the init_from report, or why it was ignored).
   """
 
   config: ml_collections.ConfigDict
@@ -151,6 +152,7 @@ class Run:
   eval_step: Callable
   frozen: PyTree
   on_init: Callable[[TrainState, 'Run'], TrainState] = identity_init
+  notes: tuple[str, ...] = ()  # logged once at the start (the init_from report)
 
   def initial_state(self, train_iter) -> tuple[TrainState, int | None]:
     """(state, restored step): the latest checkpoint (data iterator included) if the
@@ -174,7 +176,7 @@ class Run:
     total = None
     for batch in self.data.eval_batches(cfg.eval_batch_size, cfg.get('eval_steps', -1)):
       total = add_metrics(total, self.eval_step(state, sharding.global_batch(batch, self.mesh)))
-    return summarize(total) if total is not None else {}
+    return summarize(total, self.task) if total is not None else {}
 
 
 def build_run(
@@ -187,7 +189,8 @@ def build_run(
   on_init: Callable[[TrainState, Run], TrainState] | None = None,
 ) -> Run:
   """Builds the mesh, model, task, data, optimiser, checkpointer and jitted steps; checks
-  the config and the workdir before anything is written (except config.json)."""
+  the config, the workdir and `init_from` (bigjax.train.init_from) before anything is
+  written (config.json, init_from.json)."""
   workdir = os.path.abspath(workdir)
   cfg = config.train
   mesh = sharding.make_mesh(config.mesh)
@@ -198,6 +201,8 @@ def build_run(
     get_task(config.task.name, config)  # an unknown name fails before the data is opened
   schedule, tx = optim.from_config(config)
   model = build_model(config)
+  fine_tune = init_from.prepare(config, workdir, model)  # its errors come before any write
+  created = not os.path.exists(workdir)
   check_workdir(workdir)
   if 'workdir' in config.data and not config.data.workdir:
     config.data.workdir = workdir  # datasets that train a tokenizer save it here
@@ -207,6 +212,15 @@ def build_run(
   example = next(data.eval_batches(sharding.batch_shards(mesh) * jax.process_count(), 1))
   inputs = tuple(np.asarray(x)[:1] for x in task.inputs(example))
   abstract = _abstract_state(model, tx, inputs, mesh)
+  try:
+    fine_tune.match(abstract.params, abstract.model_state)
+  except ValueError:
+    if created and not os.listdir(workdir):
+      os.rmdir(workdir)  # leave no trace of a run that never started
+    raise
+  if fine_tune.frozen:
+    schedule, tx = optim.from_config(config, frozen=fine_tune.frozen)
+    abstract = _abstract_state(model, tx, inputs, mesh)
   meta = fingerprint(config.model.name, abstract.params)
   meta['inputs'] = [[list(x.shape), str(x.dtype)] for x in inputs]
 
@@ -216,6 +230,7 @@ def build_run(
     checkpointer.check_compatible(latest, meta)  # before anything is written
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=2))
+  fine_tune.write(workdir)
 
   repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   train_step = jax.jit(
@@ -245,8 +260,13 @@ def build_run(
     train_step=train_step,
     eval_step=eval_step,
     frozen=jax.device_put({} if frozen is None else frozen, repl),
-    on_init=on_init or identity_init,
+    on_init=_chain(fine_tune.load, on_init or identity_init),
+    notes=tuple(fine_tune.notes),
   )
+
+
+def _chain(first, then):
+  return lambda state, run: then(first(state, run), run)
 
 
 def check_accumulation(batch_size: int, accum: int, mesh) -> None:
@@ -274,6 +294,8 @@ def train(run: Run, *, tty: bool | None = None) -> dict[str, float]:
     f'{config.model.name} ({n_params:,} parameters) on {run.data.config.name} '
     f'[{run.task.name}], {jax.device_count()} device(s), workdir {run.workdir}'
   )
+  for line in run.notes:
+    reporter.log(line)
 
   step_rng = run.step_rng()
   step = int(state.step)
@@ -343,7 +365,7 @@ def restore_from_workdir(workdir: str):
   meta = checkpointer.meta(step)
   inputs = tuple(np.zeros(shape, dtype) for shape, dtype in meta['inputs'])
   model = build_model(config)
-  schedule, tx = optim.from_config(config)
+  schedule, tx = optim.from_config(config, frozen=init_from.frozen_in(workdir))
   mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': -1}))
   abstract = _abstract_state(model, tx, inputs, mesh)
   state = checkpointer.restore(step, abstract)

@@ -15,6 +15,11 @@ Seams for objectives that need more than the task:
   loss_terms    `LossTerm(name, weight, fn)`: fn(outputs, micro_batch, frozen_outputs) ->
                 a per-element loss shaped like `task.weights(batch)`; it adds
                 weight * sum(w * fn) / sum(w) to the objective and is reported under `name`.
+
+Metrics of a run are totals: `add_metrics` sums each step's (sum, count) pairs and raw
+totals (a confusion matrix) and keeps the eval step's per-example values; `summarize` turns
+(sum, count) into sum / count and hands raw totals and per-example values (padding dropped)
+to the task's `finalize` for what is not a mean over examples (F1, correlations).
 """
 
 import dataclasses
@@ -24,12 +29,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from bigjax.outputs import ModelOutput, as_output
 from bigjax.train.state import TrainState
 from bigjax.train.tasks import Task
 from bigjax.typing import Batch, PRNGKey, PyTree
+
+# The eval step's key for per-example values (`Task.collect`), gathered by `summarize`.
+COLLECTED = 'collected'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,21 +169,68 @@ def make_train_step(
   return train_step
 
 
+def eval_metrics(task: Task, outputs: ModelOutput, batch: Batch) -> dict[str, Any]:
+  """What one eval step reports: the task's metrics and, when the task collects per-example
+  values, `metrics[COLLECTED]` = those [B] arrays plus the batch's `mask`."""
+  outputs = _float32(as_output(outputs))
+  metrics = dict(task.metrics(outputs, batch))
+  if task.collect is not None:
+    n = jax.tree.leaves(batch)[0].shape[0]
+    mask = batch['mask'] if 'mask' in batch else jnp.ones((n,), bool)
+    metrics[COLLECTED] = {**task.collect(outputs, batch), 'mask': mask}
+  return metrics
+
+
 def make_eval_step(model: nn.Module, task: Task):
-  """Returns eval_step(state, batch) -> metrics as (sum, count) pairs."""
+  """Returns eval_step(state, batch) -> metrics: (sum, count) pairs, raw totals and, for a
+  task with `collect`, the per-example values under COLLECTED (see `eval_metrics`)."""
 
   def eval_step(state: TrainState, batch: Batch):
     outputs = model.apply(state.variables, *task.inputs(batch), train=False)
-    return task.metrics(_float32(as_output(outputs)), batch)
+    return eval_metrics(task, outputs, batch)
 
   return eval_step
 
 
-def add_metrics(a, b):
-  return b if a is None else jax.tree.map(jnp.add, a, b)
+def add_metrics(total, metrics):
+  """Adds one step's metrics to the running total (None at first): pairs and raw totals
+  are summed on the device; per-example values under COLLECTED are kept, one entry a step."""
+  metrics = dict(metrics)
+  collected = metrics.pop(COLLECTED, None)
+  if total is None:
+    total, gathered = metrics, []
+  else:
+    total = dict(total)
+    gathered = total.pop(COLLECTED, [])
+    total = jax.tree.map(jnp.add, total, metrics)
+  if collected is not None:
+    total[COLLECTED] = [*gathered, collected]
+  return total
 
 
-def summarize(metrics) -> dict[str, float]:
-  """(sum, count) pairs -> plain floats (host sync)."""
+def _gather(steps: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+  """Per-step {name: [B]} dicts -> {name: [N]} over the real examples (padding dropped)."""
+  if not steps:
+    return {}
+  mask = np.concatenate([np.asarray(s['mask'], bool) for s in steps])
+  return {
+    k: np.concatenate([np.asarray(s[k]) for s in steps])[mask] for k in steps[0] if k != 'mask'
+  }
+
+
+def summarize(metrics, task: Task | None = None) -> dict[str, float]:
+  """Totals -> plain floats (host sync): each (sum, count) pair becomes sum / count; with a
+  `task` that has `finalize`, its values over the raw totals and the gathered per-example
+  values are added. Without one (the train logs), raw totals are left out."""
   metrics = jax.device_get(metrics)
-  return {k: float(s) / max(float(c), 1e-12) for k, (s, c) in metrics.items()}
+  collected = _gather(metrics.pop(COLLECTED, []))
+  result, raw = {}, {}
+  for k, v in metrics.items():
+    if isinstance(v, tuple):
+      s, c = v
+      result[k] = float(s) / max(float(c), 1e-12)
+    else:
+      raw[k] = np.asarray(v)
+  if task is not None and task.finalize is not None:
+    result.update({k: float(v) for k, v in task.finalize(raw, collected).items()})
+  return result

@@ -17,7 +17,17 @@ through `bigjax.outputs.as_output` (a `ModelOutput`; a plain logits array is acc
                                 each adds its value to the objective).
   metrics(outputs, batch) -> {name: (sum, count)}, summed over batches and divided at the
                                 end, so averages stay right over padded and split batches.
+                                A bare array instead of a pair is a raw total (a confusion
+                                matrix): summed the same way and left to `finalize`.
   augment(batch, rng) -> batch  training only, on the whole update batch (mixup, cutmix).
+
+and, optionally, for metrics that are not means over examples (F1, correlations):
+
+  collect(outputs, batch) -> {name: [B]}   eval only: per-example values, gathered on the
+                                host over the whole eval set with padding (`mask`) dropped.
+  finalize(totals, collected) -> {name: float}   at the end of an eval: metrics from the
+                                summed raw totals and the gathered values (numpy arrays).
+                                Train logs show the (sum, count) metrics only.
 
 A new objective (masked LM, contrastive, distillation) is a new `Task`, built from the config
 by a function registered in `TASKS`. Legend: B batch, T length, C classes, V vocabulary.
@@ -30,6 +40,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from bigjax import losses
 from bigjax.outputs import ModelOutput, as_output
@@ -37,7 +48,8 @@ from bigjax.train import augment as augment_lib
 from bigjax.typing import Batch, PRNGKey
 from bigjax.vocab import PAD_ID
 
-Metrics = dict[str, tuple[jax.Array, jax.Array]]
+Metrics = dict[str, tuple[jax.Array, jax.Array] | jax.Array]
+Totals = dict[str, np.ndarray]
 
 
 def _no_augment(batch: Batch, rng: PRNGKey) -> Batch:
@@ -55,6 +67,8 @@ class Task:
   loss: Callable[[ModelOutput, Batch], jax.Array]
   metrics: Callable[[ModelOutput, Batch], Metrics]
   augment: Callable[[Batch, PRNGKey], Batch] = _no_augment
+  collect: Callable[[ModelOutput, Batch], dict[str, jax.Array]] | None = None
+  finalize: Callable[[Totals, Totals], dict[str, float]] | None = None
 
 
 def _example_mask(batch: Batch, n: int) -> jax.Array:
@@ -66,9 +80,14 @@ def _with_aux(outputs: ModelOutput, main: jax.Array, score, aux_weight: float) -
   total = main
   for logits in outputs.aux_logits.values():
     total = total + aux_weight * score(logits)
+  return _plus_model_losses(outputs, total)
+
+
+def _plus_model_losses(outputs: ModelOutput, main: jax.Array) -> jax.Array:
+  """main + each of the model's own losses (scalars, so each adds its value)."""
   for value in outputs.aux_losses.values():
-    total = total + value.astype(jnp.float32)
-  return total
+    main = main + value.astype(jnp.float32)
+  return main
 
 
 def _aux_metrics(outputs: ModelOutput, score, w: jax.Array) -> Metrics:
@@ -77,10 +96,12 @@ def _aux_metrics(outputs: ModelOutput, score, w: jax.Array) -> Metrics:
   count = w.sum()
   for name, logits in outputs.aux_logits.items():
     metrics[f'aux_logits/{name}'] = ((score(logits) * w).sum(), count)
+  return {**metrics, **_model_loss_metrics(outputs)}
+
+
+def _model_loss_metrics(outputs: ModelOutput) -> Metrics:
   one = jnp.ones((), jnp.float32)
-  for name, value in outputs.aux_losses.items():
-    metrics[f'aux_losses/{name}'] = (value.astype(jnp.float32), one)
-  return metrics
+  return {f'aux_losses/{k}': (v.astype(jnp.float32), one) for k, v in outputs.aux_losses.items()}
 
 
 def _bits_name(tokenizer) -> str:
@@ -201,11 +222,323 @@ def seq2seq(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
   )
 
 
+# --- text encoders: masked LM, sentence (pair) classification and regression, tagging, spans
+
+
+def _text_inputs(batch: Batch) -> tuple[jax.Array, jax.Array]:
+  return (batch['input_ids'], batch['segment_ids'])
+
+
+def masked_lm(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
+  """BERT pre-training (Devlin et al., 2019): (`input_ids`, `segment_ids`) -> logits
+  [B, T, V], scored at the selected positions only (`mlm_labels` != -1), plus next-sentence
+  prediction when the batch has `nsp_label` [B] and the model `aux_logits['nsp']` [B, 2].
+
+  The objective is mlm_mean + train.nsp_weight * nsp_mean, BERT's sum of the mean over
+  selected tokens and the mean over sentence pairs. The weights are per token, so each
+  example's NSP loss is spread over its selected tokens: each carries nsp * (W / E) / n, with
+  n the example's selected tokens, W all selected tokens and E the examples with any, in the
+  batch the loss sees. Under gradient accumulation that is a micro-batch, and the NSP term
+  is the micro-batches' NSP means weighted by their selected tokens (exact when they select
+  as many, which fixed-rate masking of full sequences nearly does). An example with no
+  selected token adds no NSP loss. 'loss' and 'accuracy' are the MLM's.
+  """
+  smoothing = config.train.get('label_smoothing', 0.0)
+  nsp_weight = config.train.get('nsp_weight', 1.0)
+  bits = _bits_name(tokenizer)
+
+  def selected(batch):  # [B, T]
+    w = batch['mlm_labels'] != -1
+    if 'mask' in batch:
+      w = w & batch['mask'][:, None]
+    return w
+
+  def has_nsp(outputs, batch):  # static: the data and the head decide, not the values
+    return 'nsp_label' in batch and 'nsp' in outputs.aux_logits
+
+  def weights(batch):
+    return selected(batch).astype(jnp.float32)
+
+  def loss(outputs, batch):
+    outputs = as_output(outputs)
+    targets = jnp.maximum(batch['mlm_labels'], 0)
+    total = losses.softmax_cross_entropy(outputs.logits, targets, label_smoothing=smoothing)
+    if has_nsp(outputs, batch):
+      w = selected(batch)
+      n = w.sum(-1)  # [B]
+      per_example = w.sum() / jnp.maximum((n > 0).sum(), 1)  # W / E
+      nsp = losses.softmax_cross_entropy(outputs.aux_logits['nsp'], batch['nsp_label'])  # [B]
+      total = total + (nsp_weight * nsp * per_example / jnp.maximum(n, 1))[:, None]
+    return _plus_model_losses(outputs, total)  # [B, T]
+
+  def metrics(outputs, batch):
+    outputs = as_output(outputs)
+    labels = batch['mlm_labels']
+    w = selected(batch)
+    count = w.sum()
+    ce = losses.softmax_cross_entropy(outputs.logits, jnp.maximum(labels, 0), where=w).sum()
+    correct = (jnp.argmax(outputs.logits, -1) == labels) & w
+    result = {
+      'loss': (ce, count),
+      'accuracy': (correct.sum(), count),
+      bits: (ce / math.log(2), count),
+      **_model_loss_metrics(outputs),
+    }
+    if has_nsp(outputs, batch):
+      logits, label = outputs.aux_logits['nsp'], batch['nsp_label']
+      mask = _example_mask(batch, label.shape[0])
+      nsp = losses.softmax_cross_entropy(logits, label, where=mask).sum()
+      result['nsp_loss'] = (nsp, mask.sum())
+      result['nsp_accuracy'] = (((jnp.argmax(logits, -1) == label) & mask).sum(), mask.sum())
+    return result
+
+  return Task('mlm', _text_inputs, weights, loss, metrics)
+
+
+def binary_scores(confusion: np.ndarray) -> dict[str, float]:
+  """F1 of class 1 and Matthews' correlation from a [2, 2] confusion matrix (rows: label,
+  columns: prediction); 0 where undefined, as scikit-learn."""
+  (tn, fp), (fn, tp) = np.asarray(confusion, np.float64)
+  f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+  denominator = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+  mcc = (tp * tn - fp * fn) / denominator if denominator else 0.0
+  return {'f1': f1, 'mcc': mcc}
+
+
+def text_classification(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
+  """Sentence (pair) classification, GLUE style: (`input_ids`, `segment_ids`) -> logits
+  [B, C] against `label` [B]. Loss and accuracy always; with two classes also the F1 of
+  class 1 (MRPC, QQP) and Matthews' correlation (CoLA), from the confusion matrix summed
+  over the whole eval set."""
+  del tokenizer
+  smoothing = config.train.get('label_smoothing', 0.0)
+  aux_weight = config.train.get('aux_loss_weight', 0.4)
+
+  def weights(batch):
+    return _example_mask(batch, batch['label'].shape[0]).astype(jnp.float32)
+
+  def loss(outputs, batch):
+    outputs = as_output(outputs)
+
+    def score(logits):  # [B]
+      return losses.softmax_cross_entropy(logits, batch['label'], label_smoothing=smoothing)
+
+    return _with_aux(outputs, score(outputs.logits), score, aux_weight)
+
+  def metrics(outputs, batch):
+    outputs = as_output(outputs)
+    logits, labels = outputs.logits, batch['label']
+    mask = _example_mask(batch, labels.shape[0])
+    count = mask.sum()
+    ce = lambda x: losses.softmax_cross_entropy(x, labels)  # noqa: E731
+    predicted = jnp.argmax(logits, -1)
+    result = {
+      'loss': (jnp.where(mask, ce(logits), 0.0).sum(), count),
+      'accuracy': (((predicted == labels) & mask).sum(), count),
+      **_aux_metrics(outputs, ce, mask),
+    }
+    if logits.shape[-1] == 2:  # a raw total: [label, prediction] counts
+      pairs = jax.nn.one_hot(labels, 2)[:, :, None] * jax.nn.one_hot(predicted, 2)[:, None, :]
+      result['confusion'] = jnp.where(mask[:, None, None], pairs, 0.0).sum(0)  # [2, 2]
+    return result
+
+  def finalize(totals, collected):
+    del collected
+    return binary_scores(totals['confusion']) if 'confusion' in totals else {}
+
+  return Task('text_classification', _text_inputs, weights, loss, metrics, finalize=finalize)
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+  """1-based ranks, tied values sharing their mean rank (as scipy.stats.rankdata)."""
+  order = np.argsort(x, kind='stable')
+  ordered = x[order]
+  first = np.r_[True, ordered[1:] != ordered[:-1]]  # where each group of ties starts
+  starts = np.flatnonzero(first)
+  ends = np.r_[starts[1:], len(x)]
+  ranks = np.empty(len(x), np.float64)
+  ranks[order] = ((starts + 1 + ends) / 2)[np.cumsum(first) - 1]
+  return ranks
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+  """Pearson's correlation in float64; 0 where undefined (fewer than 2 values, a constant)."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  if len(x) < 2:
+    return 0.0
+  x, y = x - x.mean(), y - y.mean()
+  denominator = math.sqrt(float((x * x).sum() * (y * y).sum()))
+  return float((x * y).sum()) / denominator if denominator else 0.0
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+  """Spearman's rank correlation: Pearson's over the ranks (ties share their mean rank)."""
+  return pearson(_ranks(np.asarray(x)), _ranks(np.asarray(y))) if len(x) >= 2 else 0.0
+
+
+def regression(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
+  """Sentence-pair similarity, STS-B style: (`input_ids`, `segment_ids`) -> logits [B, 1]
+  against a float `label` [B]. The loss is the squared error (its mean the MSE); Pearson's
+  and Spearman's correlations are over the whole eval set, from the gathered predictions."""
+  del tokenizer
+  aux_weight = config.train.get('aux_loss_weight', 0.4)
+
+  def predict(logits):  # [B, 1] -> [B]
+    if logits.ndim != 2 or logits.shape[-1] != 1:
+      raise ValueError(
+        f'task regression scores one output per example, got logits {logits.shape}: use a '
+        f'model head with one output (--config.model.num_classes=1)'
+      )
+    return logits[:, 0].astype(jnp.float32)
+
+  def weights(batch):
+    return _example_mask(batch, batch['label'].shape[0]).astype(jnp.float32)
+
+  def squared_error(logits, batch):
+    return jnp.square(predict(logits) - batch['label'].astype(jnp.float32))
+
+  def loss(outputs, batch):
+    outputs = as_output(outputs)
+    score = lambda x: squared_error(x, batch)  # noqa: E731
+    return _with_aux(outputs, score(outputs.logits), score, aux_weight)
+
+  def metrics(outputs, batch):
+    outputs = as_output(outputs)
+    mask = _example_mask(batch, batch['label'].shape[0])
+    score = lambda x: squared_error(x, batch)  # noqa: E731
+    return {
+      'loss': (jnp.where(mask, score(outputs.logits), 0.0).sum(), mask.sum()),
+      **_aux_metrics(outputs, score, mask),
+    }
+
+  def collect(outputs, batch):
+    return {'prediction': predict(as_output(outputs).logits), 'label': batch['label']}
+
+  def finalize(totals, collected):
+    del totals
+    if 'prediction' not in collected:  # nothing gathered (not an eval)
+      return {}
+    x, y = collected['prediction'], collected['label']
+    return {'pearson': pearson(x, y), 'spearman': spearman(x, y)}
+
+  return Task(
+    'regression', _text_inputs, weights, loss, metrics, collect=collect, finalize=finalize
+  )
+
+
+def token_classification(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
+  """Tagging (named entities, parts of speech): (`input_ids`, `segment_ids`) -> logits
+  [B, T, C] against `labels` [B, T], -1 not scored (special tokens, padding, word pieces
+  after a word's first). Every scored token counts once in the loss and the accuracy."""
+  del tokenizer
+  smoothing = config.train.get('label_smoothing', 0.0)
+  aux_weight = config.train.get('aux_loss_weight', 0.4)
+
+  def scored(batch):  # [B, T]
+    w = batch['labels'] != -1
+    if 'mask' in batch:
+      w = w & batch['mask'][:, None]
+    return w
+
+  def weights(batch):
+    return scored(batch).astype(jnp.float32)
+
+  def loss(outputs, batch):
+    outputs = as_output(outputs)
+    targets = jnp.maximum(batch['labels'], 0)
+
+    def score(logits):  # [B, T]
+      return losses.softmax_cross_entropy(logits, targets, label_smoothing=smoothing)
+
+    return _with_aux(outputs, score(outputs.logits), score, aux_weight)
+
+  def metrics(outputs, batch):
+    outputs = as_output(outputs)
+    labels, w = batch['labels'], scored(batch)
+    count = w.sum()
+    ce = lambda x: losses.softmax_cross_entropy(x, jnp.maximum(labels, 0))  # noqa: E731
+    correct = (jnp.argmax(outputs.logits, -1) == labels) & w
+    return {
+      'loss': (jnp.where(w, ce(outputs.logits), 0.0).sum(), count),
+      'accuracy': (correct.sum(), count),
+      **_aux_metrics(outputs, ce, w),
+    }
+
+  return Task('token_classification', _text_inputs, weights, loss, metrics)
+
+
+def best_span(logits: jax.Array, max_answer_len: int) -> tuple[jax.Array, jax.Array]:
+  """The (start, end) [B] maximising start + end logits of `logits` [B, T, 2] over the
+  valid spans: start <= end < start + max_answer_len."""
+  start, end = logits[..., 0], logits[..., 1]  # [B, T]
+  t = start.shape[-1]
+  i = jnp.arange(t)
+  valid = (i[None, :] >= i[:, None]) & (i[None, :] < i[:, None] + max_answer_len)  # [T, T]
+  scores = jnp.where(valid, start[:, :, None] + end[:, None, :], -jnp.inf)  # [B, T, T]
+  flat = jnp.argmax(scores.reshape(scores.shape[0], t * t), -1)  # [B]
+  return flat // t, flat % t
+
+
+def span_f1(start, end, gold_start, gold_end) -> jax.Array:
+  """Token-overlap F1 between the spans [start, end] and [gold_start, gold_end] (ends
+  inclusive), per example."""
+  overlap = jnp.maximum(jnp.minimum(end, gold_end) - jnp.maximum(start, gold_start) + 1, 0)
+  precision = overlap / jnp.maximum(end - start + 1, 1)
+  recall = overlap / jnp.maximum(gold_end - gold_start + 1, 1)
+  return jnp.where(overlap > 0, 2 * precision * recall / (precision + recall + 1e-12), 0.0)
+
+
+def span(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
+  """Extractive question answering, SQuAD style: (`input_ids`, `segment_ids`) -> logits
+  [B, T, 2] (start, end) against `start_position`, `end_position` [B] (end inclusive). The
+  loss is the mean of the start and end cross-entropies. Exact match and token-overlap F1
+  score the best valid span (`best_span`, at most task.max_answer_len tokens, 30 by
+  default) against the gold one."""
+  del tokenizer
+  max_len = int(config.get('task', {}).get('max_answer_len', 30))
+  if max_len < 1:
+    raise ValueError(f'task.max_answer_len must be >= 1, got {max_len}')
+
+  def weights(batch):
+    return _example_mask(batch, batch['start_position'].shape[0]).astype(jnp.float32)
+
+  def cross_entropy(logits, batch):  # [B]
+    start = losses.softmax_cross_entropy(logits[..., 0], batch['start_position'])
+    end = losses.softmax_cross_entropy(logits[..., 1], batch['end_position'])
+    return (start + end) / 2
+
+  def loss(outputs, batch):
+    outputs = as_output(outputs)
+    return _plus_model_losses(outputs, cross_entropy(outputs.logits, batch))
+
+  def metrics(outputs, batch):
+    outputs = as_output(outputs)
+    gold_start, gold_end = batch['start_position'], batch['end_position']
+    mask = _example_mask(batch, gold_start.shape[0])
+    count = mask.sum()
+    start, end = best_span(outputs.logits, max_len)
+    exact = (start == gold_start) & (end == gold_end) & mask
+    f1 = jnp.where(mask, span_f1(start, end, gold_start, gold_end), 0.0)
+    return {
+      'loss': (jnp.where(mask, cross_entropy(outputs.logits, batch), 0.0).sum(), count),
+      'exact_match': (exact.sum(), count),
+      'f1': (f1.sum(), count),
+      **_model_loss_metrics(outputs),
+    }
+
+  return Task('span', _text_inputs, weights, loss, metrics)
+
+
 # name -> builder(config, tokenizer) -> Task
 TASKS: dict[str, Callable[..., Task]] = {
   'classification': classification,
   'lm': language_model,
   'seq2seq': seq2seq,
+  'mlm': masked_lm,
+  'text_classification': text_classification,
+  'regression': regression,
+  'token_classification': token_classification,
+  'span': span,
 }
 
 

@@ -1,4 +1,5 @@
-"""Weight import: parity with Hugging Face transformers, and the loader's error messages."""
+"""Weight import and export: parity with Hugging Face transformers, both ways, and the
+error messages."""
 
 import json
 import os
@@ -11,7 +12,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import bigjax
-from bigjax.convert import hf_resnet
+from bigjax.convert import hf_resnet, mapping
 
 try:
   import torch
@@ -369,3 +370,157 @@ def test_torch_transformer_parity_with_padding_masks(activation):
   # torch zeroes padded encoder positions (nested tensors); only valid ones are compared.
   np.testing.assert_allclose(np.asarray(encoded)[src_valid], memory[src_valid], atol=1e-4)
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=0)
+
+
+# ----- export: bigjax.save_pretrained -----
+
+
+def _load_hf(cls, folder):
+  """A transformers model from `folder`, checking that every weight came from the folder."""
+  model, info = cls.from_pretrained(folder, output_loading_info=True)
+  assert not info['unexpected_keys'] and not info['mismatched_keys'], info
+  return model.eval(), info['missing_keys']
+
+
+@pytest.mark.parity
+@needs_torch
+def test_vit_round_trips_through_transformers(vit_dir, tmp_path):
+  path, hf = vit_dir
+  x_nchw, _ = _image()
+  model, variables = bigjax.from_pretrained(path)
+  out = str(tmp_path / 'out')
+  bigjax.save_pretrained(model, variables, out)
+  assert sorted(os.listdir(out)) == ['config.json', 'model.safetensors']
+  back, missing = _load_hf(transformers.ViTForImageClassification, out)
+  assert not missing
+  for key in ('hidden_act', 'layer_norm_eps', 'image_size', 'patch_size', 'num_labels'):
+    assert getattr(back.config, key) == getattr(hf.config, key), key
+  np.testing.assert_allclose(
+    _torch_logits(back, x_nchw), _torch_logits(hf, x_nchw), atol=TOL, rtol=0
+  )
+
+  # Sharded: several files and an index, which both libraries read back identically.
+  sharded = str(tmp_path / 'sharded')
+  bigjax.save_pretrained(model, variables, sharded, max_shard_size=20_000)
+  with open(os.path.join(sharded, 'model.safetensors.index.json')) as f:
+    shards = set(json.load(f)['weight_map'].values())
+  assert len(shards) > 2 and shards <= set(os.listdir(sharded))
+  assert 'model.safetensors' not in os.listdir(sharded)
+  back, _ = _load_hf(transformers.ViTForImageClassification, sharded)
+  np.testing.assert_allclose(
+    _torch_logits(back, x_nchw), _torch_logits(hf, x_nchw), atol=TOL, rtol=0
+  )
+  _, again = bigjax.from_pretrained(sharded)
+  jax.tree.map(np.testing.assert_array_equal, again, variables)
+
+
+@pytest.mark.parity
+@needs_torch
+def test_bare_vit_model_round_trips_through_transformers(tmp_path):
+  torch.manual_seed(1)
+  hf = transformers.ViTModel(_vit_config(hidden_act='gelu_new')).eval()
+  _perturb(hf)
+  hf.save_pretrained(str(tmp_path / 'in'))
+  model, variables = bigjax.from_pretrained(str(tmp_path / 'in'))
+  bigjax.save_pretrained(model, variables, str(tmp_path / 'out'))
+  back, missing = _load_hf(transformers.ViTModel, str(tmp_path / 'out'))
+  # The pooler (dense + tanh) feeds no bigjax output, so it is not exported.
+  assert sorted(missing) == ['pooler.dense.bias', 'pooler.dense.weight']
+  assert back.config.architectures == ['ViTModel']
+  x_nchw, _ = _image(seed=1)
+  np.testing.assert_allclose(
+    _torch_logits(back, x_nchw), _torch_logits(hf, x_nchw), atol=TOL, rtol=0
+  )
+
+
+@pytest.mark.parity
+@needs_torch
+@pytest.mark.parametrize('layer_type', ['basic', 'bottleneck'])
+def test_resnet_round_trips_through_transformers(layer_type, tmp_path):
+  hf = _resnet(layer_type)
+  hf.save_pretrained(str(tmp_path / 'in'))
+  model, variables = bigjax.from_pretrained(str(tmp_path / 'in'))
+  bigjax.save_pretrained(model, variables, str(tmp_path / 'out'))
+  back, missing = _load_hf(transformers.ResNetForImageClassification, str(tmp_path / 'out'))
+  assert all(k.endswith('num_batches_tracked') for k in missing), missing
+  assert (back.config.layer_type, back.config.depths) == (layer_type, [1, 2])
+  x_nchw, _ = _image()
+  ref = _torch_logits(hf, x_nchw)
+  assert np.abs(ref).max() > 0.1
+  np.testing.assert_allclose(_torch_logits(back, x_nchw), ref, atol=TOL, rtol=0)
+
+
+def _random_variables(model, seed=0):
+  """Variables of `model` for 32x32 images, every leaf random (numpy, nothing compiled), so
+  a layout that does not invert cannot hide behind 0s and 1s."""
+  rng = np.random.default_rng(seed)
+  image = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  return jax.tree.map(
+    lambda x: rng.uniform(0.5, 1.5, x.shape).astype(np.float32),
+    mapping.abstract_variables(model, image),
+  )
+
+
+@pytest.mark.parametrize(
+  'name, overrides',
+  [
+    ('vit_test', {}),
+    ('vit_test', {'num_classes': 0, 'gelu_approximate': True}),
+    ('resnet_test', {'cifar_stem': False}),
+    ('resnet_test', {'cifar_stem': False, 'block': 'bottleneck', 'stage_sizes': (2, 1)}),
+  ],
+  ids=['vit', 'vit_headless', 'resnet_basic', 'resnet_bottleneck'],
+)
+def test_bigjax_variables_export_and_import_bit_identical(name, overrides, tmp_path):
+  model = bigjax.create_model(name, **overrides)
+  variables = _random_variables(model)
+  bigjax.save_pretrained(model, variables, str(tmp_path))
+  loaded, again = bigjax.from_pretrained(str(tmp_path))
+  assert type(loaded) is type(model)
+  for key, value in overrides.items():
+    assert getattr(loaded, key) == value, key
+  assert jax.tree.structure(again) == jax.tree.structure(variables)
+  jax.tree.map(np.testing.assert_array_equal, again, variables)
+
+
+def test_scanned_vit_exports_as_unrolled_blocks(tmp_path):
+  from bigjax.layers import unstack_layers
+
+  model = bigjax.create_model('vit_test', scan_layers=True)
+  variables = _random_variables(model)
+  bigjax.save_pretrained(model, variables, str(tmp_path))
+  loaded, again = bigjax.from_pretrained(str(tmp_path))
+  assert not loaded.scan_layers and loaded.num_layers == model.num_layers
+  jax.tree.map(np.testing.assert_array_equal, again['params'], unstack_layers(variables['params']))
+
+
+def test_save_pretrained_refuses_and_writes_nothing(tmp_path):
+  model = bigjax.create_model('resnet_test', cifar_stem=False)
+  variables = _random_variables(model)
+  folder = tmp_path / 'out'
+  folder.mkdir()
+  (folder / 'notes.txt').write_text('keep')
+  with pytest.raises(ValueError, match='exists and is not empty.*overwrite=True'):
+    bigjax.save_pretrained(model, variables, str(folder))
+  assert os.listdir(folder) == ['notes.txt']
+
+  cifar = bigjax.create_model('resnet_test')
+  with pytest.raises(ValueError, match='cifar_stem=True has no Hugging Face form'):
+    bigjax.save_pretrained(cifar, variables, str(tmp_path / 'cifar'))
+  vit = bigjax.create_model('vit_test', pool='mean')
+  with pytest.raises(ValueError, match="pool='mean' has no Hugging Face form"):
+    bigjax.save_pretrained(vit, {}, str(tmp_path / 'vit'))
+  other = bigjax.create_model('transformer_test')
+  with pytest.raises(ValueError, match='cannot export Transformer models.*: ResNet, ViT'):
+    bigjax.save_pretrained(other, {}, str(tmp_path / 'other'))
+  with pytest.raises(
+    ValueError,
+    match=r'at params/head/bias \(the model has shape \(3,\), the variables have shape \(10,\)',
+  ):
+    wide = bigjax.create_model('resnet_test', cifar_stem=False, num_classes=3)
+    bigjax.save_pretrained(wide, variables, str(tmp_path / 'wide'))
+  assert sorted(os.listdir(tmp_path)) == ['out']  # no folder, no temporary left behind
+
+  bigjax.save_pretrained(model, variables, str(folder), overwrite=True)
+  assert sorted(os.listdir(folder)) == ['config.json', 'model.safetensors']
+  assert sorted(os.listdir(tmp_path)) == ['out']

@@ -187,9 +187,15 @@ def test_the_table_lists_every_data_set():
       'cifar100',
       'digits',
       'fashion_mnist',
+      *[f'glue/{task}' for task in ('cola', 'mnli', 'mrpc', 'qnli', 'qqp', 'rte', 'sst2')],
+      'glue/stsb',
+      'glue/wnli',
       'imagenet2012',
       'mnist',
       'pystdlib',
+      'pystdlib_mlm',
+      'pystdlib_syntax',
+      'wikipedia',
       'wmt14_translate/de-en',
     ]
   )
@@ -200,7 +206,8 @@ def test_the_table_lists_every_data_set():
       if isinstance(value, DatasetSpec):
         assert id(value) in listed, f'bigjax.data.sets.{info.name}.{name} is not in the table'
   for spec in datasets.DATASETS.values():
-    assert spec.task in ('classification', 'lm', 'seq2seq')
+    tasks = ('classification', 'lm', 'seq2seq', 'mlm', 'text_classification', 'regression')
+    assert spec.task in tasks
   with pytest.raises(ValueError, match='did you mean digits'):
     datasets.dataset_spec('digit')
 

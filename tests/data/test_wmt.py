@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from bigjax.data import run_tokenizer
 from bigjax.data.datasets import dataset_spec
 from bigjax.data.sets import wmt
 from bigjax.data.tokenizers import SubwordTokenizer
@@ -75,8 +76,14 @@ def n_en(tok, record):
 
 def test_config_errors(tmp_path):
   with pytest.raises(ValueError, match='data.workdir'):
-    wmt.tokenizer_path(_data(''))
+    run_tokenizer.tokenizer_path(_data(''), 'wmt14')
   with pytest.raises(ValueError, match='source_lang'):
     wmt.transforms(_data(tmp_path, source_lang='fr'), True)
   with pytest.raises(FileNotFoundError, match='first opens its data'):
+    wmt.tokenizer(_data(tmp_path / 'empty'))
+  with pytest.raises(FileNotFoundError, match='does not exist'):
     wmt.tokenizer(_data(tmp_path, tokenizer=str(tmp_path / 'missing.json')))
+  with tfds.testing.mock_data(num_examples=4):  # an explicit tokenizer is never trained
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+      wmt.open_split('train', None, _data(tmp_path, tokenizer=str(tmp_path / 'missing.json')))
+  assert not os.path.exists(tmp_path / 'missing.json')

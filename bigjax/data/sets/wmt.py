@@ -14,67 +14,42 @@ Data config fields:
   data.vocab_size                      BPE vocabulary size, the special tokens included
   data.tokenizer_sample                training pairs read to learn the BPE merges
   data.workdir                         set by the trainer: where tokenizer.json lives
-  optional data.tokenizer              an explicit tokenizer.json path (overrides workdir)
+  optional data.tokenizer              an existing tokenizer.json (overrides the workdir's)
+The tokenizer file is handled by `bigjax.data.run_tokenizer`, as for every data set that
+learns its vocabulary.
 Ids: 0 <pad>, 1 <s> (BOS), 2 </s> (EOS); the rest are subwords.
 """
 
-import os
-
 import ml_collections
-import numpy as np
 
+from bigjax.data import run_tokenizer
 from bigjax.data.sources import open_public
 from bigjax.data.spec import DatasetSpec
-from bigjax.data.tokenizers import SubwordTokenizer, load_tokenizer, train_bpe
+from bigjax.data.tokenizers import SubwordTokenizer, train_bpe
 from bigjax.data.transforms.text import TokenizePair, as_text
 
 NAME = 'wmt14_translate/de-en'
-TOKENIZER_FILE = 'tokenizer.json'
 LANGS = ('de', 'en')
-
-
-def tokenizer_path(data: ml_collections.ConfigDict) -> str:
-  """Where this run's tokenizer lives: data.tokenizer, else <data.workdir>/tokenizer.json."""
-  explicit = data.get('tokenizer', None)
-  if explicit:
-    return os.fspath(explicit)
-  workdir = data.get('workdir', None)
-  if not workdir:
-    raise ValueError(
-      'the wmt14 data needs a place for its tokenizer: set data.workdir (the trainer does) '
-      'or data.tokenizer to a tokenizer.json path'
-    )
-  return os.path.join(os.fspath(workdir), TOKENIZER_FILE)
 
 
 def tokenizer(data: ml_collections.ConfigDict) -> SubwordTokenizer:
   """The run's saved BPE tokenizer (written when a wmt14 run first opens its data)."""
-  path = tokenizer_path(data)
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-      f'no subword tokenizer at {path}: it is written there when a wmt14 run first opens '
-      'its data; point data.tokenizer (or --workdir) at a run that has one'
-    )
-  return load_tokenizer(path)
+  return run_tokenizer.load(data, 'wmt14')
 
 
 def ensure_tokenizer(data: ml_collections.ConfigDict, train_source) -> str:
   """Trains and saves the tokenizer on first use; returns its path."""
-  path = tokenizer_path(data)
-  if os.path.exists(path):
-    return path
-  n = len(train_source)
-  count = min(n, int(data.get('tokenizer_sample', 100_000)))
-  index = np.linspace(0, n - 1, count).astype(np.int64)  # evenly spaced, deterministic
 
   def texts():
-    for i in index:
+    for i in run_tokenizer.sample_indices(len(train_source), data, 100_000):
       record = train_source[int(i)]
       for lang in LANGS:
         yield as_text(record[lang])
 
-  train_bpe(texts(), int(data.get('vocab_size', 32000))).save(path)
-  return path
+  def learn():
+    return train_bpe(texts(), int(data.get('vocab_size', 32000)))
+
+  return run_tokenizer.ensure(data, 'wmt14', learn)
 
 
 def _data_source(split: str, data_dir: str | None):
@@ -105,7 +80,7 @@ def transforms(data: ml_collections.ConfigDict, train: bool) -> list:
   src, tgt = _check_langs(data)
   if not data.get('max_len', None):
     raise ValueError('the wmt14 dataset needs data.max_len (tokens per side)')
-  return [TokenizePair(tokenizer_path(data), src, tgt, int(data.max_len))]
+  return [TokenizePair(run_tokenizer.tokenizer_path(data, 'wmt14'), src, tgt, int(data.max_len))]
 
 
 # newstest2013 ('validation') is the paper's development set; newstest2014 is 'test'.

@@ -1,8 +1,10 @@
 """Per-record Grain transforms for token sequences.
 
-Legend: T window length (`data.seq_len`); S = T = `data.max_len` for sequence pairs.
-Every padded sequence is padded with `bigjax.vocab.PAD_ID`.
+Legend: T window length (`data.seq_len`); S = T = `data.max_len` for sequence pairs and
+for BERT-style text examples. Every padded sequence is padded with `bigjax.vocab.PAD_ID`.
 """
+
+import zlib
 
 import grain
 import numpy as np
@@ -100,3 +102,170 @@ class TokenizePair(grain.transforms.Map):
       'tgt_in': fit_to(np.insert(tgt[: self.max_len - 1], 0, bos), self.max_len),
       'tgt_out': fit_to(tgt, self.max_len),
     }
+
+
+# Text encoders (BERT): [CLS] A [SEP] (B [SEP]) with segment ids, and dynamic masking.
+# Legend: T = data.max_len tokens per example (both sentences, specials included).
+
+# Python layout as words a WordPiece tokenizer keeps (its pre-tokenizer drops whitespace,
+# yet indentation is syntax): one INDENT per 4 columns, one ALIGN per remaining column,
+# NEWLINE between lines. All three are punctuation to BERT's pre-tokenizer: one token each.
+INDENT, ALIGN, NEWLINE = '»', '›', '¶'
+MASK_PROB = 0.15  # BERT (Devlin et al., 2019, section 3.1): 15% of tokens are predicted
+MASK_TOKEN = '[MASK]'
+
+
+def code_as_text(code: str) -> str:
+  """Python source -> one line of text that keeps its layout (blank lines dropped).
+
+  'if x:\\n    y = 1' -> 'if x: ¶ » y = 1'. Tabs count as 8 columns.
+  """
+  lines = []
+  for line in code.splitlines():
+    body = line.strip()
+    if body:
+      line = line.expandtabs(8)
+      width = len(line) - len(line.lstrip())
+      lines.append(f'{INDENT * (width // 4)}{ALIGN * (width % 4)} {body}'.lstrip())
+  return f' {NEWLINE} '.join(lines)
+
+
+def truncate_pair(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
+  """Lengths after removing tokens from the end of the longer side, one at a time (ties:
+  the first), until len_a + len_b <= budget: BERT's `_truncate_seq_pair`."""
+  excess = len_a + len_b - budget
+  if excess <= 0:
+    return len_a, len_b
+  cut = min(excess, abs(len_a - len_b))  # first the longer side down to the other's length
+  if len_a >= len_b:
+    len_a -= cut
+  else:
+    len_b -= cut
+  excess -= cut
+  return len_a - (excess + 1) // 2, len_b - excess // 2
+
+
+def encode_pair(a, b, max_len: int, cls_id: int, sep_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Token ids of A (and B, or None) -> (input_ids, segment_ids), int32 [T].
+
+  input_ids = [CLS] A [SEP] (B [SEP]), truncated (`truncate_pair`) and padded with PAD_ID;
+  segment_ids are 0 over [CLS] A [SEP], 1 over B [SEP], 0 on padding.
+  """
+  specials = 2 if b is None else 3
+  if max_len <= specials:
+    raise ValueError(f'data.max_len={max_len} leaves no room for text: raise it')
+  a = np.asarray(a, np.int32)
+  b = np.zeros((0,), np.int32) if b is None else np.asarray(b, np.int32)
+  len_a, len_b = truncate_pair(len(a), len(b), max_len - specials)
+  ids = [[cls_id], a[:len_a], [sep_id]]
+  if specials == 3:
+    ids += [b[:len_b], [sep_id]]
+  ids = np.concatenate(ids).astype(np.int32)
+  segments = np.zeros((max_len,), np.int32)
+  segments[len_a + 2 : len(ids)] = 1
+  return fit_to(ids, max_len), segments
+
+
+class EncodeText(grain.transforms.Map):
+  """{text_keys: text, label keys} -> {'input_ids', 'segment_ids': int32 [T], labels}.
+
+  One text key encodes a sentence, two a sentence pair (`encode_pair`); `labels` maps
+  the record keys copied through to their dtype. `tokenizer` is a
+  `bigjax.data.run_tokenizer.TokenizerFile` (read once per worker process); with
+  `as_code`, texts are Python source (`code_as_text`).
+  """
+
+  def __init__(self, tokenizer, max_len: int, text_keys, labels=None, as_code: bool = False):
+    if len(text_keys) not in (1, 2):
+      raise ValueError(f'a text example has one or two sentences, got keys {text_keys}')
+    self.tokenizer, self.max_len, self.text_keys = tokenizer, int(max_len), tuple(text_keys)
+    self.labels, self.as_code = dict(labels or {}), as_code
+
+  def map(self, record):
+    tok = self.tokenizer.tokenizer
+    if tok.bos_id is None or tok.eos_id is None:
+      raise ValueError(f'{self.tokenizer.path} has no [CLS] / [SEP] tokens: use a WordPiece one')
+    texts = [as_text(record[k]) for k in self.text_keys]
+    ids = [tok.encode(code_as_text(t) if self.as_code else t) for t in texts]
+    b = ids[1] if len(ids) == 2 else None
+    input_ids, segment_ids = encode_pair(ids[0], b, self.max_len, tok.bos_id, tok.eos_id)
+    out = {'input_ids': input_ids, 'segment_ids': segment_ids}
+    for key, dtype in self.labels.items():
+      out[key] = np.asarray(record[key], dtype)
+    return out
+
+
+class MaskTokens(grain.transforms.RandomMap):
+  """Dynamic masking for masked-LM pre-training (BERT, section 3.1 and appendix A.1).
+
+  Of the tokens that are not special ([CLS], [SEP], [PAD], [UNK], [MASK]), round(15%) are
+  selected (at least one when there are any); of those 80% become [MASK], 10% a random
+  non-special token and 10% stay. 'mlm_labels' (int32 [T]) holds the original id at the
+  selected positions and -1 elsewhere. As a Grain RandomMap after `.seed().shuffle()
+  .repeat()` its generator is seeded from the pipeline seed and the element's index in the
+  repeated stream (grain's `RngPool.acquire_rng(index)`), so the mask is drawn anew every
+  epoch and is a function of (seed, step): a resumed iterator yields the same masks.
+  """
+
+  def __init__(self, tokenizer, mask_prob: float = MASK_PROB):
+    if not 0 < mask_prob < 1:
+      raise ValueError(f'data.mask_prob must be in (0, 1), got {mask_prob}')
+    self.tokenizer, self.mask_prob = tokenizer, float(mask_prob)
+    self._ids = None
+
+  def _vocab(self) -> tuple[np.ndarray, int, np.ndarray]:
+    """(special ids, the [MASK] id, the ids random replacements draw from)."""
+    if self._ids is None:
+      tok = self.tokenizer.tokenizer
+      mask_id = tok.backend.token_to_id(MASK_TOKEN) if hasattr(tok, 'backend') else None
+      if mask_id is None:
+        raise ValueError(f'{self.tokenizer.path} has no {MASK_TOKEN} token: use a WordPiece one')
+      special = np.asarray(sorted(set(tok.reserved_ids) | {mask_id}), np.int32)
+      normal = np.setdiff1d(np.arange(tok.vocab_size, dtype=np.int32), special)
+      self._ids = (special, mask_id, normal)
+    return self._ids
+
+  def __getstate__(self):  # workers read their own tokenizer
+    return {**self.__dict__, '_ids': None}
+
+  def random_map(self, example, rng: np.random.Generator):
+    special, mask_id, normal = self._vocab()
+    ids = np.asarray(example['input_ids'], np.int32)
+    labels = np.full(ids.shape, -1, np.int32)
+    masked = ids.copy()
+    candidates = np.flatnonzero(~np.isin(ids, special))
+    if len(candidates):
+      k = max(1, int(np.floor(self.mask_prob * len(candidates) + 0.5)))
+      chosen = rng.choice(candidates, k, replace=False)
+      labels[chosen] = ids[chosen]
+      u = rng.random(k)
+      masked[chosen[u < 0.8]] = mask_id
+      swap = chosen[(u >= 0.8) & (u < 0.9)]
+      masked[swap] = rng.choice(normal, len(swap))
+    return {**example, 'input_ids': masked, 'mlm_labels': labels}
+
+
+class FixedMaskTokens(grain.transforms.Map):
+  """`MaskTokens` with one mask per example for evaluation: the generator is seeded from
+  the example's token ids, so the same example gets the same mask on any number of
+  processes, in any order."""
+
+  def __init__(self, masker: MaskTokens, seed: int = 0):
+    self.masker, self.seed = masker, int(seed)
+
+  def map(self, example):
+    key = zlib.crc32(np.asarray(example['input_ids'], np.int32).tobytes())
+    return self.masker.random_map(example, np.random.default_rng([self.seed, key]))
+
+
+def mlm_transforms(
+  tokenizer, max_len: int, train: bool, *, pairs: bool, as_code=False, mask_prob: float = MASK_PROB
+) -> list:
+  """Encode {'text_a'(, 'text_b', 'nsp_label')} records, then mask: dynamic masking when
+  training, a fixed mask per example otherwise. `pairs`: sentence pairs with NSP labels."""
+  keys, labels = (('text_a', 'text_b'), {'nsp_label': np.int32}) if pairs else (('text_a',), {})
+  masker = MaskTokens(tokenizer, mask_prob)
+  return [
+    EncodeText(tokenizer, max_len, keys, labels, as_code=as_code),
+    masker if train else FixedMaskTokens(masker),
+  ]
