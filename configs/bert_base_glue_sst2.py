@@ -26,7 +26,7 @@ def glue_finetune(dataset: str, *, steps: int, test: bool):
   c.task.name = 'text_classification'
   c.model.update(name='bert_base', head='classification', num_classes=2, dropout_rate=0.1)
   c.init_from = PRETRAINED
-  c.data.update(name=dataset, max_len=128, tokenizer='')  # '' -> the init_from folder
+  c.data.update(name=dataset, max_len=128, tokenizer='')  # '' -> the init_from folder's vocab
   c.optim.update(name='adamw', lr=2e-5, weight_decay=0.01, eps=1e-6, clip_norm=1.0)
   c.schedule.update(name='linear', warmup_steps=steps // 10)
   c.train.update(steps=steps, batch_size=32, eval_batch_size=256)

@@ -6,7 +6,9 @@ compile, half had one small corruption (a dropped bracket or colon, two tokens s
 broken indent) that makes `compile()` reject them; split by file as `pystdlib` is.
 `init_from` loads the encoder of the pre-training run (`bert_tiny_pystdlib_mlm`; its MLM and
 NSP heads are dropped, the classifier is new) and `data.tokenizer` reads that run's
-WordPiece vocabulary. Pass `--config.init_from=` (empty) for the from-scratch control.
+WordPiece vocabulary (an empty `data.tokenizer` means the tokenizer of the `init_from`
+folder). For the from-scratch control pass `--config.init_from=` with
+`--config.data.tokenizer=<pre-training workdir>`, so both arms read the same vocabulary.
 Recipe: AdamW lr 3e-4, weight decay 0.01, 10% warm-up then linear decay, sequences of 128.
 Command: python train.py --config configs/bert_tiny_pystdlib_finetune.py
 Measured: see README and bench/RESULTS.md.
@@ -14,7 +16,8 @@ Measured: see README and bench/RESULTS.md.
 
 import os
 
-from configs import common, bert_tiny_pystdlib_mlm as mlm
+from configs import bert_tiny_pystdlib_mlm as mlm
+from configs import common
 
 PRETRAINED = os.path.join('runs', 'bert_tiny_pystdlib_mlm')
 
@@ -27,7 +30,7 @@ def get_config(arg=None):
   c.model.dropout_rate = 0.1
   c.init_from = PRETRAINED
   c.data.update(name='pystdlib_syntax', max_len=128, vocab_size=mlm.VOCAB)
-  c.data.tokenizer = os.path.join(PRETRAINED, 'tokenizer.json')
+  c.data.tokenizer = ''  # '' -> the init_from run's tokenizer.json
   c.optim.update(name='adamw', lr=3e-4, weight_decay=0.01, eps=1e-6, clip_norm=1.0)
   c.schedule.update(name='linear', warmup_steps=60)
   c.train.update(steps=600, batch_size=32, eval_batch_size=256)
@@ -37,5 +40,4 @@ def get_config(arg=None):
     c.model.update(name='bert_test', vocab_size=200)
     c.data.update(max_len=32, vocab_size=200)
     c.init_from = os.path.join('runs', 'bert_tiny_pystdlib_mlm_test')
-    c.data.tokenizer = os.path.join(c.init_from, 'tokenizer.json')
   return c

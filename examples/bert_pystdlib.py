@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument('--workdir', default=os.path.join('runs', 'bert_pystdlib_demo'))
   parser.add_argument('--seeds', default='0,1,2', help='fine-tuning seeds, comma separated')
   parser.add_argument('--data_dir', default='', help='TFDS data dir ("" = the default)')
-  parser.add_argument('--test', action='store_true', help='the configs\' tiny test variants')
+  parser.add_argument('--test', action='store_true', help="the configs' tiny test variants")
   parser.add_argument(
     '--finetune', nargs='*', default=[], help='extra --config.key=value for fine-tuning'
   )
