@@ -27,6 +27,7 @@ FAMILIES: tuple[str, ...] = (
   'rnn',
   'seq2seq',
   'transformer',
+  'bert',
 )
 
 Spec = tuple[type[nn.Module], dict[str, Any]]

@@ -14,6 +14,10 @@ of every call are written into the `cache` collection at `cache_index` (create i
 `init` on a full-length input), and a query at absolute position p attends to the cached
 keys at positions <= p that are valid. Rotary positions continue from `cache_index`.
 Both paths therefore apply one rule: a key is seen iff it is not in the future and valid.
+
+When the `intermediates` collection is mutable (`apply(..., mutable=['intermediates'])`),
+the softmax is computed explicitly instead of by the fused kernel and the attention
+weights are sown as 'attention_weights' [B, H, T, S]; the output is the same.
 """
 
 from typing import Any, Callable
@@ -126,9 +130,12 @@ class MultiHeadAttention(nn.Module):
         else:
           mask = mask & causal_mask(q.shape[1])
 
-    out = jax.nn.dot_product_attention(
-      q, k, v, mask=mask, is_causal=is_causal, implementation=self.implementation
-    )  # [B, T, H, K]
+    if self.is_mutable_collection('intermediates'):
+      out = self._explicit_attention(q, k, v, mask, is_causal)  # [B, T, H, K]
+    else:
+      out = jax.nn.dot_product_attention(
+        q, k, v, mask=mask, is_causal=is_causal, implementation=self.implementation
+      )  # [B, T, H, K]
     return nn.DenseGeneral(
       self.out_features or width,
       axis=(-2, -1),
@@ -138,6 +145,27 @@ class MultiHeadAttention(nn.Module):
       kernel_init=self.kernel_init,
       name='out',
     )(out)
+
+  def _explicit_attention(self, q, k, v, mask, is_causal) -> jax.Array:
+    """The fused kernel's computation written out, to sow the attention weights.
+
+    Used only when 'intermediates' is mutable (probing, distillation): sows
+    'attention_weights' [B, H, T, S] (float32) and returns what `dot_product_attention`
+    returns, [B, T, H, K]: logits in float32, masked keys at the float32 minimum (so a
+    query with no visible key attends uniformly, as the XLA kernel does), softmax in float32.
+    """
+    groups = q.shape[2] // k.shape[2]
+    k = jnp.repeat(k, groups, axis=2)  # [B, S, H, K]: query head h reads key head h // groups
+    v = jnp.repeat(v, groups, axis=2)  # [B, S, H, K]
+    logits = jnp.einsum('bthk,bshk->bhts', q, k, preferred_element_type=jnp.float32)
+    logits = logits * (q.shape[-1] ** -0.5)  # [B, H, T, S]
+    if is_causal:
+      mask = causal_mask(q.shape[1])
+    if mask is not None:
+      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1)  # [B, H, T, S]
+    self.sow('intermediates', 'attention_weights', weights)
+    return jnp.einsum('bhts,bshk->bthk', weights.astype(v.dtype), v)  # [B, T, H, K]
 
   def _cache(self, k: jax.Array, v: jax.Array) -> dict:
     """The cache variables, sized by the `init` call's [B, S_max, G, K] keys."""

@@ -53,6 +53,15 @@ RULES: tuple[tuple[str, Axes], ...] = (
   (r'^cls$', (None, None, 'embed')),
   (r'(^|/)head/kernel$', ('embed', 'classes')),
   (r'(^|/)head/bias$', ('classes',)),
+  # BERT (`bigjax.models.bert`): embeddings, pooler, heads (the MLM decoder is tied)
+  (r'(^|/)embeddings/word/embedding$', ('vocab', 'embed')),
+  (r'(^|/)embeddings/position/embedding$', ('position', 'embed')),
+  (r'(^|/)embeddings/segment/embedding$', (None, 'embed')),
+  (r'(^|/)(pooler|mlm/transform)/kernel$', (None, 'embed')),
+  (r'(^|/)(pooler|mlm/transform)/bias$', ('embed',)),
+  (r'(^|/)mlm/bias$', ('vocab',)),
+  (r'(^|/)(nsp|classifier|token_classifier|span)/kernel$', ('embed', 'classes')),
+  (r'(^|/)(nsp|classifier|token_classifier|span)/bias$', ('classes',)),
 )
 
 

@@ -10,7 +10,8 @@ leading [L] axis (`layers/attn/query/kernel` [L, D, H, K]) and so do its caches
 (`layers/attn/cached_key` [L, B, S, G, K]: the batch axis is 1, not 0). `stack_layers`
 and `unstack_layers` convert parameters between the two layouts. Scanning cuts compile
 time from O(L) to O(1); `remat=True` (`nn.remat`, gradient checkpointing) recomputes each
-block's activations in the backward pass instead of storing them.
+block's activations in the backward pass instead of storing them. `collect=True` also
+returns every block's output (BERT sows them as its hidden states).
 """
 
 import functools
@@ -38,9 +39,11 @@ def _layer_class(block: type[nn.Module]) -> type[nn.Module]:
 
   class Layer(block):
     static: tuple = ()
+    emit: bool = False  # also return the output as the scan's per-layer output
 
     def __call__(self, x, arrays):
-      return block.__call__(self, x, **arrays, **dict(self.static)), None
+      y = block.__call__(self, x, **arrays, **dict(self.static))
+      return y, (y if self.emit else None)
 
   Layer.__name__ = block.__name__
   return Layer
@@ -55,14 +58,17 @@ def stack_blocks(
   scan: bool = False,
   remat: bool = False,
   decode: bool = False,
+  collect: bool = False,
   **kwargs,
-) -> jax.Array:
+) -> jax.Array | tuple[jax.Array, list[jax.Array]]:
   """Runs `num_layers` blocks of class `block` (EncoderBlock, DecoderBlock) on x [B, T, D].
 
   Call it inside an `nn.compact` method: the blocks become submodules of that module
   (`block_{i}`, or `layers` when scanned), so the stack adds no level to the names.
   Keyword arrays (masks, the encoder output) go to every block unchanged; Python values
   (`train`, `causal`, None) too, as static arguments.
+  `collect=True` returns `(x, outputs)`, the list of every block's output (scanned: the
+  scan's stacked per-layer outputs, split), for models that report their hidden states.
   """
   static = tuple(sorted((k, v) for k, v in kwargs.items() if _static(v)))
   arrays = {k: v for k, v in kwargs.items() if not _static(v)}
@@ -77,11 +83,13 @@ def stack_blocks(
       in_axes=nn.broadcast,
       length=num_layers,
     )
-    x, _ = layer(config, decode, static, name=SCAN_NAME)(x, arrays)
-    return x
+    x, ys = layer(config, decode, static, collect, name=SCAN_NAME)(x, arrays)
+    return (x, list(ys)) if collect else x  # ys [L, B, T, D]
+  outputs = []
   for i in range(num_layers):
     x, _ = layer(config, decode, static, name=f'block_{i}')(x, arrays)
-  return x
+    outputs.append(x)
+  return (x, outputs) if collect else x
 
 
 def stack_layers(params: PyTree, num_layers: int) -> PyTree:

@@ -160,6 +160,25 @@ def test_padding_hides_keys():
   np.testing.assert_allclose(a[0, :4], b[0, :4], atol=1e-5)
 
 
+@pytest.mark.parametrize('kv_heads', [4, 2])
+def test_sown_attention_weights_path_equals_the_fused_path(kv_heads):
+  attn = MultiHeadAttention(4, num_kv_heads=kv_heads)
+  variables = _randomised(attn.init(jax.random.key(0), X))
+  for kwargs in [dict(key_valid=VALID), dict(causal=True), dict(key_valid=VALID, causal=True), {}]:
+    fused = attn.apply(variables, X, **kwargs)
+    explicit, state = attn.apply(variables, X, mutable=['intermediates'], **kwargs)
+    np.testing.assert_allclose(explicit, fused, atol=1e-5)
+    (weights,) = state['intermediates']['attention_weights']
+    assert weights.shape == (B, 4, T, T)  # [B, H, T, S]
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+    if 'key_valid' in kwargs:  # padded keys get no weight
+      assert float(jnp.abs(weights[0, :, :, 4:]).max()) == 0.0
+    if kwargs.get('causal'):  # nor do future keys
+      assert float(jnp.abs(jnp.triu(weights, 1)).max()) == 0.0
+  # Without a mutable 'intermediates' nothing is sown.
+  assert attn.apply(variables, X, mutable=['cache'])[1] == {}
+
+
 # ---------------------------------------------------------------------------------- MLP
 def test_gated_mlp():
   mlp = layers.MlpBlock(24, gated=True, activation='silu', use_bias=False)

@@ -52,6 +52,10 @@ def vocab_per_step(model: nn.Module) -> tuple[int, ...]:
   return (B, T, model.vocab_size)  # [B, T, V]
 
 
+def hidden_per_step(model: nn.Module) -> tuple[int, ...]:
+  return (B, T, model.hidden_size)  # [B, T, D]
+
+
 # ---------------------------------------------------------------------- decoding adapters
 def lm_decoding(model, variables, inputs):
   """(step, cache, fed [B, T]) for a decoder-only model: the tokens are fed one by one."""
@@ -120,6 +124,19 @@ VIT_COUNTS = {
   'vit_l32': 306_535_400,
   'vit_h14': 632_045_800,
 }
+# BERT with its pooler and no head (Hugging Face `BertModel`, uncased vocabulary of 30,522):
+# base 109,482,240 as the issue and the BERT literature give it; the other sizes and RoBERTa
+# (`RobertaModel`, 50,265 ids, 514 positions, one segment; base 124,645,632) equal
+# transformers' counts of the same configurations.
+BERT_COUNTS = {
+  'bert_tiny': 4_385_920,
+  'bert_mini': 11_170_560,
+  'bert_small': 28_763_648,
+  'bert_medium': 41_373_184,
+  'bert_base': 109_482_240,
+  'bert_large': 335_141_888,
+}
+ROBERTA_COUNTS = {'roberta_base': 124_645_632, 'roberta_large': 355_359_744}
 
 # Pattern (fnmatch over the registered name) -> row; the first matching pattern wins.
 ROWS: dict[str, Row] = {
@@ -139,6 +156,9 @@ ROWS: dict[str, Row] = {
   '*_classifier*': Row(tokens, classes),
   'seq2seq_lstm*': Row(source_and_target, vocab_per_step, decoder=seq2seq_decoding),
   'transformer_*': Row(source_and_target, vocab_per_step, decoder=seq2seq_decoding),
+  # The registered BERTs have head='none': the logits are the last hidden states.
+  'bert_*': Row(tokens, hidden_per_step, published=BERT_COUNTS),
+  'roberta_*': Row(tokens, hidden_per_step, published=ROBERTA_COUNTS),
 }
 
 NAMES = bigjax.list_models()
