@@ -32,6 +32,8 @@ from bigjax.typing import PyTree
 CONVERTERS: dict[str, str] = {
   'vit': 'bigjax.convert.hf_vit',
   'resnet': 'bigjax.convert.hf_resnet',
+  'bert': 'bigjax.convert.hf_bert',
+  'roberta': 'bigjax.convert.hf_bert',
 }
 
 # bigjax model class name -> converter module whose `export` writes it (the reverse of
@@ -39,6 +41,7 @@ CONVERTERS: dict[str, str] = {
 EXPORTERS: dict[str, str] = {
   'ViT': 'bigjax.convert.hf_vit',
   'ResNet': 'bigjax.convert.hf_resnet',
+  'Bert': 'bigjax.convert.hf_bert',
 }
 
 _WEIGHTS = 'model.safetensors'
