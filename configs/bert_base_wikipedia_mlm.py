@@ -27,6 +27,7 @@ def get_config(arg=None):
   c.task.name = 'mlm'
   c.model.update(name='bert_base', head='pretraining', vocab_size=VOCAB, dropout_rate=0.1)
   c.data.update(name='wikipedia', max_len=128, vocab_size=VOCAB, tokenizer='')
+  c.data.max_predictions = 20  # MLM logits at the 15% selected positions only, as BERT
   c.data.tokenizer_sample = 200_000  # articles read to learn the WordPiece vocabulary
   c.optim.update(name='adamw', lr=1e-4, weight_decay=0.01, b2=0.999, eps=1e-6, clip_norm=1.0)
   c.schedule.update(name='linear', warmup_steps=10_000)
@@ -36,6 +37,6 @@ def get_config(arg=None):
   if test:
     common.shrink_for_test(c)
     c.model.update(name='bert_test', vocab_size=200)
-    c.data.update(max_len=32, vocab_size=200, tokenizer_sample=32)
+    c.data.update(max_len=32, max_predictions=5, vocab_size=200, tokenizer_sample=32)
     c.train.compute_dtype = 'float32'
   return c
