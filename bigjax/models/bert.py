@@ -222,12 +222,23 @@ class Bert(nn.Module):
 
   @nn.compact
   def __call__(
-    self, input_ids: jax.Array, segment_ids: jax.Array | None = None, *, train: bool = False
+    self,
+    input_ids: jax.Array,
+    segment_ids: jax.Array | None = None,
+    masked_positions: jax.Array | None = None,
+    *,
+    train: bool = False,
   ) -> ModelOutput:
-    """[B, T] token ids (and [B, T] segment ids, default 0) -> `ModelOutput` (see `head`)."""
+    """[B, T] token ids (and [B, T] segment ids, default 0) -> `ModelOutput` (see `head`).
+
+    masked_positions [B, P] (MLM heads only): the MLM logits are computed at these positions
+    only, [B, P, V] instead of [B, T, V] (BERT's `max_predictions_per_seq`).
+    """
     chex.assert_rank(input_ids, 2)
     batch, length = input_ids.shape
     self._check(length)
+    if masked_positions is not None and self.head not in ('mlm', 'pretraining'):
+      raise ValueError(f'masked_positions are for the MLM heads, not head={self.head!r}')
     if segment_ids is None:
       segment_ids = jnp.zeros_like(input_ids)
     key_valid = input_ids != self.pad_id  # [B, T]
@@ -291,7 +302,10 @@ class Bert(nn.Module):
         param_dtype=self.param_dtype,
         name='mlm',
       )
-      logits = mlm(h, embeddings.attend)  # [B, T, V]
+      at = h
+      if masked_positions is not None:
+        at = jnp.take_along_axis(h, masked_positions[..., None], axis=1)  # [B, P, D]
+      logits = mlm(at, embeddings.attend)  # [B, T or P, V]
       if self.head == 'pretraining':
         aux_logits['nsp'] = dense(2, 'nsp')(pooled)  # [B, 2]
     elif self.head == 'classification':

@@ -345,3 +345,16 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, model) -> FineTune:
       'architecture'
     )
   return FineTune(source=source, skip=skip, freeze=freeze)
+
+
+TOKENIZER_FILES = ('tokenizer.json', 'vocab.txt')
+
+
+def tokenizer_of(path: str) -> str:
+  """`path` when that folder (a bigjax workdir, a Hugging Face folder) holds a tokenizer
+  (tokenizer.json or vocab.txt), else ''. A run whose `data.tokenizer` is empty and which
+  starts from such a folder reads its vocabulary: the ids the loaded embeddings were
+  trained on."""
+  if path and any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES):
+    return path
+  return ''

@@ -206,6 +206,9 @@ def build_run(
   check_workdir(workdir)
   if 'workdir' in config.data and not config.data.workdir:
     config.data.workdir = workdir  # datasets that train a tokenizer save it here
+  if 'tokenizer' in config.data and not config.data.tokenizer:
+    # A model fine-tuned from a run or a Hugging Face folder reads that folder's vocabulary.
+    config.data.tokenizer = init_from.tokenizer_of(config.get('init_from', ''))
   data = Data(config.data)
   task = task_for(config, data)
 

@@ -242,6 +242,9 @@ def masked_lm(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
   is the micro-batches' NSP means weighted by their selected tokens (exact when they select
   as many, which fixed-rate masking of full sequences nearly does). An example with no
   selected token adds no NSP loss. 'loss' and 'accuracy' are the MLM's.
+
+  With `mlm_positions` [B, P] in the batch (data.max_predictions = P) they are the model's
+  third input, the logits are [B, P, V] at those positions and `mlm_labels` is [B, P].
   """
   smoothing = config.train.get('label_smoothing', 0.0)
   nsp_weight = config.train.get('nsp_weight', 1.0)
@@ -292,7 +295,12 @@ def masked_lm(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
       result['nsp_accuracy'] = (((jnp.argmax(logits, -1) == label) & mask).sum(), mask.sum())
     return result
 
-  return Task('mlm', _text_inputs, weights, loss, metrics)
+  def inputs(batch):
+    if 'mlm_positions' in batch:  # predict at the P selected positions only
+      return (*_text_inputs(batch), batch['mlm_positions'])
+    return _text_inputs(batch)
+
+  return Task('mlm', inputs, weights, loss, metrics)
 
 
 def binary_scores(confusion: np.ndarray) -> dict[str, float]:

@@ -17,7 +17,8 @@ vocabulary of `data.vocab_size` from their training split on first use (at most
 Data config fields (text sets): data.max_len (T, tokens per example), data.vocab_size,
 data.tokenizer, data.tokenizer_sample, data.lowercase; pystdlib_mlm also data.segment_lines
 (4), data.nsp (True; False: one sentence, the two segments of an IsNext pair, and no
-nsp_label), data.nsp_seed (0), data.mask_prob (0.15).
+nsp_label), data.nsp_seed (0), data.mask_prob (0.15),
+data.max_predictions (0: dense [T] labels; P: P positions and labels, `MaskTokens`).
 """
 
 import ml_collections
@@ -139,6 +140,7 @@ def mlm_transforms_of(data: ml_collections.ConfigDict, train: bool) -> list:
     pairs=bool(data.get('nsp', True)),
     as_code=True,
     mask_prob=float(data.get('mask_prob', MASK_PROB)),
+    max_predictions=int(data.get('max_predictions', 0)),
   )
 
 

@@ -9,8 +9,9 @@ from (data.nsp_seed, article index); then dynamic masking (15%: 80% [MASK], 10% 
 
 Data config fields: data.tfds_name ('wikipedia/20230601.en'), data.max_len (T),
 data.chunk_words (about 0.35 T: two chunks and the specials fill T), data.nsp (True),
-data.nsp_seed (0), data.mask_prob (0.15), data.tokenizer (e.g. BERT's uncased vocab.txt or
-its folder; else a WordPiece of data.vocab_size learned from data.tokenizer_sample
+data.nsp_seed (0), data.mask_prob (0.15), data.max_predictions (0: dense [T] labels; P:
+P positions and labels, `MaskTokens`), data.tokenizer (e.g. BERT's uncased vocab.txt or its
+folder; else a WordPiece of data.vocab_size learned from data.tokenizer_sample
 articles and saved in the workdir, `bigjax.data.run_tokenizer`), data.lowercase.
 Prepare with `tfds build wikipedia/20230601.en --file_format=array_record` (needs network
 and Apache Beam).
@@ -82,6 +83,7 @@ def transforms(data: ml_collections.ConfigDict, train: bool) -> list:
     train,
     pairs=bool(data.get('nsp', True)),
     mask_prob=float(data.get('mask_prob', MASK_PROB)),
+    max_predictions=int(data.get('max_predictions', 0)),
   )
 
 
