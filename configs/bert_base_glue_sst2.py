@@ -25,6 +25,9 @@ def glue_finetune(dataset: str, *, steps: int, test: bool):
   c = common.base_config()
   c.task.name = 'text_classification'
   c.model.update(name='bert_base', head='classification', num_classes=2, dropout_rate=0.1)
+  # The init_from folder's vocabulary size (config.json's vocab_size): 30,522 for the uncased
+  # BERT-base; set it for another folder (e.g. 28,996 for bert-base-cased).
+  c.model.vocab_size = 30522
   c.init_from = PRETRAINED
   c.data.update(name=dataset, max_len=128, tokenizer='')  # '' -> the init_from folder's vocab
   c.optim.update(name='adamw', lr=2e-5, weight_decay=0.01, eps=1e-6, clip_norm=1.0)
@@ -33,7 +36,7 @@ def glue_finetune(dataset: str, *, steps: int, test: bool):
   c.train.update(log_every=100, eval_every=steps // 3, checkpoint_every=steps // 3)
   if test:
     common.shrink_for_test(c)
-    c.model.name = 'bert_test'
+    c.model.update(name='bert_test', vocab_size=128)
     c.data.max_len = 32
   return c
 
