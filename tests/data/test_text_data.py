@@ -1,6 +1,7 @@
 """BERT text data: pair encoding, dynamic masking (statistics, epochs, resume), NSP pairs,
 pystdlib_mlm and pystdlib_syntax, the run tokenizer (workdir, folder, vocab.txt)."""
 
+import copy
 import os
 
 import grain
@@ -125,6 +126,39 @@ def test_masking_statistics(wordpiece):
   assert abs(counts['kept'] / selected - 0.1) < 0.012
 
 
+def test_max_predictions_gives_the_dense_selection_as_positions(wordpiece):
+  """MaskTokens(max_predictions=P) with the generator of a dense masker selects and
+  replaces the same tokens: 'mlm_positions' [P] are the dense selection, sorted, then 0;
+  'mlm_labels' [P] the original ids there, then -1."""
+  dense, p = tt.MaskTokens(wordpiece), 8  # 40 tokens: at most round(0.15 * 38) = 6 selected
+  sparse = tt.MaskTokens(wordpiece, max_predictions=p)
+  counts = set()
+  for seed, example in enumerate(_examples(300, np.random.default_rng(2))):
+    want = dense.random_map(example, np.random.default_rng(seed))
+    got = sparse.random_map(example, np.random.default_rng(seed))
+    assert set(got) == set(example) | {'mlm_positions', 'mlm_labels'}
+    np.testing.assert_array_equal(got['input_ids'], want['input_ids'])  # same replacements
+    np.testing.assert_array_equal(got['segment_ids'], example['segment_ids'])
+    positions, labels = got['mlm_positions'], got['mlm_labels']
+    assert positions.shape == labels.shape == (p,)
+    assert positions.dtype == labels.dtype == np.int32
+    (selected,) = np.nonzero(want['mlm_labels'] != -1)  # ascending
+    n = len(selected)
+    counts.add(n)
+    np.testing.assert_array_equal(positions[:n], selected)
+    np.testing.assert_array_equal(labels[:n], example['input_ids'][selected])
+    np.testing.assert_array_equal(positions[n:], 0)
+    np.testing.assert_array_equal(labels[n:], -1)
+  assert min(counts) == 1 and max(counts) == 6  # short and long examples, padding of 2 to 7
+  ids = np.array([CLS, *[7] * 38, SEP], np.int32)  # 38 words: round(5.7) = 6 selected
+  example = {'input_ids': ids, 'segment_ids': np.zeros_like(ids)}
+  assert len(sparse.random_map(example, np.random.default_rng(0))['mlm_positions']) == p
+  with pytest.raises(ValueError, match='6 tokens were selected .* data.max_predictions is 5'):
+    tt.MaskTokens(wordpiece, max_predictions=5).random_map(example, np.random.default_rng(0))
+  with pytest.raises(ValueError, match='max_predictions must be >= 0'):
+    tt.MaskTokens(wordpiece, max_predictions=-1)
+
+
 def test_fixed_eval_mask_depends_on_the_example_only(wordpiece):
   fixed = tt.FixedMaskTokens(tt.MaskTokens(wordpiece))
   a, b = _examples(2, np.random.default_rng(1))
@@ -169,39 +203,63 @@ def test_pystdlib_mlm_examples_and_tokenizer_in_workdir(mlm_data):
   assert not batch['segment_ids'].any() and ((batch['input_ids'] == SEP).sum(1) == 1).all()
 
 
-def test_masks_are_redrawn_every_epoch_and_identical_after_resume(mlm_data):
-  data = mlm_data
-  # A source of 8 pairs (an epoch is 2 batches of 4) through the real train iterator.
-  data.train_source = [data.train_source[i] for i in range(8)]
-  it = data.train_iter(4, seed=0)
+def _dense_labels(batch) -> np.ndarray:
+  """[B, T] mlm_labels of a batch, from the P positions and labels of max_predictions."""
+  if 'mlm_positions' not in batch:
+    return batch['mlm_labels']
+  labels = np.full(batch['input_ids'].shape, -1, np.int32)
+  for row, (positions, values) in enumerate(zip(batch['mlm_positions'], batch['mlm_labels'])):
+    labels[row, positions[values != -1]] = values[values != -1]
+  return labels
+
+
+@pytest.mark.parametrize('max_predictions', [0, 5], ids=['dense', 'positions'])
+def test_masks_are_redrawn_every_epoch_and_identical_after_resume(mlm_data, max_predictions):
+  config = mlm_data.config.copy_and_resolve_references()
+  config.max_predictions = max_predictions
+  records = [mlm_data.train_source[i] for i in range(8)]  # an epoch: 2 batches of 4
+
+  def fresh():
+    """Another Data of the same config over the same 8 pairs (as a restarted run opens),
+    read through the real train iterator."""
+    data = copy.copy(mlm_data)
+    data.config, data.train_source = config, list(records)
+    return data
+
+  it = fresh().train_iter(4, seed=0)
   batches = [next(it) for _ in range(4)]
+  assert ('mlm_positions' in batches[0]) == bool(max_predictions)
 
   def by_record(batch_list):
     out = {}
     for batch in batch_list:
-      original = np.where(batch['mlm_labels'] != -1, batch['mlm_labels'], batch['input_ids'])
+      labels = _dense_labels(batch)
+      original = np.where(labels != -1, labels, batch['input_ids'])
       for row in range(len(original)):
-        out[original[row].tobytes()] = batch['mlm_labels'][row]
+        out[original[row].tobytes()] = labels[row]
     return out
 
   first, second = by_record(batches[:2]), by_record(batches[2:])
   assert first.keys() == second.keys() and len(first) == 8  # the same records, reshuffled
   changed = [not np.array_equal(first[k], second[k]) for k in first]
   assert all(changed)  # a new mask for every record in epoch 2
-  # Resume as the checkpointer does: the state after 3 batches, restored in a new iterator.
-  it = data.train_iter(4, seed=0)
+  # Another seed draws other masks for the same records.
+  other = fresh().train_iter(4, seed=1)
+  reseeded = by_record([next(other) for _ in range(2)])
+  assert reseeded.keys() == first.keys()
+  assert any(not np.array_equal(first[k], reseeded[k]) for k in first)
+  # Resume as the checkpointer does: the state after 3 batches, restored in the iterator of
+  # a new Data (a restarted run) gives the 4th batch of the uninterrupted run, bit for bit.
+  it = fresh().train_iter(4, seed=0)
   for _ in range(3):
     next(it)
   state = it.get_state()
-  expected = next(it)
-  for key in expected:
-    np.testing.assert_array_equal(expected[key], batches[3][key])
-  resumed = data.train_iter(4, seed=0)
+  resumed = fresh().train_iter(4, seed=0)
   resumed.set_state(state)
   got = next(resumed)
-  assert set(got) == set(expected)
+  assert set(got) == set(batches[3])
   for key in got:
-    np.testing.assert_array_equal(got[key], expected[key])
+    np.testing.assert_array_equal(got[key], batches[3][key], err_msg=key)
 
 
 def test_nsp_pairs_are_balanced_and_follow_their_segment(mlm_data):

@@ -105,6 +105,40 @@ def test_the_mlm_decoder_is_the_word_embedding(pretraining):
   np.testing.assert_allclose(out.aux_logits['nsp'], nsp, atol=1e-5)
 
 
+@pytest.mark.parametrize('head', ['pretraining', 'mlm'])
+def test_masked_positions_gather_the_dense_mlm_logits(pretraining, head):
+  """MLM logits at P given positions (BERT's max_predictions_per_seq) equal the dense [B, T, V]
+  logits gathered there; everything else is unchanged."""
+  model, variables = pretraining
+  if head == 'mlm':
+    model = model.clone(head='mlm')
+    variables = {'params': {k: v for k, v in variables['params'].items() if k != 'nsp'}}
+  # Unsorted, repeated and padded (0) positions: the gather must not assume an order.
+  positions = np.array([[3, 1, 0], [5, 2, 2]], np.int32)  # [B, P]
+  apply = jax.jit(model.apply)
+  dense = apply(variables, IDS, SEGMENTS)
+  sparse = apply(variables, IDS, SEGMENTS, positions)
+  chex.assert_shape(sparse.logits, (2, 3, model.vocab_size))
+  gathered = np.take_along_axis(np.asarray(dense.logits), positions[..., None], axis=1)
+  np.testing.assert_allclose(sparse.logits, gathered, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(sparse.logits[0, 0], sparse.logits[0, 1])  # really per position
+  np.testing.assert_allclose(sparse.features['hidden'], dense.features['hidden'], atol=1e-6)
+  assert set(sparse.aux_logits) == set(dense.aux_logits)
+  for name in dense.aux_logits:
+    np.testing.assert_allclose(sparse.aux_logits[name], dense.aux_logits[name], atol=1e-6)
+
+
+@pytest.mark.parametrize('head', ['none', 'classification', 'token_classification', 'span'])
+def test_masked_positions_need_an_mlm_head(head):
+  model = bigjax.create_model('bert_test', head=head)
+  ids = jax.ShapeDtypeStruct((2, 6), jnp.int32)
+  positions = jax.ShapeDtypeStruct((2, 3), jnp.int32)
+  with pytest.raises(
+    ValueError, match=f"masked_positions are for the MLM heads, not head='{head}'"
+  ):
+    jax.eval_shape(model.init, jax.random.key(0), ids, None, positions)
+
+
 def test_no_segment_embeddings_and_bad_options():
   model = bigjax.create_model('bert_test', type_vocab_size=0, pooler=False)
   params = _variables(model)['params']

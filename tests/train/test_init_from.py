@@ -259,6 +259,29 @@ def test_nothing_shared_names_both_sides():
     init_from.FineTune(source=source).match({'b': {'kernel': jnp.zeros((2, 2))}}, {})
 
 
+def test_tokenizer_of_a_folder(tmp_path):
+  """The init_from folder whose tokenizer a run with an empty data.tokenizer reads."""
+  run = tmp_path / 'run'  # a bigjax workdir with a learned tokenizer.json
+  run.mkdir()
+  (run / 'tokenizer.json').write_text('{}')
+  hf = tmp_path / 'hf'  # a Hugging Face folder with BERT's vocab.txt
+  hf.mkdir()
+  (hf / 'vocab.txt').write_text('[PAD]\n[UNK]\n')
+  bare = tmp_path / 'bare'  # weights only (an image model, a folder without a vocabulary)
+  bare.mkdir()
+  (bare / 'config.json').write_text('{}')
+  (bare / 'vocab.json').write_text('{}')  # RoBERTa's BPE half: not read as a vocabulary
+  (tmp_path / 'bare' / 'tokenizer.json.tmp').write_text('')
+  assert init_from.tokenizer_of(str(run)) == str(run)
+  assert init_from.tokenizer_of(str(hf)) == str(hf)
+  assert init_from.tokenizer_of(str(bare)) == ''
+  assert init_from.tokenizer_of(str(tmp_path / 'missing')) == ''
+  assert init_from.tokenizer_of(str(run / 'tokenizer.json')) == ''  # a file, not a folder
+  assert init_from.tokenizer_of('') == ''
+  (bare / 'tokenizer.json').mkdir()  # a folder of that name is not a tokenizer
+  assert init_from.tokenizer_of(str(bare)) == ''
+
+
 @pytest.mark.parity
 def test_hugging_face_folder_source(config_file, tmp_path, data_dir):
   torch = pytest.importorskip('torch')
