@@ -7,6 +7,7 @@ included, so the final parameters equal those of an uninterrupted run. Every ste
 in optimiser updates of train.batch_size examples.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -204,22 +205,30 @@ def build_run(
   fine_tune = init_from.prepare(config, workdir, model)  # its errors come before any write
   created = not os.path.exists(workdir)
   check_workdir(workdir)
+  existing = set(os.listdir(workdir))
   if 'workdir' in config.data and not config.data.workdir:
     config.data.workdir = workdir  # datasets that train a tokenizer save it here
   if 'tokenizer' in config.data and not config.data.tokenizer:
     # A model fine-tuned from a run or a Hugging Face folder reads that folder's vocabulary.
     config.data.tokenizer = init_from.tokenizer_of(config.get('init_from', ''))
-  data = Data(config.data)
-  task = task_for(config, data)
-
-  example = next(data.eval_batches(sharding.batch_shards(mesh) * jax.process_count(), 1))
-  inputs = tuple(np.asarray(x)[:1] for x in task.inputs(example))
-  abstract = _abstract_state(model, tx, inputs, mesh)
   try:
+    data = Data(config.data)
+    task = task_for(config, data)
+    check_vocab(model, data)
+    example = next(data.eval_batches(sharding.batch_shards(mesh) * jax.process_count(), 1))
+    inputs = tuple(np.asarray(x)[:1] for x in task.inputs(example))
+    abstract = _abstract_state(model, tx, inputs, mesh)
     fine_tune.match(abstract.params, abstract.model_state)
-  except ValueError:
+  except (ValueError, FileNotFoundError):
+    # Leave no trace of a run that never started: not even the tokenizer its data set
+    # learned into the workdir just now.
+    for name in set(os.listdir(workdir)) - existing:
+      path = os.path.join(workdir, name)
+      if os.path.isfile(path):
+        with contextlib.suppress(FileNotFoundError):  # another process removed it
+          os.remove(path)
     if created and not os.listdir(workdir):
-      os.rmdir(workdir)  # leave no trace of a run that never started
+      os.rmdir(workdir)
     raise
   if fine_tune.frozen:
     schedule, tx = optim.from_config(config, frozen=fine_tune.frozen)
@@ -266,6 +275,19 @@ def build_run(
     on_init=_chain(fine_tune.load, on_init or identity_init),
     notes=tuple(fine_tune.notes),
   )
+
+
+def check_vocab(model, data: Data) -> None:
+  """Every token id must index the model's embedding table: a tokenizer with more ids than
+  `model.vocab_size` is a config error, not a silent out-of-range lookup."""
+  size = getattr(model, 'vocab_size', None)
+  tokenizer = data.tokenizer
+  if isinstance(size, int) and tokenizer is not None and tokenizer.vocab_size > size:
+    raise ValueError(
+      f'the {data.config.name} tokenizer has {tokenizer.vocab_size} ids but the model has '
+      f'vocab_size={size}: set --config.model.vocab_size={tokenizer.vocab_size} or use a '
+      'smaller vocabulary'
+    )
 
 
 def _chain(first, then):

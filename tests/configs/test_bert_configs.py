@@ -6,6 +6,7 @@ what init_from loaded, created and dropped; and init_from's one-line errors for 
 import json
 import math
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -170,14 +171,20 @@ def test_bert_base_wikipedia_mlm(tmp_path, data_dir):
   assert os.path.isfile(tmp_path / 'tokenizer.json')  # learned from the mock articles
 
 
+def _random(model, *inputs):
+  """Random variables of `model` (N(0, 0.02); the shapes of `init`, without compiling it)."""
+  abstract = jax.eval_shape(model.init, jax.random.key(0), *inputs)
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda s: (0.02 * rng.standard_normal(s.shape)).astype(s.dtype), abstract)
+
+
 @pytest.fixture(scope='module')
 def hf_folder(tmp_path_factory):
   """A Hugging Face BERT folder: a random bert_test pre-training model exported with
   `bigjax.save_pretrained`, with a vocab.txt of len(VOCAB) tokens; and its parameters."""
   folder = tmp_path_factory.mktemp('hf') / 'bert'
   model = bigjax.create_model('bert_test', head='pretraining', vocab_size=len(VOCAB))
-  ids = np.ones((1, 8), np.int32)
-  variables = jax.jit(model.init)(jax.random.key(3), ids)
+  variables = _random(model, np.ones((1, 8), np.int32))
   bigjax.save_pretrained(model, variables, str(folder))
   (folder / 'vocab.txt').write_text('\n'.join(VOCAB) + '\n')
   return folder, _flat(variables['params'])
@@ -213,7 +220,7 @@ def resnet_workdir(tmp_path_factory, data_dir):
   config, _ = load_config(f'{_config("resnet18_digits")}:test')
   config.data.data_dir = data_dir
   run = build_run(config, str(workdir))
-  state, _ = run.initial_state(None)
+  state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), run.abstract)  # values unread
   run.checkpointer.save(1, state, None, run.meta)
   run.checkpointer.wait()
   run.checkpointer.close()
@@ -221,11 +228,19 @@ def resnet_workdir(tmp_path_factory, data_dir):
 
 
 @pytest.fixture(scope='module')
+def hf_weights_only(hf_folder, tmp_path_factory):
+  """The BERT folder of `hf_folder` without its vocab.txt."""
+  folder = tmp_path_factory.mktemp('hf_bare') / 'bert'
+  shutil.copytree(hf_folder[0], folder, ignore=shutil.ignore_patterns('vocab.txt'))
+  return folder
+
+
+@pytest.fixture(scope='module')
 def vit_folder(tmp_path_factory):
   """A Hugging Face ViT folder (`bigjax.save_pretrained` of a random vit_test)."""
   folder = tmp_path_factory.mktemp('hf_vit') / 'vit'
   model = bigjax.create_model('vit_test')
-  variables = model.init(jax.random.key(0), np.zeros((1, 8, 8, 3), np.float32))
+  variables = _random(model, np.zeros((1, 8, 8, 3), np.float32))
   bigjax.save_pretrained(model, variables, str(folder))
   return folder
 
@@ -261,6 +276,14 @@ BAD = {
     [],
     'holds a ViT (vit), but this run trains a Bert (bert_test)',
   ),
+  # No vocabulary in the folder: the run learns one from the (mock) training split before
+  # the parameters are matched; that file must not stay behind either.
+  'vocab_size_mismatch_hf': (
+    'bert_base_glue_sst2',
+    'hf_weights_only',
+    [],
+    f"parameter 'embeddings/word/embedding' has shape ({len(VOCAB)}, 32) there but (128, 32)",
+  ),
 }
 
 
@@ -285,9 +308,33 @@ def test_bad_init_from_is_one_line_and_touches_nothing(
     (workdir / 'notes.txt').write_text('keep me')
   before = _snapshot(str(workdir))
   capsys.readouterr()
-  code = cli.main(_flags(name, workdir, data_dir, f'--config.init_from={source}', *extra))
+  with tfds.testing.mock_data(num_examples=48):
+    code = cli.main(_flags(name, workdir, data_dir, f'--config.init_from={source}', *extra))
   err = capsys.readouterr().err.strip()
   assert code == 2, err
   assert len(err.splitlines()) == 1, err
   assert err.startswith('error: init_from') and match in err, err
   assert _snapshot(str(workdir)) == before
+
+
+@pytest.mark.slow
+def test_a_tokenizer_larger_than_the_model_is_an_error(mlm_run, tmp_path, data_dir, capsys):
+  """Token ids past the embedding table would be looked up out of range: a one-line error."""
+  source, _ = mlm_run
+  workdir = tmp_path / 'run'
+  capsys.readouterr()
+  code = cli.main(
+    _flags(
+      'bert_tiny_pystdlib_finetune',
+      workdir,
+      data_dir,
+      '--config.init_from=',
+      f'--config.data.tokenizer={source}',
+      '--config.model.vocab_size=50',
+    )
+  )
+  err = capsys.readouterr().err.strip()
+  assert code == 2, err
+  assert len(err.splitlines()) == 1, err
+  assert 'ids but the model has vocab_size=50: set --config.model.vocab_size=' in err, err
+  assert not os.path.exists(workdir)
