@@ -1,6 +1,7 @@
 """Test set-up: 8 fake CPU devices, set before jax is imported."""
 
 import os
+import pathlib
 
 os.environ['XLA_FLAGS'] = (
   os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
@@ -19,3 +20,21 @@ sys.path.insert(0, ROOT)  # `from configs import common`, as train.py does
 def data_dir(tmp_path_factory):
   """One TFDS data_dir for the whole session, so each builder prepares once."""
   return str(tmp_path_factory.mktemp('tfds'))
+
+
+def _snapshot(path):
+  """Everything under `path`: {file: its bytes, folder: 'dir'}; None if it does not exist."""
+  if not os.path.exists(path):
+    return None
+  found = {}
+  for dirpath, dirs, files in os.walk(path):
+    for name in dirs + files:
+      full = os.path.join(dirpath, name)
+      found[full] = pathlib.Path(full).read_bytes() if os.path.isfile(full) else 'dir'
+  return found
+
+
+@pytest.fixture
+def snapshot():
+  """`snapshot(path)`: compare before and after to show a command left a folder untouched."""
+  return _snapshot

@@ -112,14 +112,12 @@ def _bits_name(tokenizer) -> str:
 # --- classification -------------------------------------------------------------------
 
 
-def classification(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
-  """Image classification: `image` [B, H, W, C] -> `label` [B] (or soft labels [B, C])."""
-  del tokenizer
+def _label_objective(config: ml_collections.ConfigDict):
+  """(weights, loss) of one class `label` per example [B] (or soft labels [B, C]):
+  cross-entropy with train.label_smoothing, auxiliary heads weighted by
+  train.aux_loss_weight; shared by image and text classification."""
   smoothing = config.train.get('label_smoothing', 0.0)
   aux_weight = config.train.get('aux_loss_weight', 0.4)
-  mixup = config.data.get('mixup_alpha', 0.0)
-  cutmix = config.data.get('cutmix_alpha', 0.0)
-  num_classes = config.model.get('num_classes', 1000)
 
   def weights(batch):
     return _example_mask(batch, batch['label'].shape[0]).astype(jnp.float32)
@@ -131,6 +129,17 @@ def classification(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
       return losses.softmax_cross_entropy(logits, batch['label'], label_smoothing=smoothing)
 
     return _with_aux(outputs, score(outputs.logits), score, aux_weight)
+
+  return weights, loss
+
+
+def classification(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
+  """Image classification: `image` [B, H, W, C] -> `label` [B] (or soft labels [B, C])."""
+  del tokenizer
+  mixup = config.data.get('mixup_alpha', 0.0)
+  cutmix = config.data.get('cutmix_alpha', 0.0)
+  num_classes = config.model.get('num_classes', 1000)
+  weights, loss = _label_objective(config)
 
   def metrics(outputs, batch):
     outputs = as_output(outputs)
@@ -319,19 +328,7 @@ def text_classification(config: ml_collections.ConfigDict, tokenizer=None) -> Ta
   class 1 (MRPC, QQP) and Matthews' correlation (CoLA), from the confusion matrix summed
   over the whole eval set."""
   del tokenizer
-  smoothing = config.train.get('label_smoothing', 0.0)
-  aux_weight = config.train.get('aux_loss_weight', 0.4)
-
-  def weights(batch):
-    return _example_mask(batch, batch['label'].shape[0]).astype(jnp.float32)
-
-  def loss(outputs, batch):
-    outputs = as_output(outputs)
-
-    def score(logits):  # [B]
-      return losses.softmax_cross_entropy(logits, batch['label'], label_smoothing=smoothing)
-
-    return _with_aux(outputs, score(outputs.logits), score, aux_weight)
+  weights, loss = _label_objective(config)
 
   def metrics(outputs, batch):
     outputs = as_output(outputs)

@@ -245,17 +245,6 @@ def vit_folder(tmp_path_factory):
   return folder
 
 
-def _snapshot(path):
-  if not os.path.exists(path):
-    return None
-  found = {}
-  for dirpath, dirs, files in os.walk(path):
-    for name in dirs + files:
-      full = os.path.join(dirpath, name)
-      found[full] = open(full, 'rb').read() if os.path.isfile(full) else 'dir'
-  return found
-
-
 # case -> (config, init_from fixture, extra flags, what the one-line message says)
 BAD = {
   'vocab_size_mismatch': (
@@ -297,7 +286,7 @@ def syntax_data(data_dir):
 @pytest.mark.parametrize('existing', [False, True], ids=['new_workdir', 'existing_workdir'])
 @pytest.mark.parametrize('case', BAD)
 def test_bad_init_from_is_one_line_and_touches_nothing(
-  case, existing, request, syntax_data, tmp_path, data_dir, capsys
+  case, existing, request, syntax_data, tmp_path, data_dir, capsys, snapshot
 ):
   name, fixture, extra, match = BAD[case]
   source = request.getfixturevalue(fixture)
@@ -306,7 +295,7 @@ def test_bad_init_from_is_one_line_and_touches_nothing(
   if existing:
     workdir.mkdir()
     (workdir / 'notes.txt').write_text('keep me')
-  before = _snapshot(str(workdir))
+  before = snapshot(str(workdir))
   capsys.readouterr()
   with tfds.testing.mock_data(num_examples=48):
     code = cli.main(_flags(name, workdir, data_dir, f'--config.init_from={source}', *extra))
@@ -314,7 +303,7 @@ def test_bad_init_from_is_one_line_and_touches_nothing(
   assert code == 2, err
   assert len(err.splitlines()) == 1, err
   assert err.startswith('error: init_from') and match in err, err
-  assert _snapshot(str(workdir)) == before
+  assert snapshot(str(workdir)) == before
 
 
 @pytest.mark.slow

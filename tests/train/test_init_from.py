@@ -84,17 +84,6 @@ def source(tmp_path_factory, config_file, data_dir):
   return workdir
 
 
-def _snapshot(path):
-  if not os.path.exists(path):
-    return None
-  found = {}
-  for dirpath, dirs, files in os.walk(path):
-    for name in dirs + files:
-      full = os.path.join(dirpath, name)
-      found[full] = open(full, 'rb').read() if os.path.isfile(full) else 'dir'
-  return found
-
-
 def test_loads_matching_params_and_skips_a_new_head(source, config_file, tmp_path, data_dir):
   """A 5-way head under init_from_skip: everything else equals A's, the head is fresh."""
   workdir = str(tmp_path / 'b')
@@ -197,7 +186,7 @@ CONFIG_ARG = {'another_architecture': 'mlp'}  # the config's argument, else 'vit
 @pytest.mark.parametrize('existing', [False, True], ids=['new_workdir', 'existing_workdir'])
 @pytest.mark.parametrize('case', BAD)
 def test_bad_init_from_is_one_line_and_touches_nothing(
-  case, existing, source, config_file, tmp_path, data_dir, capsys
+  case, existing, source, config_file, tmp_path, data_dir, capsys, snapshot
 ):
   flags, match = BAD[case]
   arg = CONFIG_ARG.get(case, 'vit')
@@ -207,7 +196,7 @@ def test_bad_init_from_is_one_line_and_touches_nothing(
   if existing:
     workdir.mkdir()
     (workdir / 'notes.txt').write_text('keep me')
-  before = _snapshot(str(workdir))
+  before = snapshot(str(workdir))
   flags = [f.format(tmp=tmp_path) for f in flags]
   if not any(f.startswith('--config.init_from=') for f in flags):
     flags.append(f'--config.init_from={source}')
@@ -216,7 +205,7 @@ def test_bad_init_from_is_one_line_and_touches_nothing(
   assert code == 2, err
   assert len(err.splitlines()) == 1, err
   assert match in err, err
-  assert _snapshot(str(workdir)) == before
+  assert snapshot(str(workdir)) == before
 
 
 def test_model_state_loads_with_the_parameters():
