@@ -5,6 +5,8 @@ iterator state, one file per process) and `meta` (model name and parameter shape
 refuse a workdir that holds another model's checkpoints before anything is written).
 """
 
+import contextlib
+import logging
 import os
 
 import grain
@@ -14,6 +16,18 @@ import orbax.checkpoint as ocp
 
 from bigjax.train.state import TrainState
 from bigjax.typing import PyTree
+
+
+@contextlib.contextmanager
+def _quiet():
+  """Silences Orbax's warnings that a read-only manager does not save (it is meant not to)."""
+  logger = logging.getLogger('absl')
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
 
 
 def fingerprint(model_name: str, params: PyTree) -> dict:
@@ -29,7 +43,11 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int = 3, *, read_only: bool = False):
     self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
-    self.manager = ocp.CheckpointManager(
+    with _quiet() if read_only else contextlib.nullcontext():
+      self.manager = self._manager(keep, read_only)
+
+  def _manager(self, keep: int, read_only: bool) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(
         max_to_keep=keep,
@@ -99,11 +117,12 @@ class Checkpointer:
     """Reads only the leaves named by `target` (a nested dict like the saved TrainState's,
     e.g. {'params': {...}}, leaves jax.ShapeDtypeStruct) as numpy arrays: no optimiser
     state, no data iterator."""
-    manager = ocp.CheckpointManager(
-      self.directory,
-      options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-      item_handlers={'state': ocp.PyTreeCheckpointHandler()},
-    )
+    with _quiet():
+      manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+        item_handlers={'state': ocp.PyTreeCheckpointHandler()},
+      )
     restore_args = jax.tree.map(
       lambda x: ocp.RestoreArgs(restore_type=np.ndarray, dtype=x.dtype), target
     )
