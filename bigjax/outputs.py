@@ -6,7 +6,10 @@ or a `ModelOutput` holding the logits plus
                labels (Inception v3's auxiliary classifier), weighted by the config;
   aux_losses   name -> a scalar loss the model computes itself and has already weighted
                (a mixture-of-experts balance loss); the task adds it to the objective;
-  features     name -> arrays for probing or feature distillation.
+  features     name -> arrays for probing or feature distillation;
+  metrics      name -> a scalar or a vector [N] the model measures about itself (the
+               per-expert load of a mixture of experts); tasks report each as a mean
+               over batches (a vector as name/0 ... name/N-1), never in the objective.
 Tasks and the train step call `as_output` and never look at the raw return value.
 """
 
@@ -22,6 +25,7 @@ class ModelOutput:
   aux_logits: dict[str, jax.Array] = flax.struct.field(default_factory=dict)
   aux_losses: dict[str, jax.Array] = flax.struct.field(default_factory=dict)
   features: dict[str, Any] = flax.struct.field(default_factory=dict)
+  metrics: dict[str, jax.Array] = flax.struct.field(default_factory=dict)
 
 
 def as_output(outputs: Any) -> ModelOutput:
