@@ -70,6 +70,7 @@ def test_cached_decoding_equals_the_full_forward_pass(name):
 
   full_padded, (padded, positions), full, (unpadded, unpadded_positions), alone = run()
   real = np.asarray(segments > 0)
+  assert np.isfinite(full_padded).all() and np.isfinite(padded).all()  # pads see no key
   np.testing.assert_allclose(padded[real], full_padded[real], atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(unpadded, full, atol=1e-5, rtol=1e-5)
   np.testing.assert_array_equal(positions, [P + N - 2, P + N])  # pads do not advance a row
@@ -138,6 +139,7 @@ def test_a_packed_row_gives_each_document_its_own_logits(name):
     return apply(packed, segments), apply(a), apply(b), apply(packed)
 
   together, alone_a, alone_b, unsegmented = run()
+  assert np.isfinite(together).all()  # the pad (a query with no visible key) too
   np.testing.assert_allclose(together[:, :3], alone_a, atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(together[:, 3:7], alone_b, atol=1e-5, rtol=1e-5)
   assert np.abs(np.asarray(unsegmented[:, 3:7] - alone_b)).max() > 1e-3  # the mask matters
