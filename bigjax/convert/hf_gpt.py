@@ -92,10 +92,6 @@ def _head_dim(model: Gpt) -> int:
   return model.head_dim or model.hidden_size // model.num_heads
 
 
-def padded_vocab(model: Gpt) -> int:
-  return -(-model.vocab_size // model.vocab_multiple) * model.vocab_multiple
-
-
 def table(model: Gpt, fused_experts: bool = False) -> mapping.Table:
   """The mapping of `model` (unrolled layers) to the Hugging Face names of its family.
 
@@ -104,7 +100,7 @@ def table(model: Gpt, fused_experts: bool = False) -> mapping.Table:
   """
   kind = family(model)
   t = mapping.Table()
-  rows = mapping.pad_rows(model.vocab_size, padded_vocab(model))
+  rows = mapping.pad_rows(model.vocab_size, model.padded_vocab)
   heads, kv_heads = model.num_heads, model.num_kv_heads or model.num_heads
   if kind == 'gpt2':
     t.add('params/embed/embedding', 'wte.weight', rows)
