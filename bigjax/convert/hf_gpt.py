@@ -32,6 +32,11 @@ Vocabulary: the model's embedding (and untied output layer) has `padded_vocab` r
 import appends zero rows to the checkpoint's `vocab_size`, export writes only
 `vocab_size` rows (the model never predicts the padded ids: their logits are -1e9).
 
+Inputs: where transformers takes `attention_mask` (1 = real token, 0 = padding), give the
+bigjax model `segment_ids` = the attention mask; the logits have `padded_vocab` columns, of
+which the first `vocab_size` are transformers' logits. Tokenizers: `bigjax.data.tokenizers.
+load_tokenizer(folder)` reads the folder's tokenizer (an HFTokenizer).
+
 Refused with a one-line error: rope scaling (`rope_scaling` / `rope_parameters` of a type
 other than 'default', or a partial rotary factor), a Mixtral sliding window shorter than
 the context, GPT-2 cross-attention and `scale_attn_by_inverse_layer_idx`, Llama with

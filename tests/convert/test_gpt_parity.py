@@ -22,6 +22,7 @@ from safetensors.numpy import load_file
 import bigjax
 from bigjax import decode
 from bigjax.convert import hf_gpt
+from bigjax.layers import stack_layers
 
 torch = pytest.importorskip('torch', reason='parity tests need torch (the parity extra)')
 transformers = pytest.importorskip('transformers', reason='parity tests need transformers')
@@ -194,6 +195,14 @@ def test_save_pretrained_loads_in_transformers(hf, loaded, tmp_path):
   assert not info['mismatched_keys'], info
   ids, mask = _batch()
   np.testing.assert_allclose(_torch_logits(back.eval(), ids, mask), torch_logits, atol=1e-6)
+  # Scanned layers (one stacked 'layers' tree) export the same tensors.
+  scanned = {'params': stack_layers(variables['params'], model.num_layers)}
+  bigjax.save_pretrained(model.clone(scan_layers=True), scanned, str(tmp_path / 'scan'))
+  flat = load_file(tmp_path / 'scan' / 'model.safetensors')
+  written = bigjax.convert.read_tensors(str(out))
+  assert sorted(flat) == sorted(written)
+  for name, value in flat.items():
+    np.testing.assert_array_equal(value, written[name])
   again, again_vars = bigjax.from_pretrained(str(out))  # and back into bigjax, unchanged
   assert again == model
   np.testing.assert_array_equal(
