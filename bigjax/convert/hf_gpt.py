@@ -267,9 +267,14 @@ def _check_tied(source: dict[str, np.ndarray], embed: str, what: str) -> None:
   """A saved `lm_head.weight` of a tied model must equal the embedding it is tied to."""
   head = source.get('lm_head.weight')
   if head is not None and embed in source and not np.array_equal(head, source[embed]):
+    fix = (
+      'GPT-2 always ties them'
+      if embed == 'wte.weight'
+      else 'set tie_word_embeddings to false in config.json'
+    )
     raise ValueError(
-      f'the {what} has an lm_head.weight that differs from {embed} although config.json '
-      'ties them: set tie_word_embeddings to false in config.json'
+      f'the {what} has an lm_head.weight that differs from {embed} although the model ties '
+      f'them: {fix}'
     )
 
 
