@@ -250,7 +250,7 @@ def model_options(config: dict) -> dict:
     gated_mlp=True,
     use_bias=attention_bias,
     tie_embeddings=bool(config.get('tie_word_embeddings', False)),
-    dropout_rate=float(config.get('attention_dropout', 0.0)),
+    dropout_rate=0.0,  # Llama and Mixtral have no residual dropout
   )
   if kind == 'mixtral':
     options.update(
@@ -355,7 +355,7 @@ def export(model: Gpt, variables: PyTree) -> tuple[dict, dict[str, np.ndarray]]:
       rope_parameters={'rope_type': 'default', 'rope_theta': model.rope_theta},
       rope_scaling=None,
       attention_bias=model.use_bias,
-      attention_dropout=model.dropout_rate,
+      attention_dropout=0.0,  # bigjax drops out residuals, not attention maps
       tie_word_embeddings=model.tie_embeddings,
       bos_token_id=None,
       eos_token_id=None,
