@@ -7,7 +7,8 @@ heads, MixtralForCausalLM) is built once per module, randomly initialised and pe
 no weight keeps a special value (norm scales of one, zero biases), and saved with
 `save_pretrained`. `bigjax.from_pretrained` of the folder must give the same logits on a
 right-padded batch (the real positions, the first V columns), the same 20 greedy tokens
-as `generate` for prompts of different lengths, and `bigjax.save_pretrained` of the result
+as `generate` for prompts of different lengths (Mixtral: also from transformers 5's fused
+expert layout), and `bigjax.save_pretrained` of the result
 must load back into transformers with no missing or unexpected weights and the same logits.
 The Llama test also shows that the rotary layout needs no permutation, and would catch one.
 """
@@ -127,6 +128,8 @@ def test_logits_match(hf, loaded):
   if family == 'llama':  # rotate-half needs no permutation; Meta's interleaved order fails
     meta = _interleaved(variables, model.num_heads, model.num_kv_heads)
     assert _max_diff(_bigjax_logits(model, meta, ids, mask), torch_logits, mask) > 1e-2
+  if family == 'mixtral':
+    _check_fused_experts(folder, variables)
 
 
 def _interleaved(variables, heads: int, kv_heads: int):
@@ -211,12 +214,9 @@ def test_save_pretrained_loads_in_transformers(hf, loaded, tmp_path):
   )
 
 
-def test_fused_mixtral_experts_load(hf, loaded):
+def _check_fused_experts(folder, variables) -> None:
   """transformers 5's in-memory expert layout (gate_up_proj [E, 2F, D], down_proj [E, D, F])
   reads the same as the one tensor per expert that save_pretrained writes."""
-  family, folder, _, _ = hf
-  if family != 'mixtral':
-    pytest.skip('mixtral only')
   tensors = load_file(folder / 'model.safetensors')
   config = json.loads((folder / 'config.json').read_text())
   for i in range(2):
@@ -225,11 +225,11 @@ def test_fused_mixtral_experts_load(hf, loaded):
     w1, w3, w2 = pop('w1'), pop('w3'), pop('w2')  # [E, F, D], [E, F, D], [E, D, F]
     tensors[f'{moe}.gate_up_proj'] = np.concatenate([w1, w3], axis=1)  # [E, 2F, D]
     tensors[f'{moe}.down_proj'] = w2
-  _, variables = hf_gpt.convert(config, tensors)
-  want = loaded[1]['params']['block_1']['mlp']
+  _, fused = hf_gpt.convert(config, tensors)
   for name in ('gate', 'fc1', 'fc2', 'router'):
     np.testing.assert_array_equal(
-      variables['params']['block_1']['mlp'][name]['kernel'], want[name]['kernel']
+      fused['params']['block_1']['mlp'][name]['kernel'],
+      variables['params']['block_1']['mlp'][name]['kernel'],
     )
 
 
