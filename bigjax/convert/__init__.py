@@ -34,6 +34,9 @@ CONVERTERS: dict[str, str] = {
   'resnet': 'bigjax.convert.hf_resnet',
   'bert': 'bigjax.convert.hf_bert',
   'roberta': 'bigjax.convert.hf_bert',
+  'gpt2': 'bigjax.convert.hf_gpt',
+  'llama': 'bigjax.convert.hf_gpt',
+  'mixtral': 'bigjax.convert.hf_gpt',
 }
 
 # bigjax model class name -> converter module whose `export` writes it (the reverse of
@@ -42,6 +45,7 @@ EXPORTERS: dict[str, str] = {
   'ViT': 'bigjax.convert.hf_vit',
   'ResNet': 'bigjax.convert.hf_resnet',
   'Bert': 'bigjax.convert.hf_bert',
+  'Gpt': 'bigjax.convert.hf_gpt',
 }
 
 _WEIGHTS = 'model.safetensors'
@@ -101,6 +105,10 @@ def from_pretrained(local_dir: str) -> tuple[nn.Module, PyTree]:
   `variables` is the complete variable tree (`{'params': ...}`, plus `batch_stats` for
   models with BatchNorm), float32 whatever the checkpoint's dtype; for bf16 compute use
   `model.clone(dtype=jnp.bfloat16)` with the same variables.
+
+  Decoder LMs (gpt2, llama, mixtral: `bigjax.convert.hf_gpt`) take token ids and
+  `segment_ids` = transformers' attention mask; their tokenizer loads with
+  `bigjax.data.tokenizers.load_tokenizer(local_dir)`.
 
   Image layout: the returned model takes NHWC images, [B, H, W, C] float, like every bigjax
   model; Hugging Face (PyTorch) models take NCHW [B, C, H, W], so feed
