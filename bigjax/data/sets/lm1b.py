@@ -10,7 +10,7 @@ so rows are random access and identical on every run: a resumed run sees the sam
 The token counts of a split are counted once with the run's tokenizer (one pass over the
 split, the cost of reading every record once: tens of minutes for the 30 M training
 sentences, a second for a mock split) and cached as
-`<data.index_dir or workdir>/lm1b_index/<split>-<tokenizer hash>.npy` (point
+`<data.index_dir or workdir>/lm1b_tokens-<split>-<tokenizer hash>.npy` (point
 data.index_dir at a shared folder and later runs with the same tokenizer skip the pass);
 the tokens of a row are encoded again when it is read. A sentence longer than T - 1 tokens
 is cut. Chosen over a fixed number of sentences per row, which needs no pass but cuts or
@@ -42,7 +42,7 @@ from bigjax.data.tokenizers import SubwordTokenizer, Tokenizer, train_bpe
 from bigjax.data.transforms.text import PackDocuments, as_text, document_cost
 
 NAME = 'lm1b'
-INDEX_DIR = 'lm1b_index'
+INDEX_PREFIX = 'lm1b_tokens'  # <folder>/lm1b_tokens-<split>-<tokenizer hash>.npy
 _BLOCK = 8192  # documents encoded at a time when counting tokens
 
 
@@ -98,11 +98,12 @@ def _index_path(data: ml_collections.ConfigDict, split: str, tokenizer_path: str
   if not folder:
     return None
   safe = re.sub(r'[^A-Za-z0-9_.-]+', '_', split)
-  return os.path.join(os.fspath(folder), INDEX_DIR, f'{safe}-{_fingerprint(tokenizer_path)}.npy')
+  name = f'{INDEX_PREFIX}-{safe}-{_fingerprint(tokenizer_path)}.npy'
+  return os.path.join(os.fspath(folder), name)  # a file, not a folder: a failed start removes it
 
 
 def _save(path: str, counts: np.ndarray) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   tmp = f'{path}.tmp{os.getpid()}.npy'
   np.save(tmp, counts, allow_pickle=False)
   os.replace(tmp, path)
