@@ -13,7 +13,8 @@ vocabulary padded to 50304), no dropout, bfloat16 compute.
 Recipe (nanoGPT's GPT-2 reproduction): AdamW lr 6e-4, betas 0.9 / 0.95, weight decay 0.1,
 clipping at 1, 2000 warm-up steps then a cosine decay to 10%; 512 rows of 1024 tokens per
 update (about 0.5 M tokens; 8 micro-batches of 64 through gradient accumulation), 10k
-updates (about 5 G tokens, some five passes over lm1b's ~1 G tokens).
+updates (about 5 G tokens, some five passes over lm1b's ~1 G tokens); every 1000 updates an
+evaluation on the whole test split (about 9k rows).
 
 Prepare: `tfds build lm1b --data_dir=DIR --file_format=array_record` (needs network).
 Command: python train.py --config configs/gpt2_124m_lm1b.py --workdir runs/gpt2_lm1b \
@@ -36,7 +37,7 @@ def get_config(arg=None):
   c.optim.update(name='adamw', lr=6e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1)
   c.optim.update(clip_norm=1.0, grad_accum_steps=8)
   c.schedule.update(name='cosine', warmup_steps=2000, end_factor=0.1)
-  c.train.update(steps=10_000, batch_size=512, eval_batch_size=64, eval_steps=100)
+  c.train.update(steps=10_000, batch_size=512, eval_batch_size=64, eval_steps=-1)
   c.train.update(log_every=50, eval_every=1000, checkpoint_every=1000)
   c.train.compute_dtype = 'bfloat16'
   if common.is_test(arg):
