@@ -162,3 +162,69 @@ def lenet_tfds(
   if test:
     shrink_for_test(c)
   return c
+
+
+# --- decoder-only LMs (bigjax.models.gpt) on the pystdlib bytes ---------------------------
+# The sizes and the recipe the three *_nano_pystdlib configs share, in one place: they differ
+# only in the model's block options (`byte_gpt_lm(block=...)`). Placeholders until timed.
+NANO_SIZE = {'hidden_size': 192, 'num_layers': 4, 'num_heads': 6, 'mlp_dim': 768, 'max_len': 256}
+NANO_RECIPE = {
+  'seq_len': 256,  # bytes per window (data.seq_len, <= max_len)
+  'batch_size': 32,
+  'steps': 2000,
+  'lr': 3e-3,
+  'warmup_steps': 100,
+  'end_factor': 0.1,  # cosine decay to 10% of lr
+  'weight_decay': 0.1,
+  'b2': 0.99,  # nanoGPT's character-level recipe: few tokens per step
+  'clip_norm': 1.0,
+}
+# The `test` variants: the size of the registry's gpt2_test / llama_test / mixtral_test.
+TEST_SIZE = {'hidden_size': 32, 'num_layers': 2, 'num_heads': 4, 'mlp_dim': 64, 'max_len': 64}
+# GPT-2's block; llama and mixture-of-experts configs override some of these.
+GPT2_BLOCK = {
+  'position': 'learned',
+  'norm': 'layernorm',
+  'activation': 'gelu_tanh',
+  'gated_mlp': False,
+  'use_bias': True,
+  'tie_embeddings': True,
+}
+LLAMA_BLOCK = {
+  'position': 'rotary',
+  'norm': 'rmsnorm',
+  'activation': 'silu',  # SwiGLU
+  'gated_mlp': True,
+  'use_bias': False,
+  'tie_embeddings': False,
+  'num_kv_heads': 2,
+}
+
+
+def byte_gpt_lm(
+  block: dict, *, mlp_ratio: float = 1.0, test: bool = False
+) -> ml_collections.ConfigDict:
+  """A byte-level decoder-only LM (`gpt2_small` at NANO_SIZE) on the `pystdlib` sources,
+  windows of NANO_RECIPE['seq_len'] bytes with document boundaries (attention stays within a
+  file, every byte still a target once: bits per byte compare with lstm_pystdlib).
+
+  `block`: the model's options (GPT2_BLOCK, LLAMA_BLOCK, experts); `mlp_ratio` scales the
+  MLP width (2/3 for a gated MLP with the parameters of GPT-2's, and a further 1/2 per
+  expert). AdamW with warm-up and a cosine decay, one evaluation on the whole validation
+  split at the end. `test` shrinks it to TEST_SIZE and 6 steps for CPU tests.
+  """
+  r = NANO_RECIPE
+  size = dict(TEST_SIZE if test else NANO_SIZE)
+  size['mlp_dim'] = max(8, int(round(size['mlp_dim'] * mlp_ratio / 8)) * 8)  # a multiple of 8
+  c = base_config()
+  c.model.update(name='gpt2_small', vocab_size=256, dropout_rate=0.0, **size, **block)
+  c.data.update(name='pystdlib', seq_len=r['seq_len'], doc_boundaries=True)
+  c.optim.update(name='adamw', lr=r['lr'], weight_decay=r['weight_decay'], b1=0.9, b2=r['b2'])
+  c.optim.clip_norm = r['clip_norm']
+  c.schedule.update(name='cosine', warmup_steps=r['warmup_steps'], end_factor=r['end_factor'])
+  c.train.update(steps=r['steps'], batch_size=r['batch_size'], eval_batch_size=256)
+  c.train.update(log_every=50, eval_every=0, eval_steps=-1, checkpoint_every=500)
+  if test:
+    shrink_for_test(c)
+    c.data.seq_len = 32
+  return c

@@ -7,7 +7,7 @@ row.
 
 import difflib
 
-from bigjax.data.sets import algorithmic, glue, images, pystdlib, wikipedia, wmt
+from bigjax.data.sets import algorithmic, glue, images, lm1b, pystdlib, wikipedia, wmt
 from bigjax.data.spec import DatasetSpec
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -26,6 +26,7 @@ DATASETS: dict[str, DatasetSpec] = {
   'imagenet2012': images.IMAGENET2012,
   'wmt14_translate/de-en': wmt.WMT14_DE_EN,
   'wikipedia': wikipedia.WIKIPEDIA,  # data.tfds_name picks the dump
+  'lm1b': lm1b.LM1B,
   **{f'glue/{task}': glue.glue(task) for task in glue.TASKS},
 }
 

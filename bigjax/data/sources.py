@@ -1,6 +1,6 @@
 """Random-access record sources: prepared public TFDS splits, fixed windows over a byte
-corpus, and sentence pairs for next-sentence prediction (segments of documents, or chunks
-of articles read lazily).
+corpus, groups of short documents packed into rows, and sentence pairs for next-sentence
+prediction (segments of documents, or chunks of articles read lazily).
 
 Legend: T window length (`data.seq_len`).
 """
@@ -44,29 +44,85 @@ class WindowSource:
   """Random-access windows of T + 1 bytes over the concatenation of all documents.
 
   Window i covers bytes [i*T, i*T + T + 1): consecutive windows overlap by one byte so
-  every byte is a target exactly once.
+  every byte is a target exactly once. With `doc_starts` (each document's first byte in the
+  corpus, increasing, from 0) a window is {'tokens': [T + 1] bytes, 'doc_ids': [T + 1]
+  int32}, each byte's document index in the corpus, so `ShiftTokens` can mark documents.
   """
 
-  def __init__(self, corpus: np.ndarray, seq_len: int):
+  def __init__(self, corpus: np.ndarray, seq_len: int, doc_starts=None):
     if len(corpus) < seq_len + 1:
       raise ValueError(f'corpus of {len(corpus)} bytes is shorter than seq_len + 1')
     self.corpus = corpus
     self.seq_len = seq_len
+    self.doc_starts = None if doc_starts is None else np.asarray(doc_starts, np.int64)
 
   def __len__(self) -> int:
     return (len(self.corpus) - 1) // self.seq_len
 
-  def __getitem__(self, i: int) -> np.ndarray:
+  def __getitem__(self, i: int):
     start = int(i) * self.seq_len
-    return self.corpus[start : start + self.seq_len + 1]
+    window = self.corpus[start : start + self.seq_len + 1]
+    if self.doc_starts is None:
+      return window
+    positions = np.arange(start, start + len(window))
+    doc_ids = np.searchsorted(self.doc_starts, positions, side='right') - 1
+    return {'tokens': window, 'doc_ids': doc_ids.astype(np.int32)}
 
   def __repr__(self) -> str:  # grain logs sources by repr
-    return f'WindowSource(bytes={len(self.corpus)}, seq_len={self.seq_len})'
+    docs = '' if self.doc_starts is None else f', documents={len(self.doc_starts)}'
+    return f'WindowSource(bytes={len(self.corpus)}, seq_len={self.seq_len}{docs})'
 
 
-def corpus_from_source(source, field: str = 'bytes') -> np.ndarray:
-  """Concatenates every document's bytes (uint8) of a TFDS data source."""
-  return np.concatenate([np.asarray(source[i][field], np.uint8) for i in range(len(source))])
+def corpus_from_source(source, field: str = 'bytes', with_starts: bool = False):
+  """Concatenates every document's bytes (uint8) of a TFDS data source; with `with_starts`,
+  also returns each document's first byte in the corpus (int64 [N])."""
+  docs = [np.asarray(source[i][field], np.uint8) for i in range(len(source))]
+  corpus = np.concatenate(docs)
+  if not with_starts:
+    return corpus
+  starts = np.concatenate([[0], np.cumsum([len(d) for d in docs])[:-1]]).astype(np.int64)
+  return corpus, starts
+
+
+# Packed documents (causal LM over a corpus of short documents, lm1b): consecutive
+# documents fill rows of T tokens. Row i holds documents [starts[i], starts[i + 1]), a group
+# fixed by the documents' token counts alone, so rows are random access and the same on every
+# run (`pack_rows`); the tokens themselves are produced per record (`PackDocuments`).
+
+
+def pack_rows(costs, max_len: int) -> np.ndarray:
+  """Greedy packing of consecutive items of `costs` (each <= max_len) into rows of at most
+  `max_len`: int64 [R + 1], row i holding items [starts[i], starts[i + 1])."""
+  costs = np.asarray(costs, np.int64)
+  if len(costs) == 0:
+    raise ValueError('there are no documents to pack')
+  if costs.min() < 1 or costs.max() > max_len:
+    raise ValueError(f'document costs must be in [1, {max_len}], got {costs.min()}..{costs.max()}')
+  cumulative = np.concatenate([[0], np.cumsum(costs)])  # [N + 1]
+  starts = [0]
+  while starts[-1] < len(costs):
+    s = starts[-1]
+    # The last end e with cumulative[e] - cumulative[s] <= max_len (e > s: costs <= max_len).
+    starts.append(int(np.searchsorted(cumulative, cumulative[s] + max_len, side='right')) - 1)
+  return np.asarray(starts, np.int64)
+
+
+class PackedRows:
+  """Random-access groups of consecutive documents: record i is {'texts': the `field` of
+  documents [starts[i], starts[i + 1])} (`pack_rows`)."""
+
+  def __init__(self, source: Source, starts, field: str = 'text'):
+    self.source, self.starts, self.field = source, np.asarray(starts, np.int64), field
+
+  def __len__(self) -> int:
+    return len(self.starts) - 1
+
+  def __getitem__(self, i: int) -> dict:
+    keys = range(int(self.starts[int(i)]), int(self.starts[int(i) + 1]))
+    return {'texts': [self.source[k][self.field] for k in keys]}
+
+  def __repr__(self) -> str:
+    return f'PackedRows({self.source!r}, documents={self.starts[-1]}, rows={len(self)})'
 
 
 # Sentence pairs for next-sentence prediction (BERT, section 3.1): B follows A in the

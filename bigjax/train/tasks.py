@@ -29,6 +29,10 @@ and, optionally, for metrics that are not means over examples (F1, correlations)
                                 summed raw totals and the gathered values (numpy arrays).
                                 Train logs show the (sum, count) metrics only.
 
+Every task also reports the model's own terms: each `outputs.aux_losses` entry as
+aux_losses/<name> and each `outputs.metrics` entry (a scalar as <name>, a vector [N] as
+<name>/0 ... <name>/N-1), as means over batches (`_model_metrics`).
+
 A new objective (masked LM, contrastive, distillation) is a new `Task`, built from the config
 by a function registered in `TASKS`. Legend: B batch, T length, C classes, V vocabulary.
 """
@@ -96,12 +100,22 @@ def _aux_metrics(outputs: ModelOutput, score, w: jax.Array) -> Metrics:
   count = w.sum()
   for name, logits in outputs.aux_logits.items():
     metrics[f'aux_logits/{name}'] = ((score(logits) * w).sum(), count)
-  return {**metrics, **_model_loss_metrics(outputs)}
+  return {**metrics, **_model_metrics(outputs)}
 
 
-def _model_loss_metrics(outputs: ModelOutput) -> Metrics:
+def _model_metrics(outputs: ModelOutput) -> Metrics:
+  """The model's own losses (aux_losses/<name>) and measurements (`outputs.metrics`: a
+  scalar as <name>, a vector as <name>/<i>), each a mean over batches (count 1 a batch)."""
   one = jnp.ones((), jnp.float32)
-  return {f'aux_losses/{k}': (v.astype(jnp.float32), one) for k, v in outputs.aux_losses.items()}
+  result = {f'aux_losses/{k}': (v.astype(jnp.float32), one) for k, v in outputs.aux_losses.items()}
+  for name, value in outputs.metrics.items():
+    value = jnp.asarray(value, jnp.float32)
+    if value.ndim == 0:
+      result[name] = (value, one)
+    else:
+      for i, v in enumerate(value.reshape(-1)):
+        result[f'{name}/{i}'] = (v, one)
+  return result
 
 
 def _bits_name(tokenizer) -> str:
@@ -171,15 +185,34 @@ def classification(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
 # --- token-level tasks: language modelling, sequence to sequence ------------------------
 
 
-def _token_task(name, inputs, targets_key, config, tokenizer, exact_match=False) -> Task:
-  """Every target token counts once: the objective and the metrics are means over tokens
-  (targets equal to PAD_ID and examples with mask False are not scored)."""
+# A raw total [2]: (summed cross-entropy, scored tokens), for the perplexity at eval.
+_NLL = 'nll_total'
+
+
+def perplexity(totals) -> dict[str, float]:
+  """exp of the mean cross-entropy per scored token, from the summed raw total."""
+  if _NLL not in totals:
+    return {}
+  total, count = np.asarray(totals[_NLL], np.float64)
+  return {'perplexity': math.exp(min(total / max(count, 1.0), 700.0))}
+
+
+def _token_task(
+  name, inputs, targets_key, config, tokenizer, exact_match=False, pad_id=PAD_ID
+) -> Task:
+  """Every target token counts once: the objective and the metrics are means over tokens.
+  Not scored: targets equal to `pad_id` (None: every token is real), inputs with
+  segment_ids 0 (padding of a packed row) when the batch has them, examples with mask
+  False. At eval also the perplexity (`perplexity`)."""
   smoothing = config.train.get('label_smoothing', 0.0)
   aux_weight = config.train.get('aux_loss_weight', 0.4)
   bits = _bits_name(tokenizer)
 
   def token_mask(batch):  # [B, T]
-    w = batch[targets_key] != PAD_ID
+    targets = batch[targets_key]
+    w = jnp.ones(targets.shape, bool) if pad_id is None else targets != pad_id
+    if 'segment_ids' in batch:
+      w = w & (batch['segment_ids'] > 0)
     if 'mask' in batch:
       w = w & batch['mask'][:, None]
     return w
@@ -207,6 +240,7 @@ def _token_task(name, inputs, targets_key, config, tokenizer, exact_match=False)
       'loss': (total, count),
       'accuracy': (correct.sum(), count),
       bits: (total / math.log(2), count),
+      _NLL: jnp.stack([total, count.astype(total.dtype)]),
       **_aux_metrics(outputs, ce, w),
     }
     if exact_match:
@@ -216,12 +250,28 @@ def _token_task(name, inputs, targets_key, config, tokenizer, exact_match=False)
       result['exact_match'] = ((right.all(-1) & valid).sum(), valid.sum())
     return result
 
-  return Task(name, inputs, weights, loss, metrics)
+  def finalize(totals, collected):
+    del collected
+    return perplexity(totals)
+
+  return Task(name, inputs, weights, loss, metrics, finalize=finalize)
+
+
+def _lm_inputs(batch: Batch) -> tuple[jax.Array, ...]:
+  if 'segment_ids' in batch:  # packed documents: attention stays within each
+    return (batch['inputs'], batch['segment_ids'])
+  return (batch['inputs'],)
 
 
 def language_model(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
-  """Next-token prediction: `inputs` [B, T] -> logits [B, T, V] against `targets` [B, T]."""
-  return _token_task('lm', lambda b: (b['inputs'],), 'targets', config, tokenizer)
+  """Next-token prediction: `inputs` [B, T] (and `segment_ids` [B, T] for packed documents:
+  k > 0 the document, 0 padding) -> logits [B, T, V] against `targets` [B, T].
+
+  A target is scored when it is a real token: not the tokenizer's pad id (every id is real
+  when it has none, as GPT-2's vocabulary) and, with segment ids, its input is not padding.
+  """
+  pad_id = getattr(tokenizer, 'pad_id', PAD_ID)
+  return _token_task('lm', _lm_inputs, 'targets', config, tokenizer, pad_id=pad_id)
 
 
 def seq2seq(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
@@ -294,7 +344,7 @@ def masked_lm(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
       'loss': (ce, count),
       'accuracy': (correct.sum(), count),
       bits: (ce / math.log(2), count),
-      **_model_loss_metrics(outputs),
+      **_model_metrics(outputs),
     }
     if has_nsp(outputs, batch):
       logits, label = outputs.aux_logits['nsp'], batch['nsp_label']
@@ -528,7 +578,7 @@ def span(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
       'loss': (jnp.where(mask, cross_entropy(outputs.logits, batch), 0.0).sum(), count),
       'exact_match': (exact.sum(), count),
       'f1': (f1.sum(), count),
-      **_model_loss_metrics(outputs),
+      **_model_metrics(outputs),
     }
 
   return Task('span', _text_inputs, weights, loss, metrics)

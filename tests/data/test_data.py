@@ -191,6 +191,7 @@ def test_the_table_lists_every_data_set():
       'glue/stsb',
       'glue/wnli',
       'imagenet2012',
+      'lm1b',
       'mnist',
       'pystdlib',
       'pystdlib_mlm',

@@ -1,6 +1,10 @@
 """The Python standard library's sources (`bigjax.data.builders.pystdlib`, split by file):
 
-  pystdlib         (task `lm`) one byte corpus cut into windows of `data.seq_len` bytes
+  pystdlib         (task `lm`) one byte corpus cut into windows of `data.seq_len` bytes;
+                   with `data.doc_boundaries` (default False) each window also carries
+                   `segment_ids` [T], the file of each input byte (1 for the window's
+                   first file, 2 for the next, ...), so attention stays within a file;
+                   every byte is still a target exactly once (bits per byte compare)
   pystdlib_mlm     (task `mlm`) BERT pre-training: pairs of segments of `data.segment_lines`
                    consecutive non-blank lines, the second the next segment of the same file
                    (nsp_label 0) or, half the time, a segment of another file (nsp_label 1),
@@ -45,6 +49,9 @@ SEGMENT_LINES = 4  # about 50 WordPiece tokens: a pair fits T = 128
 
 def open_split(split: str, data_dir: str | None, data: ml_collections.ConfigDict):
   source = open_prepared(Pystdlib, split, data_dir)
+  if data.get('doc_boundaries', False):  # windows also give each byte's file
+    corpus, starts = corpus_from_source(source, with_starts=True)
+    return WindowSource(corpus, data.seq_len, starts)
   return WindowSource(corpus_from_source(source), data.seq_len)
 
 

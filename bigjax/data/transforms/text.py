@@ -33,12 +33,77 @@ def fit_to(ids, length: int) -> np.ndarray:
   return out
 
 
+def renumber_segments(doc_ids) -> np.ndarray:
+  """Document indices [T] (non-decreasing) -> segment ids 1, 2, ... in order of appearance."""
+  doc_ids = np.asarray(doc_ids)
+  changes = np.concatenate([[0], (doc_ids[1:] != doc_ids[:-1]).astype(np.int32)])
+  return (1 + np.cumsum(changes)).astype(np.int32)
+
+
 class ShiftTokens(grain.transforms.Map):
-  """[T + 1] window -> {'inputs': [T], 'targets': [T]} int32."""
+  """[T + 1] window -> {'inputs': [T], 'targets': [T]} int32.
+
+  A window {'tokens': [T + 1], 'doc_ids': [T + 1]} (`WindowSource` with document starts)
+  also gets 'segment_ids' [T]: the document of each input, 1 for the window's first, 2 for
+  the next, ... Targets are unchanged, so every byte is still a target exactly once: an
+  input that ends a document predicts the first byte of the next one from its own document.
+  """
 
   def map(self, window):
+    if isinstance(window, dict):
+      tokens = np.asarray(window['tokens'], np.int32)
+      segment_ids = renumber_segments(window['doc_ids'][:-1])
+      return {'inputs': tokens[:-1], 'targets': tokens[1:], 'segment_ids': segment_ids}
     window = np.asarray(window, np.int32)
     return {'inputs': window[:-1], 'targets': window[1:]}
+
+
+def document_cost(num_tokens, max_len: int):
+  """Positions a document of `num_tokens` (an int or an array of counts) takes in a packed
+  row of `max_len` (`PackDocuments`): its tokens, cut to max_len - 1, and one EOS."""
+  return np.minimum(num_tokens, max_len - 1) + 1
+
+
+class PackDocuments(grain.transforms.Map):
+  """{'texts': documents} -> {'inputs', 'targets', 'segment_ids'} int32 [T], T = `max_len`.
+
+  GPT-2's format with document boundaries: document k (ids d, cut to T - 1 tokens) gives
+  inputs EOS + d and targets d + EOS, with segment id k; the documents follow each other
+  and the row is padded at the end (segment id 0, scored nowhere). So every token and the
+  EOS ending each document is predicted from its own document only, the first token from
+  the EOS that opens it. The group of documents comes from `bigjax.data.sources.pack_rows`
+  over `document_cost`, so the documents fit; tokens past T would be cut (never silently
+  wrong). `tokenizer` is a `bigjax.data.run_tokenizer.TokenizerFile`; the padding id is
+  the tokenizer's pad id, or 0 when it has none (padding is never attended to or scored).
+  """
+
+  def __init__(self, tokenizer, max_len: int):
+    if max_len < 2:
+      raise ValueError(f'data.max_len must be at least 2 to pack documents, got {max_len}')
+    self.tokenizer, self.max_len = tokenizer, int(max_len)
+
+  def map(self, record):
+    tok = self.tokenizer.tokenizer
+    if tok.eos_id is None:
+      raise ValueError(
+        f'{self.tokenizer.path} has no EOS token to end documents with: use a tokenizer '
+        'that has one (a learned BPE has </s>, GPT-2 <|endoftext|>)'
+      )
+    t, eos = self.max_len, int(tok.eos_id)
+    pad = getattr(tok, 'pad_id', None)
+    inputs = np.full((t,), PAD_ID if pad is None else pad, np.int32)
+    targets, segment_ids = inputs.copy(), np.zeros((t,), np.int32)
+    used = 0
+    for k, text in enumerate(record['texts'], start=1):
+      ids = np.asarray(tok.encode(as_text(text)), np.int32)[: t - 1]
+      n = min(len(ids) + 1, t - used)
+      if n <= 0:
+        break
+      inputs[used : used + n] = np.concatenate([[eos], ids])[:n]
+      targets[used : used + n] = np.concatenate([ids, [eos]])[:n]
+      segment_ids[used : used + n] = k
+      used += n
+    return {'inputs': inputs, 'targets': targets, 'segment_ids': segment_ids}
 
 
 class Seq2SeqExample(grain.transforms.Map):

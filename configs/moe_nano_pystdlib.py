@@ -1,0 +1,22 @@
+"""A nano mixture-of-experts decoder (byte level, Mixtral-style) on the Python standard
+library's sources: llama_nano_pystdlib with each MLP replaced by 4 experts, each token
+routed to the top 2 (dropless: exact, no token dropped).
+
+Model: llama_nano_pystdlib's block with 4 SwiGLU experts of MLP width 256 (half the dense
+512: a token's two experts cost as much as the dense MLP), router load-balancing loss
+(weight 0.01) and z-loss (1e-3) added to the objective; the per-expert load is reported as
+expert_load/0..3. Data and recipe: as gpt_nano_pystdlib (configs/common.py NANO_RECIPE).
+
+Command: python train.py --config configs/moe_nano_pystdlib.py --workdir /tmp/moe_nano
+Expected: TBD (lead measures) bits per byte on the validation files.
+Then: python -m bigjax.generate --workdir /tmp/moe_nano --prompt 'def ' --method sample
+"""
+
+from configs import common
+
+EXPERTS = {'num_experts': 4, 'experts_per_token': 2, 'capacity_factor': 0.0}  # 0: dropless
+
+
+def get_config(arg=None):
+  block = {**common.LLAMA_BLOCK, **EXPERTS}
+  return common.byte_gpt_lm(block, mlp_ratio=1 / 3, test=common.is_test(arg))
