@@ -34,6 +34,9 @@ CONVERTERS: dict[str, str] = {
   'resnet': 'bigjax.convert.hf_resnet',
   'bert': 'bigjax.convert.hf_bert',
   'roberta': 'bigjax.convert.hf_bert',
+  'gpt2': 'bigjax.convert.hf_gpt',
+  'llama': 'bigjax.convert.hf_gpt',
+  'mixtral': 'bigjax.convert.hf_gpt',
 }
 
 # bigjax model class name -> converter module whose `export` writes it (the reverse of
@@ -42,6 +45,7 @@ EXPORTERS: dict[str, str] = {
   'ViT': 'bigjax.convert.hf_vit',
   'ResNet': 'bigjax.convert.hf_resnet',
   'Bert': 'bigjax.convert.hf_bert',
+  'Gpt': 'bigjax.convert.hf_gpt',
 }
 
 _WEIGHTS = 'model.safetensors'

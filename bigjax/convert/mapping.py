@@ -12,8 +12,16 @@ weight behind, nor a forgotten variable silently stay out of an export.
 
 Layouts (source <-> bigjax): torch Linear [out, in] <-> Dense [in, out]; Conv2d
 [O, I, kh, kw] <-> Conv [kh, kw, I, O]; a fused-heads Linear [H*K, D] <-> DenseGeneral
-[D, H, K] (bias [H*K] <-> [H, K]); an output projection [D, H*K] <-> [H, K, D].
-Legend: D width, H heads, K head dim, O/I output/input channels, kh/kw kernel size.
+[D, H, K] (bias [H*K] <-> [H, K]); an output projection [D, H*K] <-> [H, K, D]; GPT-2's
+Conv1D [in, out] kept as is or split into heads; vocabulary rows padded with zeros to the
+model's padded vocabulary (`pad_rows`). Layouts compose with `chain`.
+
+Some sources fuse several bigjax variables into one tensor (GPT-2's `c_attn`: q, k and v
+side by side) or split one variable into many (Mixtral's experts, one tensor per expert).
+`Table.split` and `Table.stack` declare those groupings; the rules then name the parts
+(`...c_attn.weight[q]`) or the group (`...experts.w1`), and the accounting stays exact.
+Legend: D width, H heads, K head dim, O/I output/input channels, kh/kw kernel size,
+E experts, V vocabulary.
 """
 
 import dataclasses
@@ -73,6 +81,61 @@ def heads_out(num_heads: int) -> Layout:
   return Layout(f'heads_out({num_heads})', to_flax, to_torch)
 
 
+def conv1d_heads_in(num_heads: int) -> Layout:
+  """GPT-2 Conv1D q/k/v weight [D, H*K] <-> DenseGeneral kernel [D, H, K]; bias [H*K] <-> [H, K]."""
+
+  def to_flax(w: np.ndarray) -> np.ndarray:
+    if w.ndim == 1:
+      return w.reshape(num_heads, -1)  # [H, K]
+    return w.reshape(w.shape[0], num_heads, -1)  # [D, H, K]
+
+  def to_torch(w: np.ndarray) -> np.ndarray:
+    return w.reshape(-1) if w.ndim == 2 else w.reshape(w.shape[0], -1)
+
+  return Layout(f'conv1d_heads_in({num_heads})', to_flax, to_torch)
+
+
+def conv1d_heads_out(num_heads: int) -> Layout:
+  """GPT-2 Conv1D output weight [H*K, D] <-> DenseGeneral kernel [H, K, D]."""
+  return Layout(
+    f'conv1d_heads_out({num_heads})',
+    lambda w: w.reshape(num_heads, -1, w.shape[-1]),  # [H, K, D]
+    lambda w: w.reshape(-1, w.shape[-1]),  # [H*K, D]
+  )
+
+
+# Stacked per-expert Linear weights [E, out, in] <-> kernels [E, in, out].
+EXPERTS = Layout('experts', lambda w: w.transpose(0, 2, 1), lambda w: w.transpose(0, 2, 1))
+
+
+def pad_rows(rows: int, padded: int) -> Layout:
+  """A [V, ...] table (embedding, output layer) <-> [padded, ...]: import appends zero rows
+  up to the model's padded vocabulary, export keeps the first `rows` (the real vocabulary)."""
+
+  def to_flax(w: np.ndarray) -> np.ndarray:
+    if w.shape[0] != rows:
+      return w  # a wrong size is reported by the shape check, against the model's
+    return np.concatenate([w, np.zeros((padded - rows, *w.shape[1:]), w.dtype)])
+
+  return Layout(f'pad_rows({rows}, {padded})', to_flax, lambda w: w[:rows])
+
+
+def chain(*layouts: Layout) -> Layout:
+  """The layouts applied one after another on import (in reverse order on export)."""
+
+  def to_flax(w: np.ndarray) -> np.ndarray:
+    for layout in layouts:
+      w = layout.to_flax(w)
+    return w
+
+  def to_torch(w: np.ndarray) -> np.ndarray:
+    for layout in reversed(layouts):
+      w = layout.to_torch(w)
+    return w
+
+  return Layout(' then '.join(x.name for x in layouts), to_flax, to_torch)
+
+
 # (bigjax path 'params/block_0/attn/query/kernel', source tensor name, layout)
 Rule = tuple[str, str, Layout]
 
@@ -88,10 +151,15 @@ class Table:
   rules: one per bigjax variable (every collection but 'intermediates': `params`,
     `batch_stats`, ...). skip: regexes (full match) of source tensors deliberately unused
     on import (a pooler no bigjax head reads, training bookkeeping); export does not write them.
+
+  splits: source tensors that hold several parts side by side (`split`); stacks: groups of
+    source tensors read as one stacked tensor (`stack`).
   """
 
   rules: list[Rule] = dataclasses.field(default_factory=list)
   skip: list[str] = dataclasses.field(default_factory=list)
+  splits: list[tuple[str, tuple[str, ...], int]] = dataclasses.field(default_factory=list)
+  stacks: list[tuple[str, tuple[str, ...]]] = dataclasses.field(default_factory=list)
 
   def add(self, path: str, name: str, layout: Layout = IDENTITY) -> None:
     """bigjax variable `path` ('params/head/kernel') <-> source tensor `name`."""
@@ -106,6 +174,57 @@ class Table:
     """`path`/scale <-> `name`.weight, `path`/bias <-> `name`.bias (LayerNorm, BatchNorm)."""
     self.add(f'{path}/scale', f'{name}.weight')
     self.add(f'{path}/bias', f'{name}.bias')
+
+  def split(self, name: str, parts: list[str], axis: int) -> list[str]:
+    """Source tensor `name` holds `parts` (equal sizes) concatenated along `axis`: the rules
+    name the parts, `name[part]` (returned), and import splits, export concatenates."""
+    names = [f'{name}[{p}]' for p in parts]
+    self.splits.append((name, tuple(names), axis))
+    return names
+
+  def stack(self, name: str, parts: list[str]) -> str:
+    """The source tensors `parts` (equal shapes) are read as one tensor `name` stacked on a
+    new leading axis (one tensor per expert -> [E, ...]); the rules name `name`."""
+    self.stacks.append((name, tuple(parts)))
+    return name
+
+  def _group(self, source: dict[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
+    """The source tensors with the splits split and the stacks stacked (import)."""
+    source = dict(source)
+    for name, parts, axis in self.splits:
+      if name in source:
+        value = np.asarray(source.pop(name))
+        if value.shape[axis] % len(parts):
+          raise ValueError(
+            f'tensor {name!r} of the {what} has shape {value.shape}, which does not split into '
+            f'{len(parts)} equal parts on axis {axis}: config.json does not match the weights'
+          )
+        source.update(zip(parts, np.split(value, len(parts), axis=axis)))
+    for name, parts in self.stacks:
+      present = [p for p in parts if p in source]
+      if not present:
+        continue
+      if len(present) < len(parts):
+        missing = next(p for p in parts if p not in source)
+        raise ValueError(
+          f'the {what} has no tensor {missing!r}: the weights are incomplete or do not match '
+          'config.json; re-save them with save_pretrained'
+        )
+      shapes = {tuple(source[p].shape) for p in parts}
+      if len(shapes) > 1:
+        raise ValueError(f'the tensors {parts[0]!r}, ... of the {what} differ in shape: {shapes}')
+      source[name] = np.stack([np.asarray(source.pop(p)) for p in parts])
+    return source
+
+  def _ungroup(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The reverse of `_group` (export)."""
+    for name, parts in self.stacks:
+      value = tensors.pop(name)
+      tensors.update({p: np.ascontiguousarray(v) for p, v in zip(parts, value)})
+    for name, parts, axis in self.splits:
+      value = np.concatenate([tensors.pop(p) for p in parts], axis=axis)
+      tensors[name] = np.ascontiguousarray(value)
+    return tensors
 
   def _check_rules(self, leaves: dict[str, Any]) -> None:
     """Converter invariants: the rules are one-to-one and cover exactly `leaves`."""
@@ -133,6 +252,7 @@ class Table:
     """
     shapes = {k: tuple(v.shape) for k, v in _flatten(abstract).items()}
     self._check_rules(shapes)
+    source = self._group(source, what)
     filled: dict[str, np.ndarray] = {}
     for path, name, layout in self.rules:
       if name not in source:
@@ -192,7 +312,7 @@ class Table:
       if layout.to_flax(out).shape != value.shape:
         raise AssertionError(f'converter bug: layout {layout.name} of {path} does not invert')
       tensors[name] = out
-    return tensors
+    return self._ungroup(tensors)
 
 
 def abstract_variables(model: nn.Module, *inputs: jax.ShapeDtypeStruct) -> PyTree:

@@ -117,3 +117,129 @@ def test_errors_say_what_to_do(tmp_path):
     tk.train_bpe(CORPUS, 259)
   with pytest.raises(ValueError, match='pad token at id 0'):
     tk.train_bpe(CORPUS, 300, special_tokens=['<s>', '</s>'])
+
+
+# Hugging Face decoder tokenizers (HFTokenizer): GPT-2's byte-level BPE in both of its saved
+# forms, and a Llama-style tokenizer whose post-processor starts every text with BOS.
+EOT = '<|endoftext|>'
+HF_TEXTS = ('the cat sat on the mat', ' hello world, the lazy dog!', 'unseen wörds: ✓ zebra')
+
+
+def _gpt2_backend(vocab_size: int = 300):
+  """A GPT-2-style byte-level BPE (no prefix space) with '<|endoftext|>' at id 0."""
+  tokenizers = pytest.importorskip('tokenizers')
+  from tokenizers import decoders, models, pre_tokenizers, trainers
+
+  tok = tokenizers.Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(
+    vocab_size=vocab_size,
+    special_tokens=[EOT],
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    show_progress=False,
+  )
+  tok.train_from_iterator(CORPUS, trainer=trainer)
+  return tok
+
+
+def _write_json(path, value):
+  import json
+
+  path.write_text(json.dumps(value))
+
+
+@pytest.fixture(scope='module')
+def gpt2_folders(tmp_path_factory):
+  """{'tokenizer.json': folder, 'vocab.json': folder} holding the same GPT-2-style BPE."""
+  backend = _gpt2_backend()
+  special = {'bos_token': EOT, 'eos_token': EOT, 'unk_token': EOT, 'add_prefix_space': False}
+  full = tmp_path_factory.mktemp('gpt2_json')
+  backend.save(str(full / 'tokenizer.json'))
+  _write_json(full / 'tokenizer_config.json', {'tokenizer_class': 'GPT2Tokenizer', **special})
+  split = tmp_path_factory.mktemp('gpt2_vocab')
+  backend.model.save(str(split))  # vocab.json + merges.txt
+  _write_json(split / 'tokenizer_config.json', {'tokenizer_class': 'GPT2Tokenizer', **special})
+  # A model config whose GPT-2 default ids (50256) lie outside this vocabulary: ignored.
+  _write_json(split / 'config.json', {'model_type': 'gpt2', 'bos_token_id': 50256})
+  return {'tokenizer.json': full, 'vocab.json': split}
+
+
+@pytest.mark.parametrize('form', ['tokenizer.json', 'vocab.json'])
+def test_hf_gpt2_tokenizer_matches_transformers(gpt2_folders, form):
+  transformers = pytest.importorskip('transformers')
+  folder = gpt2_folders[form]
+  tok = tk.load_tokenizer(str(folder))
+  assert isinstance(tok, tk.HFTokenizer) and isinstance(tok, tk.Tokenizer)
+  assert (tok.bos_id, tok.eos_id, tok.pad_id) == (0, 0, None)  # no pad token in GPT-2
+  assert tok.reserved_ids == () and not tok.byte_level and not tok.add_bos
+  assert tok.vocab_size == 300
+  ref = transformers.AutoTokenizer.from_pretrained(str(folder))
+  for text in HF_TEXTS:
+    ids = tok.encode(text)
+    assert ids.dtype == np.int32
+    assert ids.tolist() == ref(text)['input_ids'], text
+    assert tok.decode(ids) == text == ref.decode(ids.tolist(), skip_special_tokens=True)
+  assert len(tok.encode('the cat sat')) < len('the cat sat')  # merges learned
+  cat = tok.encode(' cat').tolist()
+  assert tok.decode([*tok.encode('the dog').tolist(), 0, *cat]) == 'the dog'  # stops at EOS
+
+
+def test_hf_llama_style_tokenizer_adds_bos_and_reads_folder_ids(tmp_path):
+  transformers = pytest.importorskip('transformers')
+  import tokenizers
+  from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+  backend = tokenizers.Tokenizer(models.BPE(unk_token='<unk>'))
+  backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  backend.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(
+    vocab_size=300,
+    special_tokens=['<unk>', '<s>', '</s>', '<|eot|>'],
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    show_progress=False,
+  )
+  backend.train_from_iterator(CORPUS, trainer=trainer)
+  backend.post_processor = processors.TemplateProcessing(
+    single='<s> $A', pair='<s> $A <s> $B', special_tokens=[('<s>', 1)]
+  )
+  backend.save(str(tmp_path / 'tokenizer.json'))
+  _write_json(
+    tmp_path / 'tokenizer_config.json',
+    {'tokenizer_class': 'PreTrainedTokenizerFast', 'bos_token': '<s>', 'eos_token': '</s>'},
+  )
+  _write_json(
+    tmp_path / 'config.json', {'model_type': 'llama', 'bos_token_id': 1, 'eos_token_id': 2}
+  )
+  _write_json(tmp_path / 'generation_config.json', {'bos_token_id': 1, 'eos_token_id': [3, 2]})
+  tok = tk.load_tokenizer(str(tmp_path))
+  assert isinstance(tok, tk.HFTokenizer) and tok.add_bos
+  # generation_config.json wins; both stop ids are kept, neither is reserved
+  assert (tok.bos_id, tok.eos_id, tok.eos_ids, tok.pad_id) == (1, 3, (3, 2), None)
+  assert tok.reserved_ids == (0, 1)  # <unk> and BOS: never generated
+  ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+  for text in HF_TEXTS:
+    ids = tok.encode(text).tolist()
+    assert ids[0] == 1 and ids == ref(text)['input_ids'], text
+    assert tok.decode(ids) == text
+  assert tok.decode([1, *tok.encode('the dog').tolist()[1:], 2, 5, 6]) == 'the dog'
+
+
+def test_hf_folder_or_pad_first_picks_the_tokenizer_class(tmp_path):
+  """A tokenizer.json with its pad token at id 0 stays a SubwordTokenizer (as bigjax saves
+  them), unless its folder is a Hugging Face decoder's; one without is an HFTokenizer."""
+  bpe = tk.train_bpe(CORPUS, 290)
+  bpe.save(str(tmp_path / 'run' / 'tokenizer.json'))
+  assert type(tk.load_tokenizer(str(tmp_path / 'run'))) is tk.SubwordTokenizer
+  bpe.save(str(tmp_path / 'hf' / 'tokenizer.json'))
+  _write_json(tmp_path / 'hf' / 'config.json', {'model_type': 'gpt2', 'pad_token_id': 0})
+  tok = tk.load_tokenizer(str(tmp_path / 'hf'))
+  assert type(tok) is tk.HFTokenizer and (tok.pad_id, tok.bos_id, tok.eos_id) == (0, None, None)
+  assert tok.reserved_ids == (0, 1, 2)  # every special token: no EOS is named here
+  gpt2 = _gpt2_backend(280)
+  gpt2.save(str(tmp_path / 'renamed.json'))  # a lone file: no folder to read ids from
+  tok = tk.load_tokenizer(str(tmp_path / 'renamed.json'))
+  assert type(tok) is tk.HFTokenizer and tok.vocab_size == 280 and tok.eos_id is None
+  assert tok.decode(tok.encode(HF_TEXTS[1])) == HF_TEXTS[1]
+  with pytest.raises(FileNotFoundError, match='vocab.json \\+ merges.txt'):
+    tk.load_tokenizer(str(tmp_path / 'run' / '..' / 'hf' / '..'))
