@@ -28,6 +28,7 @@ FAMILIES: tuple[str, ...] = (
   'seq2seq',
   'transformer',
   'bert',
+  'gpt',
 )
 
 Spec = tuple[type[nn.Module], dict[str, Any]]

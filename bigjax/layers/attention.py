@@ -67,6 +67,7 @@ class MultiHeadAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
   kernel_init: Callable[..., Any] = nn.initializers.xavier_uniform()
   implementation: str | None = None  # None or 'xla': XLA; 'cudnn': the fused GPU kernel
+  out_kernel_init: Callable[..., Any] | None = None  # `out`; None: kernel_init (GPT-2 scales it)
 
   @nn.compact
   def __call__(
@@ -142,7 +143,7 @@ class MultiHeadAttention(nn.Module):
       use_bias=self.use_bias,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
-      kernel_init=self.kernel_init,
+      kernel_init=self.out_kernel_init or self.kernel_init,
       name='out',
     )(out)
 

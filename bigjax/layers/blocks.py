@@ -11,8 +11,13 @@ A decoder-only ("causal LM") block is an `EncoderBlock` called with `causal=True
 `BlockConfig(norm='rmsnorm', gated_mlp=True, activation='silu', use_bias=False,
 position='rotary', num_kv_heads=...)`.
 
+A mixture of experts replaces the MLP when `num_experts > 0` (`MoeBlock`, Mixtral is the
+Llama block with `num_experts=8, experts_per_token=2`); the block then returns
+`(x, aux)`, aux the MoE's auxiliary values (balance_loss, z_loss, expert_load [E]) over
+the tokens that `key_valid` marks valid.
+
 Parameter names (stable):
-  EncoderBlock: attn_norm, attn (`MultiHeadAttention`), mlp_norm, mlp (`MlpBlock`)
+  EncoderBlock: attn_norm, attn (`MultiHeadAttention`), mlp_norm, mlp (`MlpBlock` or `MoeBlock`)
   DecoderBlock: self_norm, self_attn, cross_norm, cross_attn, mlp_norm, mlp
 """
 
@@ -26,6 +31,7 @@ import jax.numpy as jnp
 from bigjax.layers.activations import ACTIVATIONS
 from bigjax.layers.attention import IMPLEMENTATIONS, POSITIONS, MultiHeadAttention
 from bigjax.layers.mlp import MlpBlock
+from bigjax.layers.moe import MoeBlock
 from bigjax.layers.norms import check_norm, make_norm
 from bigjax.typing import Dtype
 
@@ -54,6 +60,12 @@ class BlockConfig:
   param_dtype: Dtype = jnp.float32
   kernel_init: Callable[..., Any] = nn.initializers.xavier_uniform()
   attention_impl: str | None = None  # None / 'xla' / 'cudnn'
+  # The residual branches' output projections (attn/out, mlp/fc2, the experts' fc2); None:
+  # kernel_init. GPT-2 draws them with std / sqrt(2 * num_layers) (Radford et al., 2019).
+  out_kernel_init: Callable[..., Any] | None = None
+  num_experts: int = 0  # > 0: a mixture of experts (`MoeBlock`) in place of the MLP
+  experts_per_token: int = 2
+  capacity_factor: float = 0.0  # MoE: 0 = dropless; > 0 = capacity per expert and row
 
   def __post_init__(self):
     check_norm(self.norm)
@@ -68,6 +80,11 @@ class BlockConfig:
     kv = self.num_kv_heads or self.num_heads
     if self.num_heads % kv:
       raise ValueError(f'num_heads {self.num_heads} is not a multiple of num_kv_heads {kv}')
+    if self.num_experts and not 1 <= self.experts_per_token <= self.num_experts:
+      raise ValueError(
+        f'experts_per_token must be in [1, num_experts], got {self.experts_per_token} '
+        f'of {self.num_experts}'
+      )
 
   def attention(self, name: str, *, decode: bool = False, rotary: bool = True):
     """The block's `MultiHeadAttention` (rotary only where `rotary`: not cross-attention)."""
@@ -83,10 +100,28 @@ class BlockConfig:
       param_dtype=self.param_dtype,
       kernel_init=self.kernel_init,
       implementation=self.attention_impl,
+      out_kernel_init=self.out_kernel_init,
       name=name,
     )
 
-  def mlp(self, name: str = 'mlp') -> MlpBlock:
+  def mlp(self, name: str = 'mlp') -> MlpBlock | MoeBlock:
+    """The block's `MlpBlock`, or a `MoeBlock` when `num_experts > 0`."""
+    if self.num_experts:
+      return MoeBlock(
+        self.num_experts,
+        experts_per_token=self.experts_per_token,
+        mlp_dim=self.mlp_dim,
+        activation=self.activation,
+        gated=self.gated_mlp,
+        use_bias=self.use_bias,
+        capacity_factor=self.capacity_factor,
+        dropout_rate=self.dropout_rate,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=self.kernel_init,
+        out_kernel_init=self.out_kernel_init,
+        name=name,
+      )
     return MlpBlock(
       self.mlp_dim,
       activation=self.activation,
@@ -96,6 +131,7 @@ class BlockConfig:
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       kernel_init=self.kernel_init,
+      out_kernel_init=self.out_kernel_init,
       name=name,
     )
 
@@ -115,6 +151,21 @@ def _residual(config: BlockConfig, name: str, x: jax.Array, f, train: bool) -> j
   y = f(norm(x) if config.pre_norm else x)
   y = nn.Dropout(config.dropout_rate)(y, deterministic=not train)
   return x + y if config.pre_norm else norm(x + y)
+
+
+def _mlp_residual(config: BlockConfig, x: jax.Array, valid, train: bool):
+  """The MLP's residual branch: x, or (x, aux) with a mixture of experts."""
+  mlp = config.mlp()
+  if not config.num_experts:
+    return _residual(config, 'mlp_norm', x, lambda h: mlp(h, train=train), train)
+  aux = {}
+
+  def f(h):
+    y, values = mlp(h, valid, train=train)
+    aux.update(values)
+    return y
+
+  return _residual(config, 'mlp_norm', x, f, train), aux
 
 
 class EncoderBlock(nn.Module):
@@ -137,14 +188,14 @@ class EncoderBlock(nn.Module):
     causal: bool = False,
     positions: jax.Array | None = None,
     train: bool = False,
-  ) -> jax.Array:
-    """x [B, T, D]; mask [B, 1, T, T] and/or key_valid [B, T]; positions for rotary."""
+  ) -> jax.Array | tuple[jax.Array, dict]:
+    """x [B, T, D]; mask [B, 1, T, T] and/or key_valid [B, T]; positions for rotary.
+    Returns [B, T, D], or ([B, T, D], aux) with a mixture of experts."""
     c = self.config
     attn = c.attention('attn', decode=self.decode)
     f = lambda h: attn(h, mask=mask, key_valid=key_valid, causal=causal, positions=positions)  # noqa: E731
     x = _residual(c, 'attn_norm', x, f, train)
-    mlp = c.mlp()
-    return _residual(c, 'mlp_norm', x, lambda h: mlp(h, train=train), train)
+    return _mlp_residual(c, x, key_valid, train)
 
 
 class DecoderBlock(nn.Module):
@@ -166,8 +217,9 @@ class DecoderBlock(nn.Module):
     key_valid: jax.Array | None = None,
     encoded_valid: jax.Array | None = None,
     train: bool = False,
-  ) -> jax.Array:
-    """key_valid [B, T]: target validity (self-attention keys); encoded_valid [B, S]."""
+  ) -> jax.Array | tuple[jax.Array, dict]:
+    """key_valid [B, T]: target validity (self-attention keys); encoded_valid [B, S].
+    Returns [B, T, D], or ([B, T, D], aux) with a mixture of experts."""
     c = self.config
     self_attn = c.attention('self_attn', decode=self.decode)
     x = _residual(
@@ -177,5 +229,4 @@ class DecoderBlock(nn.Module):
     x = _residual(
       c, 'cross_norm', x, lambda h: cross_attn(h, encoded, key_valid=encoded_valid), train
     )
-    mlp = c.mlp()
-    return _residual(c, 'mlp_norm', x, lambda h: mlp(h, train=train), train)
+    return _mlp_residual(c, x, key_valid, train)

@@ -29,16 +29,17 @@ class MlpBlock(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernel_init: Callable[..., Any] = nn.initializers.xavier_uniform()
+  out_kernel_init: Callable[..., Any] | None = None  # fc2; None: kernel_init
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     act = activation(self.activation)
-    dense = lambda n, name: nn.Dense(  # noqa: E731
+    dense = lambda n, name, init=self.kernel_init: nn.Dense(  # noqa: E731
       n,
       use_bias=self.use_bias,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
-      kernel_init=self.kernel_init,
+      kernel_init=init,
       bias_init=nn.initializers.zeros,
       name=name,
     )
@@ -47,4 +48,5 @@ class MlpBlock(nn.Module):
     else:
       h = act(dense(self.mlp_dim, 'fc1')(x))  # [..., F]
     h = nn.Dropout(self.dropout_rate)(h, deterministic=not train)
-    return dense(self.out_features or x.shape[-1], 'fc2')(h)
+    fc2 = dense(self.out_features or x.shape[-1], 'fc2', self.out_kernel_init or self.kernel_init)
+    return fc2(h)

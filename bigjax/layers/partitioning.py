@@ -26,7 +26,8 @@ from bigjax.typing import PyTree
 
 Axes = tuple[str | None, ...]
 
-# (regular expression on the '/'-joined path, axes); the first match wins.
+# (regular expression on the '/'-joined path, axes); the first match of the parameter's rank
+# wins (the experts of a `MoeBlock` share the MLP's names with a leading [E] axis).
 RULES: tuple[tuple[str, Axes], ...] = (
   # attention (`MultiHeadAttention`): query [D, H, K], key/value [D, G, K], out [H, K, D]
   (r'query/kernel$', ('embed', 'heads', 'kv')),
@@ -40,11 +41,17 @@ RULES: tuple[tuple[str, Axes], ...] = (
   (r'mlp/(fc1|gate)/bias$', ('mlp',)),
   (r'mlp/fc2/kernel$', ('mlp', 'embed')),
   (r'mlp/fc2/bias$', ('embed',)),
+  # mixture of experts (`MoeBlock`): router [D, E], experts' fc1 and gate [E, D, F], fc2 [E, F, D]
+  (r'mlp/router/kernel$', ('embed', 'experts')),
+  (r'mlp/(fc1|gate)/kernel$', ('experts', 'embed', 'mlp')),
+  (r'mlp/(fc1|gate)/bias$', ('experts', 'mlp')),
+  (r'mlp/fc2/kernel$', ('experts', 'mlp', 'embed')),
+  (r'mlp/fc2/bias$', ('experts', 'embed')),
   # norms [D]
   (r'(^|/)\w*norm/(scale|bias)$', ('embed',)),
   # token embeddings [V, D], untied output [D, V], learned positions [T, D]
   (r'(^|/)(embed|src_embed|tgt_embed)/embedding$', ('vocab', 'embed')),
-  (r'(^|/)logits/kernel$', ('embed', 'vocab')),
+  (r'(^|/)(logits|lm_head)/kernel$', ('embed', 'vocab')),
   (r'(^|/)logits/bias$', ('vocab',)),
   (r'(^|/)pos_embed/embedding$', ('position', 'embed')),
   # ViT: patch convolution [P, P, C, D], class token [1, 1, D], classifier [D, K]
@@ -72,12 +79,13 @@ def _path(keys) -> str:
 def axes_of(path: str, ndim: int) -> Axes:
   """The logical axes of the parameter at `path` ('encoder/block_0/attn/query/kernel')."""
   scanned = SCAN_NAME in path.split('/')[:-1]
-  for pattern, axes in RULES:
-    if re.search(pattern, path):
-      axes = ((SCAN_NAME,) if scanned else ()) + axes
-      if len(axes) != ndim:
-        raise ValueError(f'parameter {path} has rank {ndim}, but its rule gives axes {axes}')
+  prefix = (SCAN_NAME,) if scanned else ()
+  matches = [prefix + axes for pattern, axes in RULES if re.search(pattern, path)]
+  for axes in matches:
+    if len(axes) == ndim:
       return axes
+  if matches:
+    raise ValueError(f'parameter {path} has rank {ndim}, but its rules give axes {matches}')
   raise ValueError(
     f'no logical axes for parameter {path}: add a rule to bigjax.layers.partitioning.RULES'
   )

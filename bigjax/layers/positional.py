@@ -25,19 +25,27 @@ def sinusoidal_positions(length: int, width: int, max_timescale: float = 1e4) ->
 
 
 class LearnedPositions(nn.Module):
-  """Adds a learned [max_length, D] table to [B, T, D] inputs, starting at `offset`."""
+  """Adds a learned [max_length, D] table to [B, T, D] inputs: rows offset ... offset + T - 1,
+  or, given `positions` [B, T] (per-row positions: packed documents, ragged prompts), the
+  rows they name (a gather; out-of-range positions are clipped)."""
 
   max_length: int
   param_dtype: Dtype = jnp.float32
+  init_std: float = 0.02
 
   @nn.compact
-  def __call__(self, x: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, offset: jax.Array | int = 0, positions: jax.Array | None = None
+  ) -> jax.Array:
     table = self.param(
       'embedding',
-      nn.initializers.normal(stddev=0.02),
+      nn.initializers.normal(stddev=self.init_std),
       (self.max_length, x.shape[-1]),
       self.param_dtype,
     )
+    if positions is not None:
+      pos = jnp.take(table, positions, axis=0, mode='clip')  # [B, T, D]
+      return x + pos.astype(x.dtype)
     pos = jax.lax.dynamic_slice_in_dim(table, offset, x.shape[1], axis=0)  # [T, D]
     return x + pos[None].astype(x.dtype)
 

@@ -12,6 +12,9 @@ and `unstack_layers` convert parameters between the two layouts. Scanning cuts c
 time from O(L) to O(1); `remat=True` (`nn.remat`, gradient checkpointing) recomputes each
 block's activations in the backward pass instead of storing them. `collect=True` also
 returns every block's output (BERT sows them as its hidden states).
+
+Blocks with a mixture of experts return `(x, aux)`; the stack then returns the per-layer
+aux dicts stacked on a leading [L] axis as an extra last element of its result.
 """
 
 import functools
@@ -42,8 +45,9 @@ def _layer_class(block: type[nn.Module]) -> type[nn.Module]:
     emit: bool = False  # also return the output as the scan's per-layer output
 
     def __call__(self, x, arrays):
-      y = block.__call__(self, x, **arrays, **dict(self.static))
-      return y, (y if self.emit else None)
+      out = block.__call__(self, x, **arrays, **dict(self.static))
+      y, aux = out if isinstance(out, tuple) else (out, None)  # aux: a MoE block's values
+      return y, ((y if self.emit else None), aux)
 
   Layer.__name__ = block.__name__
   return Layer
@@ -60,7 +64,7 @@ def stack_blocks(
   decode: bool = False,
   collect: bool = False,
   **kwargs,
-) -> jax.Array | tuple[jax.Array, list[jax.Array]]:
+) -> jax.Array | tuple:
   """Runs `num_layers` blocks of class `block` (EncoderBlock, DecoderBlock) on x [B, T, D].
 
   Call it inside an `nn.compact` method: the blocks become submodules of that module
@@ -69,6 +73,8 @@ def stack_blocks(
   (`train`, `causal`, None) too, as static arguments.
   `collect=True` returns `(x, outputs)`, the list of every block's output (scanned: the
   scan's stacked per-layer outputs, split), for models that report their hidden states.
+  Blocks that return (x, aux) (mixture of experts) add the aux dict stacked over the
+  layers ([L, ...] leaves) as the last element: `(x, aux)` or `(x, outputs, aux)`.
   """
   static = tuple(sorted((k, v) for k, v in kwargs.items() if _static(v)))
   arrays = {k: v for k, v in kwargs.items() if not _static(v)}
@@ -83,13 +89,19 @@ def stack_blocks(
       in_axes=nn.broadcast,
       length=num_layers,
     )
-    x, ys = layer(config, decode, static, collect, name=SCAN_NAME)(x, arrays)
-    return (x, list(ys)) if collect else x  # ys [L, B, T, D]
-  outputs = []
-  for i in range(num_layers):
-    x, _ = layer(config, decode, static, name=f'block_{i}')(x, arrays)
-    outputs.append(x)
-  return (x, outputs) if collect else x
+    x, (ys, aux) = layer(config, decode, static, collect, name=SCAN_NAME)(x, arrays)
+    outputs = list(ys) if collect else None  # ys [L, B, T, D]
+  else:
+    outputs, auxes = [], []
+    for i in range(num_layers):
+      x, (_, aux) = layer(config, decode, static, name=f'block_{i}')(x, arrays)
+      outputs.append(x)
+      auxes.append(aux)
+    aux = None if not auxes or auxes[0] is None else jax.tree.map(lambda *a: jnp.stack(a), *auxes)
+  result = (x, outputs) if collect else (x,)
+  if aux is not None:
+    result = (*result, aux)
+  return result if len(result) > 1 else x
 
 
 def stack_layers(params: PyTree, num_layers: int) -> PyTree:

@@ -56,6 +56,10 @@ def hidden_per_step(model: nn.Module) -> tuple[int, ...]:
   return (B, T, model.hidden_size)  # [B, T, D]
 
 
+def padded_vocab_per_step(model: nn.Module) -> tuple[int, ...]:
+  return (B, T, model.padded_vocab)  # [B, T, V'] (the vocabulary padded to a round size)
+
+
 # ---------------------------------------------------------------------- decoding adapters
 def lm_decoding(model, variables, inputs):
   """(step, cache, fed [B, T]) for a decoder-only model: the tokens are fed one by one."""
@@ -83,6 +87,7 @@ class Row:
   dropout: the family has `dropout_rate`; training with it must differ from evaluation.
   bf16_logits: the logits dtype under `dtype=jnp.bfloat16`.
   decoder: (model, variables, inputs) -> (step, cache, tokens to feed), or None.
+  count: (model, params) -> the parameter count compared with `published`.
   """
 
   inputs: Callable[[nn.Module], Inputs]
@@ -91,6 +96,7 @@ class Row:
   dropout: bool = True
   bf16_logits: jnp.dtype = jnp.bfloat16
   decoder: Callable | None = None
+  count: Callable[[nn.Module, dict], int] = lambda model, params: _count(params)
 
 
 # torchvision's published counts (1000 classes, 224x224; Inception v3 299x299 with its
@@ -137,6 +143,35 @@ BERT_COUNTS = {
   'bert_large': 335_141_888,
 }
 ROBERTA_COUNTS = {'roberta_base': 124_645_632, 'roberta_large': 355_359_744}
+# Decoder-only LMs (`bigjax.models.gpt`), counted over the real vocabulary (the rows padded to
+# a multiple of 128 excluded): GPT-2 as Hugging Face's GPT2LMHeadModel (tied), Llama 2 7B
+# and Mixtral 8x7B as their published configurations.
+GPT_COUNTS = {
+  'gpt2_small': 124_439_808,
+  'gpt2_medium': 354_823_168,
+  'gpt2_large': 774_030_080,
+  'gpt2_xl': 1_557_611_200,
+  'llama2_7b': 6_738_415_616,
+  'mixtral_8x7b': 46_702_792_704,
+}
+
+
+def gpt_count(model: nn.Module, params: dict) -> int:
+  from bigjax.models import gpt
+
+  return gpt.num_params(params, model.vocab_size)
+
+
+def gpt_row(prefix: str) -> Row:
+  return Row(
+    tokens,
+    padded_vocab_per_step,
+    published={k: v for k, v in GPT_COUNTS.items() if k.startswith(prefix)},
+    bf16_logits=jnp.float32,  # the logits are cast to float32 (padded columns at -1e9)
+    decoder=lm_decoding,
+    count=gpt_count,
+  )
+
 
 # Pattern (fnmatch over the registered name) -> row; the first matching pattern wins.
 ROWS: dict[str, Row] = {
@@ -159,6 +194,9 @@ ROWS: dict[str, Row] = {
   # The registered BERTs have head='none': the logits are the last hidden states.
   'bert_*': Row(tokens, hidden_per_step, published=BERT_COUNTS),
   'roberta_*': Row(tokens, hidden_per_step, published=ROBERTA_COUNTS),
+  'gpt2_*': gpt_row('gpt2_'),
+  'llama*': gpt_row('llama'),
+  'mixtral_*': gpt_row('mixtral_'),
 }
 
 NAMES = bigjax.list_models()
@@ -237,7 +275,7 @@ def test_shapes_dtypes_and_parameter_count(name):
   assert logits.dtype == jnp.float32
   assert {x.dtype for x in jax.tree.leaves(variables['params'])} == {jnp.dtype(jnp.float32)}
   if name in row.published:
-    assert _count(variables['params']) == row.published[name]
+    assert row.count(model, variables['params']) == row.published[name]
 
 
 @pytest.mark.parametrize('name', DECODERS)
@@ -249,7 +287,8 @@ def test_every_decoder_has_a_cached_step(name):
     return logits_of(step(cache, fed[:, :1])[0])
 
   logits = _traced(model, inputs, first_step)
-  chex.assert_shape(logits, (B, 1, model.vocab_size))
+  batch, _, *rest = row.output(model)
+  chex.assert_shape(logits, (batch, 1, *rest))
 
 
 # ------------------------------------------------------------------ tiny models, for real
