@@ -21,7 +21,8 @@ return logits or a `bigjax.outputs.ModelOutput`.
 The step function returned by the adapters is a `jax.tree_util.Partial` over the model's
 variables, so the variables are traced arguments (not constants baked into the program)
 and a second call with the same model and shapes reuses the compiled loop. A plain Python
-function works too: it is compiled once per function object (and so is `on_token`).
+function works too: it is compiled once per function object; a new `on_token`
+does not compile the loop again.
 
 Choosing a token, in order (the order of Hugging Face's logits processors):
   1. only the first `vocab_size` logits are candidates (a model's padded vocabulary
@@ -174,9 +175,18 @@ def _choose(logits, keys, i, temperature, top_k, top_p):
   return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
 
 
-def _emit(on_token: TokenCallback | None, token: jax.Array) -> None:
-  if on_token is not None:
-    jax.debug.callback(lambda t: on_token(np.asarray(t)), token, ordered=True)
+# Streaming receivers by number: the compiled loop carries the number (a traced scalar),
+# not the function, so a new callback does not compile the loop again.
+_RECEIVERS: dict[int, TokenCallback] = {}
+
+
+def _deliver(receiver, token) -> None:
+  _RECEIVERS[int(receiver)](np.asarray(token))
+
+
+def _emit(receiver: jax.Array | None, token: jax.Array) -> None:
+  if receiver is not None:
+    jax.debug.callback(_deliver, receiver, token, ordered=True)
 
 
 def _as_pytree_fn(step: StepFn) -> jax.tree_util.Partial:
@@ -238,7 +248,6 @@ def row_keys(rng: PRNGKey, batch: int) -> jax.Array:
     'banned',
     'penalty',
     'vocab',
-    'on_token',
   ),
 )
 def _sample_loop(
@@ -247,6 +256,7 @@ def _sample_loop(
   prompt,
   valid,
   keys,
+  receiver,
   *,
   max_new_tokens,
   temperature,
@@ -257,7 +267,6 @@ def _sample_loop(
   banned,
   penalty,
   vocab,
-  on_token,
 ):
   batch = prompt.shape[0]
   logits, cache = _prefill(step, cache, prompt, valid)  # [B, P, V']
@@ -265,7 +274,7 @@ def _sample_loop(
   prepare = functools.partial(_prepare, vocab=vocab, banned=banned, penalty=penalty)
   seen = _seen_in(prompt, valid, vocab) if penalty != 1.0 else None
   token = _choose(prepare(logits[:, -1], seen), keys, 0, temperature, top_k, top_p)  # [B]
-  _emit(on_token, token)
+  _emit(receiver, token)
   stop = jnp.asarray(stops, jnp.int32)
   finished = jnp.isin(token, stop) if stops else jnp.zeros((batch,), bool)
   out = jnp.full((batch, max_new_tokens), fill, jnp.int32).at[:, 0].set(token)
@@ -280,7 +289,7 @@ def _sample_loop(
     logits, cache = step(cache, token[:, None])  # [B, 1, V']
     token = _choose(prepare(logits[:, -1], seen), keys, i, temperature, top_k, top_p)
     token = jnp.where(finished, fill, token)
-    _emit(on_token, token)
+    _emit(receiver, token)
     out = jax.lax.dynamic_update_slice(out, token[:, None], (0, i))
     if stops:
       finished = finished | jnp.isin(token, stop)
@@ -296,19 +305,28 @@ def _sample_call(step, cache, prompt, rng, *, prompt_valid, eos_id, pad_id, bann
   stops = stop_ids(eos_id)
   kw['penalty'] = _check_penalty(kw.pop('repetition_penalty'))
   kw['vocab'] = _vocab(kw.pop('vocab_size'))
-  out = _sample_loop(
-    _as_pytree_fn(step),
-    cache,
-    prompt,
-    _valid(prompt_valid),
-    row_keys(rng, prompt.shape[0]),
-    stops=stops,
-    fill=_fill_id(pad_id, stops),
-    banned=_banned(pad_id, banned_ids, stops),
-    **kw,
-  )
-  if kw['on_token'] is not None:
-    jax.effects_barrier()  # every callback has run when the tokens are returned
+  on_token = kw.pop('on_token')
+  receiver = None
+  if on_token is not None:
+    receiver = max(_RECEIVERS, default=0) + 1
+    _RECEIVERS[receiver] = on_token
+  try:
+    out = _sample_loop(
+      _as_pytree_fn(step),
+      cache,
+      prompt,
+      _valid(prompt_valid),
+      row_keys(rng, prompt.shape[0]),
+      None if receiver is None else jnp.asarray(receiver, jnp.int32),
+      stops=stops,
+      fill=_fill_id(pad_id, stops),
+      banned=_banned(pad_id, banned_ids, stops),
+      **kw,
+    )
+    if receiver is not None:
+      jax.effects_barrier()  # every callback has run when the tokens are returned
+  finally:
+    _RECEIVERS.pop(receiver, None)
   return out
 
 

@@ -511,3 +511,34 @@ def test_streaming_reports_each_step_in_order(tiny_lm):
     assert (out[:, streamed.shape[1] :] == 0).all()
     ended = np.isin(streamed, (4, 9)).any(axis=1)
     assert streamed.shape[1] == 7 or ended.all()
+  # A new callback reuses the compiled loop (it reaches the loop as a number).
+  before = decode._sample_loop._cache_size()
+  again = []
+  decode.generate_lm(
+    model, variables, RAGGED, max_new_tokens=7, eos_id=(4, 9), on_token=again.append
+  )
+  assert decode._sample_loop._cache_size() == before and again
+
+
+@pytest.mark.parametrize('name', ['gpt2_test', 'llama_test'])
+def test_gpt_ragged_prompts_give_what_each_prompt_alone_gives(name):
+  # vocab 200: the logits have 256 columns, the last 56 padding at -1e9.
+  model = bigjax.create_model(name, vocab_size=200)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+  params = dict(variables['params'])
+  for head in ('embed', 'lm_head'):  # sharper logits: no near-ties between candidates
+    if head in params:
+      params[head] = jax.tree.map(lambda x: 10.0 * x, params[head])
+  variables = {'params': params}
+  prompts = [np.array([5, 9, 3, 7, 11, 4, 120, 17]), np.array([8, 2])]
+  # The sharp random model repeats its last token; the penalty (which must not count the
+  # left padding) moves it on.
+  kw = dict(max_new_tokens=5, pad_id=None, repetition_penalty=5.0)
+  greedy = _ragged_equals_alone(model, variables, prompts, **kw)
+  assert len(np.unique(greedy)) > 5
+  keys = jax.random.split(jax.random.key(1), 2)
+  hot = dict(method='sample', temperature=30.0, rng=keys)
+  sampled = _ragged_equals_alone(model, variables, prompts, **kw, **hot)
+  assert sampled.max() < 200 and not np.array_equal(sampled, greedy)
+  if name == 'gpt2_test':  # beam search's prefill and cache copies: one model is enough
+    _ragged_equals_alone(model, variables, prompts, method='beam', beam_size=2, **kw)

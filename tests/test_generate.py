@@ -178,18 +178,24 @@ def test_cli_on_a_pretrained_folder(pretrained, capsys):
   batch = generate.generate(None, prompts, pretrained=pretrained, max_new_tokens=10)
   for prompt, text in zip(prompts, batch):
     assert generate.generate(None, prompt, pretrained=pretrained, max_new_tokens=10) == text
-  # --stop: a one-token text that greedy would produce ends the text just before it.
+  # The text is the prompt and its greedy continuation up to a stop id, decoded.
+  model, variables = bigjax.from_pretrained(pretrained)
   ids = tokenizer.encode(prompts[1])
-  cont = tokenizer.encode(batch[1])[len(ids) :]
+  kw = dict(max_new_tokens=10, pad_id=None, eos_id=tokenizer.eos_ids)
+  cont = np.asarray(decode.generate_lm(model, variables, [ids], **kw))[0]
+  assert tokenizer.eos_id not in cont[:-1]
+  assert batch[1] == tokenizer.decode(np.concatenate([ids, cont]))
+  # --stop: a one-token text that greedy produces ends the text just before it.
   stops = [t for t in cont[1:] if list(tokenizer.encode(tokenizer.decode([t]))) == [t]]
   assert stops, cont
   at = list(cont).index(stops[0])
+  one = ['--pretrained', pretrained, '--max_new_tokens', '10', '--prompt', prompts[1]]
   stop_text = tokenizer.decode([stops[0]])
-  code, out, _ = _cli(
-    capsys, *args[:-2], '--prompt', prompts[1], '--stop', stop_text, '--no_stream'
-  )
-  assert code == 0
-  assert out == tokenizer.decode(np.concatenate([ids, cont[:at]])) + '\n\n'
+  code, out, _ = _cli(capsys, *one, '--stop', stop_text, '--no_stream')
+  assert code == 0 and out == tokenizer.decode(np.concatenate([ids, cont[:at]])) + '\n\n'
+  # --repetition_penalty changes the repetitive greedy text.
+  code, out, _ = _cli(capsys, *one, '--repetition_penalty', '5', '--no_stream')
+  assert code == 0 and out.startswith(prompts[1]) and out != batch[1] + '\n\n'
 
 
 def test_cli_bad_input_exits_2(pretrained, tmp_path, capsys):
