@@ -106,6 +106,10 @@ def from_pretrained(local_dir: str) -> tuple[nn.Module, PyTree]:
   models with BatchNorm), float32 whatever the checkpoint's dtype; for bf16 compute use
   `model.clone(dtype=jnp.bfloat16)` with the same variables.
 
+  Decoder LMs (gpt2, llama, mixtral: `bigjax.convert.hf_gpt`) take token ids and
+  `segment_ids` = transformers' attention mask; their tokenizer loads with
+  `bigjax.data.tokenizers.load_tokenizer(local_dir)`.
+
   Image layout: the returned model takes NHWC images, [B, H, W, C] float, like every bigjax
   model; Hugging Face (PyTorch) models take NCHW [B, C, H, W], so feed
   `pixel_values.transpose(0, 2, 3, 1)`. Convolution kernels are converted from torch's

@@ -32,6 +32,11 @@ Vocabulary: the model's embedding (and untied output layer) has `padded_vocab` r
 import appends zero rows to the checkpoint's `vocab_size`, export writes only
 `vocab_size` rows (the model never predicts the padded ids: their logits are -1e9).
 
+Inputs: where transformers takes `attention_mask` (1 = real token, 0 = padding), give the
+bigjax model `segment_ids` = the attention mask; the logits have `padded_vocab` columns, of
+which the first `vocab_size` are transformers' logits. Tokenizers: `bigjax.data.tokenizers.
+load_tokenizer(folder)` reads the folder's tokenizer (an HFTokenizer).
+
 Refused with a one-line error: rope scaling (`rope_scaling` / `rope_parameters` of a type
 other than 'default', or a partial rotary factor), a Mixtral sliding window shorter than
 the context, GPT-2 cross-attention and `scale_attn_by_inverse_layer_idx`, Llama with
@@ -92,10 +97,6 @@ def _head_dim(model: Gpt) -> int:
   return model.head_dim or model.hidden_size // model.num_heads
 
 
-def padded_vocab(model: Gpt) -> int:
-  return -(-model.vocab_size // model.vocab_multiple) * model.vocab_multiple
-
-
 def table(model: Gpt, fused_experts: bool = False) -> mapping.Table:
   """The mapping of `model` (unrolled layers) to the Hugging Face names of its family.
 
@@ -104,7 +105,7 @@ def table(model: Gpt, fused_experts: bool = False) -> mapping.Table:
   """
   kind = family(model)
   t = mapping.Table()
-  rows = mapping.pad_rows(model.vocab_size, padded_vocab(model))
+  rows = mapping.pad_rows(model.vocab_size, model.padded_vocab)
   heads, kv_heads = model.num_heads, model.num_kv_heads or model.num_heads
   if kind == 'gpt2':
     t.add('params/embed/embedding', 'wte.weight', rows)
@@ -249,7 +250,7 @@ def model_options(config: dict) -> dict:
     gated_mlp=True,
     use_bias=attention_bias,
     tie_embeddings=bool(config.get('tie_word_embeddings', False)),
-    dropout_rate=float(config.get('attention_dropout', 0.0)),
+    dropout_rate=0.0,  # Llama and Mixtral have no residual dropout
   )
   if kind == 'mixtral':
     options.update(
@@ -266,9 +267,14 @@ def _check_tied(source: dict[str, np.ndarray], embed: str, what: str) -> None:
   """A saved `lm_head.weight` of a tied model must equal the embedding it is tied to."""
   head = source.get('lm_head.weight')
   if head is not None and embed in source and not np.array_equal(head, source[embed]):
+    fix = (
+      'GPT-2 always ties them'
+      if embed == 'wte.weight'
+      else 'set tie_word_embeddings to false in config.json'
+    )
     raise ValueError(
-      f'the {what} has an lm_head.weight that differs from {embed} although config.json '
-      'ties them: set tie_word_embeddings to false in config.json'
+      f'the {what} has an lm_head.weight that differs from {embed} although the model ties '
+      f'them: {fix}'
     )
 
 
@@ -349,7 +355,7 @@ def export(model: Gpt, variables: PyTree) -> tuple[dict, dict[str, np.ndarray]]:
       rope_parameters={'rope_type': 'default', 'rope_theta': model.rope_theta},
       rope_scaling=None,
       attention_bias=model.use_bias,
-      attention_dropout=model.dropout_rate,
+      attention_dropout=0.0,  # bigjax drops out residuals, not attention maps
       tie_word_embeddings=model.tie_embeddings,
       bos_token_id=None,
       eos_token_id=None,

@@ -4,6 +4,7 @@ from bigjax.layers.activations import ACTIVATIONS, activation
 from bigjax.layers.attention import MultiHeadAttention, causal_mask, padding_mask
 from bigjax.layers.blocks import BlockConfig, DecoderBlock, EncoderBlock
 from bigjax.layers.mlp import MlpBlock
+from bigjax.layers.moe import MoeBlock
 from bigjax.layers.norms import NORMS, make_norm
 from bigjax.layers.partitioning import logical_axes
 from bigjax.layers.positional import LearnedPositions, rotary, sinusoidal_positions
@@ -17,6 +18,7 @@ __all__ = [
   'EncoderBlock',
   'LearnedPositions',
   'MlpBlock',
+  'MoeBlock',
   'MultiHeadAttention',
   'activation',
   'causal_mask',

@@ -17,8 +17,8 @@ Two ways to run the experts:
     C = ceil(capacity_factor * T * k / E) slots, filled first by the tokens' first choices
     then by their second ones (GShard's priority), in order within a row; one-hot dispatch
     and combine einsums move the tokens in and out of [B, E, C, D] buffers. An assignment
-    beyond capacity is dropped: its expert contributes nothing to that token. Padding
-    tokens (valid False) take no slot.
+    beyond capacity is dropped: its expert contributes nothing to that token.
+Padding tokens (valid False) take no slot and get a zero output in both modes.
 
 Auxiliary values (over the valid tokens only; `aux`):
   balance_loss  E * sum_e f_e * p_e (Switch eq. 4, GShard), f_e the fraction of the k * n
@@ -159,7 +159,7 @@ class MoeBlock(nn.Module):
     if self.capacity_factor:
       y = self._with_capacity(x, experts, weights, valid, mlp)
     else:
-      y = self._dropless(x, experts, weights, mlp)
+      y = self._dropless(x, experts, weights * valid[..., None], mlp)
     return y, aux
 
   def _dropless(self, x, experts, weights, mlp) -> jax.Array:

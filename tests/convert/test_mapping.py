@@ -138,3 +138,44 @@ def test_table_accounting_on_export():
   # 'intermediates' are outputs, not weights: never exported.
   sown = {**variables, 'intermediates': {'features': (np.ones((2, 3)),)}}
   assert sorted(_table().export_tensors(sown)) == sorted(_table().export_tensors(variables))
+
+
+def test_split_stack_and_padded_rows_round_trip():
+  """A fused source tensor split into parts, per-expert tensors stacked, vocabulary rows
+  padded on import and cut on export: both directions, with the same accounting."""
+  rng = np.random.default_rng(0)
+  source = {
+    'qkv.weight': rng.normal(size=(4, 6)).astype(np.float32),  # [D, 3 * 2] Conv1D
+    'e.0.w': rng.normal(size=(3, 4)).astype(np.float32),  # [F, D] per expert
+    'e.1.w': rng.normal(size=(3, 4)).astype(np.float32),
+    'wte.weight': rng.normal(size=(5, 4)).astype(np.float32),  # [V, D]
+  }
+  t = mapping.Table()
+  q, k, v = t.split('qkv.weight', ['q', 'k', 'v'], axis=1)
+  for part, name in (('q', q), ('k', k), ('v', v)):
+    t.add(f'params/{part}/kernel', name, mapping.conv1d_heads_in(1))  # [D, 1, 2]
+  t.add('params/experts/kernel', t.stack('e.w', ['e.0.w', 'e.1.w']), mapping.EXPERTS)
+  t.add('params/lm/kernel', 'wte.weight', mapping.chain(mapping.pad_rows(5, 8), mapping.LINEAR))
+  shape = lambda *s: jax.ShapeDtypeStruct(s, np.float32)  # noqa: E731
+  abstract = {
+    'params': {
+      **{p: {'kernel': shape(4, 1, 2)} for p in 'qkv'},
+      'experts': {'kernel': shape(2, 4, 3)},  # [E, D, F]
+      'lm': {'kernel': shape(4, 8)},  # [D, padded V]
+    }
+  }
+  variables = t.import_variables(source, abstract, 'x')
+  params = variables['params']
+  np.testing.assert_array_equal(params['k']['kernel'][:, 0], source['qkv.weight'][:, 2:4])
+  np.testing.assert_array_equal(params['experts']['kernel'][1], source['e.1.w'].T)
+  lm = np.asarray(params['lm']['kernel'])
+  np.testing.assert_array_equal(lm[:, :5], source['wte.weight'].T)
+  assert not lm[:, 5:].any()  # zero rows up to the padded vocabulary
+  back = t.export_tensors(variables, abstract)
+  assert sorted(back) == sorted(source)
+  for name, value in source.items():
+    np.testing.assert_array_equal(back[name], value)
+  with pytest.raises(ValueError, match="has no tensor 'e.1.w'"):
+    t.import_variables({n: w for n, w in source.items() if n != 'e.1.w'}, abstract, 'x')
+  with pytest.raises(ValueError, match='does not split into 3 equal parts'):
+    t.import_variables({**source, 'qkv.weight': np.ones((4, 7))}, abstract, 'x')
