@@ -5,22 +5,45 @@ Legend: B batch, P prompt length, N new tokens, V vocabulary, W beam width.
 Everything works on a step function `step(cache, tokens [B, L]) -> (logits [B, L, V],
 cache)` and its initial `cache` (any pytree). The prompt is fed once (prefill), then one
 token per step inside a jitted `jax.lax.while_loop`, so no prefix is ever recomputed.
+Ragged prompts are left-padded to a common length P; the prefill then calls
+`step(cache, tokens, valid [B, P] bool)` (True = a real token, False = left padding), so
+a step function only needs the third argument when it is given ragged prompts.
 `lm_decoder` and `seq2seq_decoder` build the step function from a model that follows the
 zoo's contract:
-  - a decoder-only LM with a `decode: bool` attribute, `__call__(tokens, *, train)`;
+  - a decoder-only LM with a `decode: bool` attribute, `__call__(tokens, *, train)`, and,
+    for ragged prompts, `__call__(tokens, segment_ids, *, train)` (1 = real, 0 = padding:
+    the padding is cached as invalid keys and does not advance the row's position);
   - an encoder-decoder with a `decode: bool` attribute and methods `encode(src)` and
     `decode_targets(encoded, tgt)`,
-and with the decoding clone keeping its state in the `cache` collection.
+and with the decoding clone keeping its state in the `cache` collection. A model may
+return logits or a `bigjax.outputs.ModelOutput`.
 
 The step function returned by the adapters is a `jax.tree_util.Partial` over the model's
 variables, so the variables are traced arguments (not constants baked into the program)
 and a second call with the same model and shapes reuses the compiled loop. A plain Python
-function works too: it is compiled once per function object.
+function works too: it is compiled once per function object; a new `on_token`
+does not compile the loop again.
 
-Stopping: with `eos_id` set, a row is finished once it emits EOS; it then emits `pad_id`,
-and the loop ends when every row has finished (or after N tokens).
-Reserved ids: `pad_id` (default `bigjax.vocab.PAD_ID`) and every id in `banned_ids` (a
-tokenizer's `reserved_ids`: BOS, ...) get probability zero, so they are never generated.
+Choosing a token, in order (the order of Hugging Face's logits processors):
+  1. only the first `vocab_size` logits are candidates (a model's padded vocabulary
+     columns are dropped, whatever value they hold);
+  2. repetition penalty (CTRL, Keskar et al., 2019): the logit of every id already in the
+     row (its real prompt tokens and what was generated) is divided by the penalty when
+     positive and multiplied by it when negative; 1.0 is off;
+  3. `pad_id` and every id in `banned_ids` (a tokenizer's `reserved_ids`) get probability
+     zero, unless they are stop ids; `pad_id=None` bans nothing on its account (Hugging
+     Face vocabularies have no pad, and id 0 is a real token);
+  4. greedy: argmax; sampling: temperature, top-k, top-p, then a draw.
+Beam search applies the penalty to the log-probabilities (as Hugging Face's beam search
+does), after the ban and the normalisation.
+
+Stopping: `eos_id` is an id or a tuple of stop ids; a row is finished once it emits any of
+them and then emits the fill id (`pad_id`, or the first stop id when `pad_id` is None, or
+0); the loop ends when every row has finished (or after N tokens).
+
+Sampling draws each row from its own key (`rng` is one key, split into B row keys, or B
+keys), folded with the step index: a row's tokens depend on its prompt and its key only,
+so a batch of ragged prompts gives, row for row, what each prompt alone gives with its key.
 
 Beam search keeps B*W rows of the cache and reorders them after each step, along each
 leaf's batch axis. The axes are declared, never guessed from sizes: the adapters derive
@@ -29,20 +52,29 @@ them by evaluating the cache's shapes at two batch sizes (a scanned model's cach
 (`step.func.cache_batch_axes`); a hand-written step function passes `cache_batch_axes`
 (a pytree like the cache of ints or None), or every cache leaf of rank >= 1 is taken to
 be batch-major.
+
+Streaming: `on_token(tokens)` is called with the [B] numpy tokens of each step, in order,
+from inside the compiled loop (`jax.debug.callback(ordered=True)`); finished rows report
+the fill id. Beam search knows its best hypothesis only at the end: it calls `on_token`
+column by column after the search.
 """
 
 import dataclasses
 import functools
-from typing import Any, Callable
+import inspect
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from bigjax.outputs import logits_of
 from bigjax.typing import PRNGKey, PyTree
 from bigjax.vocab import PAD_ID
 
-StepFn = Callable[[PyTree, jax.Array], tuple[jax.Array, PyTree]]
+StepFn = Callable[..., tuple[jax.Array, PyTree]]
+TokenCallback = Callable[[np.ndarray], Any]
 
 
 # ----------------------------------------------------------------------------- filtering
@@ -51,7 +83,8 @@ def filter_logits(logits: jax.Array, *, top_k: int = 0, top_p: float = 1.0) -> j
 
   top_k=0 and top_p=1 keep everything. The nucleus (Holtzman et al., 2020) is the
   smallest set of most likely tokens whose probability reaches top_p; the most likely
-  token is always kept. Ties at the cut-off are kept.
+  token is always kept. Ties at the cut-off are kept. Ids with probability zero (-inf, or
+  a padded vocabulary column's -1e9) are never kept by the nucleus.
   """
   _check_filter(top_k, top_p)
   logits = logits.astype(jnp.float32)
@@ -62,7 +95,9 @@ def filter_logits(logits: jax.Array, *, top_k: int = 0, top_p: float = 1.0) -> j
     ordered = jnp.sort(logits, axis=-1)[..., ::-1]  # [..., V] descending
     probs = jax.nn.softmax(ordered, axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each token
-    keep = before < top_p  # a prefix of the sorted order; the first is always kept
+    # A prefix of the sorted order; the first is always kept. Rounding can leave the
+    # cumulative mass just under top_p at the zero-probability tail: those stay out.
+    keep = (before < top_p) & ((probs > 0) | (jnp.arange(probs.shape[-1]) == 0))
     count = keep.sum(axis=-1, keepdims=True)  # [..., 1]
     cutoff = jnp.take_along_axis(ordered, count - 1, axis=-1)  # [..., 1]
     logits = jnp.where(logits < cutoff, -jnp.inf, logits)
@@ -74,33 +109,130 @@ def _check_filter(top_k: int, top_p: float) -> None:
     raise ValueError(f'need top_k >= 0 and 0 < top_p <= 1, got top_k={top_k}, top_p={top_p}')
 
 
-def _banned(pad_id: int, banned_ids) -> tuple[int, ...]:
-  """The ids never generated: pad_id and banned_ids, as a sorted tuple (a static key)."""
-  return tuple(sorted({int(pad_id), *(int(i) for i in banned_ids)}))
+def stop_ids(eos_id: int | Sequence[int] | None) -> tuple[int, ...]:
+  """The stop ids as a tuple: None -> (), an id -> (id,), ids -> ids (order kept)."""
+  if eos_id is None:
+    return ()
+  if isinstance(eos_id, (int, np.integer)):
+    return (int(eos_id),)
+  return tuple(dict.fromkeys(int(i) for i in eos_id))
+
+
+def _fill_id(pad_id: int | None, stops: tuple[int, ...]) -> int:
+  """What a finished row emits: pad_id, else the first stop id, else 0."""
+  return int(pad_id) if pad_id is not None else stops[0] if stops else 0
+
+
+def _banned(pad_id: int | None, banned_ids, stops: tuple[int, ...] = ()) -> tuple[int, ...]:
+  """The ids never generated: pad_id and banned_ids less the stop ids (a static key)."""
+  banned = {int(i) for i in banned_ids} | (set() if pad_id is None else {int(pad_id)})
+  return tuple(sorted(banned - set(stops)))
 
 
 def _ban(logits: jax.Array, banned: tuple[int, ...]) -> jax.Array:
   """[..., V] logits with the banned ids set to -inf (probability zero, renormalised)."""
-  return logits.astype(jnp.float32).at[..., jnp.asarray(banned, jnp.int32)].set(-jnp.inf)
+  banned = [i for i in banned if 0 <= i < logits.shape[-1]]
+  if not banned:
+    return logits
+  return logits.at[..., jnp.asarray(banned, jnp.int32)].set(-jnp.inf)
 
 
-def _choose(logits, rng, temperature, top_k, top_p):
-  """[B, V] logits -> [B] tokens: argmax at temperature 0, else a filtered sample."""
+def penalize_repetition(logits: jax.Array, seen: jax.Array, penalty: float) -> jax.Array:
+  """CTRL's repetition penalty (Keskar et al., 2019) as Hugging Face applies it: [..., V]
+  logits of the `seen` ids ([..., V] bool) divided by `penalty` when positive, multiplied
+  by it when negative."""
+  hit = jnp.where(logits < 0, logits * penalty, logits / penalty)
+  return jnp.where(seen, hit, logits)
+
+
+def _seen_in(tokens: jax.Array, valid: jax.Array | None, vocab: int) -> jax.Array:
+  """[B, V] bool: which ids occur among the valid [B, L] tokens."""
+  ids = tokens if valid is None else jnp.where(valid, tokens, vocab)  # vocab: dropped
+  rows = jnp.arange(tokens.shape[0])[:, None]
+  return jnp.zeros((tokens.shape[0], vocab), bool).at[rows, ids].set(True, mode='drop')
+
+
+def _mark(seen: jax.Array, token: jax.Array) -> jax.Array:
+  """[B, V] seen with each row's [B] token added."""
+  return seen.at[jnp.arange(token.shape[0]), token].set(True, mode='drop')
+
+
+def _prepare(logits, seen, *, vocab, banned, penalty):
+  """[B, V'] step logits -> [B, V] float32: cut to the vocabulary, penalised, banned."""
+  logits = logits[..., :vocab].astype(jnp.float32)
+  if penalty != 1.0:
+    logits = penalize_repetition(logits, seen, penalty)
+  return _ban(logits, banned)
+
+
+def _choose(logits, keys, i, temperature, top_k, top_p):
+  """[B, V] logits -> [B] tokens: argmax at temperature 0, else a filtered sample drawn
+  with each row's key folded with the step index i."""
   if temperature == 0.0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  logits = filter_logits(logits.astype(jnp.float32) / temperature, top_k=top_k, top_p=top_p)
-  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+  logits = filter_logits(logits / temperature, top_k=top_k, top_p=top_p)
+  keys = jax.vmap(jax.random.fold_in, (0, None))(keys, i)  # [B]
+  return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
+
+
+# Streaming receivers by number: the compiled loop carries the number (a traced scalar),
+# not the function, so a new callback does not compile the loop again.
+_RECEIVERS: dict[int, TokenCallback] = {}
+
+
+def _deliver(receiver, token) -> None:
+  _RECEIVERS[int(receiver)](np.asarray(token))
+
+
+def _emit(receiver: jax.Array | None, token: jax.Array) -> None:
+  if receiver is not None:
+    jax.debug.callback(_deliver, receiver, token, ordered=True)
 
 
 def _as_pytree_fn(step: StepFn) -> jax.tree_util.Partial:
   return step if isinstance(step, jax.tree_util.Partial) else jax.tree_util.Partial(step)
 
 
-def _check_prompt(prompt: jax.Array, max_new_tokens: int) -> None:
+def _prefill(step, cache, prompt, valid):
+  """The prompt fed at once; `valid` is passed only for ragged (left-padded) prompts."""
+  return step(cache, prompt) if valid is None else step(cache, prompt, valid)
+
+
+def _check_prompt(prompt: jax.Array, max_new_tokens: int, valid=None) -> None:
   if prompt.ndim != 2 or prompt.shape[1] < 1:
     raise ValueError(f'prompt must be [B, P] tokens with P >= 1, got shape {prompt.shape}')
   if max_new_tokens < 1:
     raise ValueError(f'max_new_tokens must be at least 1, got {max_new_tokens}')
+  if valid is not None and np.shape(valid) != prompt.shape:
+    raise ValueError(f'prompt_valid must be [B, P] like the prompt, got {np.shape(valid)}')
+
+
+def _check_penalty(penalty: float) -> float:
+  if not penalty > 0:
+    raise ValueError(f'repetition_penalty must be > 0 (1.0 = off), got {penalty}')
+  return float(penalty)
+
+
+def _vocab(vocab_size: int | None) -> int | None:
+  if vocab_size is not None and vocab_size < 1:
+    raise ValueError(f'vocab_size must be at least 1, got {vocab_size}')
+  return None if vocab_size is None else int(vocab_size)
+
+
+def _valid(valid) -> jax.Array | None:
+  return None if valid is None else jnp.asarray(valid, bool)
+
+
+def row_keys(rng: PRNGKey, batch: int) -> jax.Array:
+  """[B] typed keys, one per row: one key is split into B; B keys are kept as they are."""
+  rng = jnp.asarray(rng)
+  if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.wrap_key_data(rng)  # a raw uint32 key, jax.random.PRNGKey's
+  if rng.ndim == 0:
+    return jax.random.split(rng, batch)
+  if rng.shape != (batch,):
+    raise ValueError(f'rng must be one key or {batch} keys (one per row), got shape {rng.shape}')
+  return rng
 
 
 # ------------------------------------------------------------------- greedy and sampling
@@ -111,38 +243,91 @@ def _check_prompt(prompt: jax.Array, max_new_tokens: int) -> None:
     'temperature',
     'top_k',
     'top_p',
-    'eos_id',
-    'pad_id',
+    'stops',
+    'fill',
     'banned',
+    'penalty',
+    'vocab',
   ),
 )
 def _sample_loop(
-  step, cache, prompt, rng, *, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id, banned
+  step,
+  cache,
+  prompt,
+  valid,
+  keys,
+  receiver,
+  *,
+  max_new_tokens,
+  temperature,
+  top_k,
+  top_p,
+  stops,
+  fill,
+  banned,
+  penalty,
+  vocab,
 ):
   batch = prompt.shape[0]
-  logits, cache = step(cache, prompt)  # prefill: [B, P, V]
-  rng, sub = jax.random.split(rng)
-  token = _choose(_ban(logits[:, -1], banned), sub, temperature, top_k, top_p)  # [B]
-  finished = token == eos_id if eos_id is not None else jnp.zeros((batch,), bool)
-  out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(token)
+  logits, cache = _prefill(step, cache, prompt, valid)  # [B, P, V']
+  vocab = min(vocab or logits.shape[-1], logits.shape[-1])
+  prepare = functools.partial(_prepare, vocab=vocab, banned=banned, penalty=penalty)
+  seen = _seen_in(prompt, valid, vocab) if penalty != 1.0 else None
+  token = _choose(prepare(logits[:, -1], seen), keys, 0, temperature, top_k, top_p)  # [B]
+  _emit(receiver, token)
+  stop = jnp.asarray(stops, jnp.int32)
+  finished = jnp.isin(token, stop) if stops else jnp.zeros((batch,), bool)
+  out = jnp.full((batch, max_new_tokens), fill, jnp.int32).at[:, 0].set(token)
+  seen = _mark(seen, token) if seen is not None else None
 
   def cond(state):
     i, _, finished, _, _, _ = state
     return (i < max_new_tokens) & ~finished.all()
 
   def body(state):
-    i, token, finished, out, cache, rng = state
-    logits, cache = step(cache, token[:, None])  # [B, 1, V]
-    rng, sub = jax.random.split(rng)
-    token = _choose(_ban(logits[:, -1], banned), sub, temperature, top_k, top_p)
-    token = jnp.where(finished, pad_id, token)
+    i, token, finished, out, cache, seen = state
+    logits, cache = step(cache, token[:, None])  # [B, 1, V']
+    token = _choose(prepare(logits[:, -1], seen), keys, i, temperature, top_k, top_p)
+    token = jnp.where(finished, fill, token)
+    _emit(receiver, token)
     out = jax.lax.dynamic_update_slice(out, token[:, None], (0, i))
-    if eos_id is not None:
-      finished = finished | (token == eos_id)
-    return i + 1, token, finished, out, cache, rng
+    if stops:
+      finished = finished | jnp.isin(token, stop)
+    seen = _mark(seen, token) if seen is not None else None
+    return i + 1, token, finished, out, cache, seen
 
-  state = (jnp.array(1, jnp.int32), token, finished, out, cache, rng)
+  state = (jnp.array(1, jnp.int32), token, finished, out, cache, seen)
   return jax.lax.while_loop(cond, body, state)[3]
+
+
+def _sample_call(step, cache, prompt, rng, *, prompt_valid, eos_id, pad_id, banned_ids, **kw):
+  prompt = jnp.asarray(prompt, jnp.int32)
+  stops = stop_ids(eos_id)
+  kw['penalty'] = _check_penalty(kw.pop('repetition_penalty'))
+  kw['vocab'] = _vocab(kw.pop('vocab_size'))
+  on_token = kw.pop('on_token')
+  receiver = None
+  if on_token is not None:
+    receiver = max(_RECEIVERS, default=0) + 1
+    _RECEIVERS[receiver] = on_token
+  try:
+    out = _sample_loop(
+      _as_pytree_fn(step),
+      cache,
+      prompt,
+      _valid(prompt_valid),
+      row_keys(rng, prompt.shape[0]),
+      None if receiver is None else jnp.asarray(receiver, jnp.int32),
+      stops=stops,
+      fill=_fill_id(pad_id, stops),
+      banned=_banned(pad_id, banned_ids, stops),
+      **kw,
+    )
+    if receiver is not None:
+      jax.effects_barrier()  # every callback has run when the tokens are returned
+  finally:
+    _RECEIVERS.pop(receiver, None)
+  return out
 
 
 def greedy(
@@ -151,26 +336,35 @@ def greedy(
   prompt: jax.Array,
   *,
   max_new_tokens: int,
-  eos_id: int | None = None,
-  pad_id: int = PAD_ID,
+  eos_id: int | Sequence[int] | None = None,
+  pad_id: int | None = PAD_ID,
   banned_ids: tuple[int, ...] = (),
+  repetition_penalty: float = 1.0,
+  vocab_size: int | None = None,
+  prompt_valid: jax.Array | None = None,
+  on_token: TokenCallback | None = None,
 ) -> jax.Array:
-  """Argmax decoding after the [B, P] prompt -> [B, N] new tokens (pad after EOS).
+  """Argmax decoding after the [B, P] prompt -> [B, N] new tokens (fill after a stop).
 
-  pad_id and banned_ids are never generated."""
-  _check_prompt(prompt, max_new_tokens)
-  return _sample_loop(
-    _as_pytree_fn(step),
+  prompt_valid: [B, P] bool for left-padded prompts (passed to the prefill step).
+  pad_id and banned_ids are never generated; see the module docstring for the rest."""
+  _check_prompt(prompt, max_new_tokens, prompt_valid)
+  return _sample_call(
+    step,
     cache,
-    jnp.asarray(prompt, jnp.int32),
-    jax.random.key(0),
+    prompt,
+    jax.random.key(0),  # unused
+    prompt_valid=prompt_valid,
+    eos_id=eos_id,
+    pad_id=pad_id,
+    banned_ids=banned_ids,
     max_new_tokens=max_new_tokens,
     temperature=0.0,
     top_k=0,
     top_p=1.0,
-    eos_id=eos_id,
-    pad_id=pad_id,
-    banned=_banned(pad_id, banned_ids),
+    repetition_penalty=repetition_penalty,
+    vocab_size=vocab_size,
+    on_token=on_token,
   )
 
 
@@ -184,29 +378,39 @@ def sample(
   temperature: float = 1.0,
   top_k: int = 0,
   top_p: float = 1.0,
-  eos_id: int | None = None,
-  pad_id: int = PAD_ID,
+  eos_id: int | Sequence[int] | None = None,
+  pad_id: int | None = PAD_ID,
   banned_ids: tuple[int, ...] = (),
+  repetition_penalty: float = 1.0,
+  vocab_size: int | None = None,
+  prompt_valid: jax.Array | None = None,
+  on_token: TokenCallback | None = None,
 ) -> jax.Array:
   """Ancestral sampling from softmax(logits / temperature), optionally restricted to the
   top-k tokens and/or the top-p nucleus -> [B, N] new tokens. temperature=0 is greedy.
-  pad_id and banned_ids are never generated."""
-  _check_prompt(prompt, max_new_tokens)
+
+  rng: one key (split into one key per row) or [B] keys. pad_id and banned_ids are never
+  generated; see the module docstring for the rest."""
+  _check_prompt(prompt, max_new_tokens, prompt_valid)
   if temperature < 0:
     raise ValueError(f'temperature must be >= 0, got {temperature}')
   _check_filter(top_k, top_p)
-  return _sample_loop(
-    _as_pytree_fn(step),
+  return _sample_call(
+    step,
     cache,
-    jnp.asarray(prompt, jnp.int32),
+    prompt,
     rng,
+    prompt_valid=prompt_valid,
+    eos_id=eos_id,
+    pad_id=pad_id,
+    banned_ids=banned_ids,
     max_new_tokens=max_new_tokens,
     temperature=float(temperature),
     top_k=int(top_k),
     top_p=float(top_p),
-    eos_id=eos_id,
-    pad_id=pad_id,
-    banned=_banned(pad_id, banned_ids),
+    repetition_penalty=repetition_penalty,
+    vocab_size=vocab_size,
+    on_token=on_token,
   )
 
 
@@ -281,36 +485,55 @@ def _beam_axes(step, cache: PyTree, batch: int, declared: PyTree | None) -> _Axe
     'beam_size',
     'max_new_tokens',
     'alpha',
-    'eos_id',
-    'pad_id',
+    'stops',
+    'fill',
     'banned',
+    'penalty',
+    'vocab',
     'axes',
   ),
 )
 def _beam_loop(
-  step, cache, prompt, *, beam_size, max_new_tokens, alpha, eos_id, pad_id, banned, axes
+  step,
+  cache,
+  prompt,
+  valid,
+  *,
+  beam_size,
+  max_new_tokens,
+  alpha,
+  stops,
+  fill,
+  banned,
+  penalty,
+  vocab,
+  axes,
 ):
   batch, width, n = prompt.shape[0], beam_size, max_new_tokens
-  logits, cache = step(cache, prompt)  # prefill once per row, then copy it to every beam
+  logits, cache = _prefill(step, cache, prompt, valid)  # once per row, then copied per beam
+  vocab = min(vocab or logits.shape[-1], logits.shape[-1])
   cache = axes.map(lambda x, a: jnp.repeat(x, width, axis=a), cache)
-  logits = jnp.repeat(logits[:, -1], width, axis=0)  # [B*W, V]
-  vocab = logits.shape[-1]
+  logits = jnp.repeat(logits[:, -1, :vocab], width, axis=0)  # [B*W, V]
+  seen = jnp.repeat(_seen_in(prompt, valid, vocab), width, 0) if penalty != 1.0 else None
+  stop = jnp.asarray(stops, jnp.int32)
   ranks = jnp.arange(2 * width)
 
   def cond(state):
-    i, done = state[0], state[6]
+    i, done = state[0], state[7]
     return (i < n) & ~done.all()
 
   def body(state):
-    i, logits, cache, alive_seq, alive_logp, fin, done = state
+    i, logits, cache, seen, alive_seq, alive_logp, fin, done = state
     fin_seq, fin_score = fin
-    logp = jax.nn.log_softmax(_ban(logits, banned)).reshape(batch, width, vocab)
-    cand = (alive_logp[..., None] + logp).reshape(batch, width * vocab)  # [B, W*V]
-    top_logp, top_idx = jax.lax.top_k(cand, 2 * width)  # [B, 2W]
+    logp = jax.nn.log_softmax(_ban(logits.astype(jnp.float32), banned))  # [B*W, V]
+    if seen is not None:  # on the log-probabilities, as Hugging Face's beam search
+      logp = penalize_repetition(logp, seen, penalty)
+    cand = (alive_logp[..., None] + logp.reshape(batch, width, vocab)).reshape(batch, -1)
+    top_logp, top_idx = jax.lax.top_k(cand, 2 * width)  # [B, 2W] of [B, W*V]
     parent, token = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)
     seqs = jnp.take_along_axis(alive_seq, parent[..., None], axis=1)  # [B, 2W, N]
     seqs = jax.lax.dynamic_update_slice(seqs, token[..., None], (0, 0, i))
-    is_eos = token == eos_id if eos_id is not None else jnp.zeros_like(token, bool)
+    is_eos = jnp.isin(token, stop) if stops else jnp.zeros_like(token, bool)
 
     # EOS ends a hypothesis only when it ranks among the best W candidates (fairseq's rule,
     # which makes W = 1 exactly greedy); a row is done once it holds W finished ones.
@@ -326,19 +549,24 @@ def _beam_loop(
     alive_logp, keep = jax.lax.top_k(jnp.where(is_eos, -jnp.inf, top_logp), width)  # [B, W]
     alive_seq = jnp.take_along_axis(seqs, keep[..., None], axis=1)  # [B, W, N]
     parent = jnp.take_along_axis(parent, keep, axis=1)  # [B, W]
-    token = jnp.take_along_axis(token, keep, axis=1)
+    token = jnp.take_along_axis(token, keep, axis=1).reshape(-1)  # [B*W]
     rows = (jnp.arange(batch)[:, None] * width + parent).reshape(-1)  # [B*W]
     cache = axes.map(lambda x, a: jnp.take(x, rows, axis=a), cache)
-    logits, cache = step(cache, token.reshape(-1, 1))
-    return i + 1, logits[:, -1], cache, alive_seq, alive_logp, (fin_seq, fin_score), done
+    if seen is not None:
+      seen = _mark(seen[rows], token)
+    logits, cache = step(cache, token[:, None])
+    state = (i + 1, logits[:, -1, :vocab], cache, seen, alive_seq, alive_logp)
+    return *state, (fin_seq, fin_score), done
 
-  alive_seq = jnp.full((batch, width, n), pad_id, jnp.int32)
+  alive_seq = jnp.full((batch, width, n), fill, jnp.int32)
   # Only beam 0 is live at first, so the first step expands one hypothesis per row.
   alive_logp = jnp.where(jnp.arange(width) == 0, 0.0, -jnp.inf)[None].repeat(batch, 0)
   fin = (alive_seq, jnp.full((batch, width), -jnp.inf))
   done = jnp.zeros((batch,), bool)
-  state = (jnp.array(0, jnp.int32), logits, cache, alive_seq, alive_logp, fin, done)
-  i, _, _, alive_seq, alive_logp, (fin_seq, fin_score), done = jax.lax.while_loop(cond, body, state)
+  state = (jnp.array(0, jnp.int32), logits, cache, seen, alive_seq, alive_logp, fin, done)
+  i, _, _, _, alive_seq, alive_logp, (fin_seq, fin_score), done = jax.lax.while_loop(
+    cond, body, state
+  )
   # Rows that ran out of length also rank their unfinished hypotheses.
   alive_score = jnp.where(done[:, None], -jnp.inf, alive_logp / length_penalty(i * 1.0, alpha))
   pool_score = jnp.concatenate([fin_score, alive_score], axis=1)
@@ -355,9 +583,12 @@ def beam_search(
   beam_size: int,
   max_new_tokens: int,
   alpha: float = 0.6,
-  eos_id: int | None = None,
-  pad_id: int = PAD_ID,
+  eos_id: int | Sequence[int] | None = None,
+  pad_id: int | None = PAD_ID,
   banned_ids: tuple[int, ...] = (),
+  repetition_penalty: float = 1.0,
+  vocab_size: int | None = None,
+  prompt_valid: jax.Array | None = None,
   cache_batch_axes: PyTree | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Beam search with the GNMT length penalty: score = log P(Y) / ((5 + |Y|) / 6)^alpha.
@@ -365,24 +596,29 @@ def beam_search(
   `cache` is sized for the B prompt rows; it is copied to B*W rows after the prefill,
   along each leaf's batch axis: `cache_batch_axes` (a pytree like the cache, int or None
   per leaf), else the axes the adapters attach to their step functions, else axis 0 of
-  every leaf of rank >= 1. pad_id and banned_ids are never generated.
-  Returns ([B, W, N] hypotheses, best first, pad after EOS; [B, W] scores).
+  every leaf of rank >= 1. pad_id and banned_ids are never generated; the repetition
+  penalty applies to the log-probabilities (Hugging Face's beam search does the same).
+  Returns ([B, W, N] hypotheses, best first, fill after a stop id; [B, W] scores).
   alpha=0.6 is the value of Vaswani et al. (2017) for WMT.
   """
-  _check_prompt(prompt, max_new_tokens)
+  _check_prompt(prompt, max_new_tokens, prompt_valid)
   if beam_size < 1:
     raise ValueError(f'beam_size must be at least 1, got {beam_size}')
   prompt = jnp.asarray(prompt, jnp.int32)
+  stops = stop_ids(eos_id)
   return _beam_loop(
     _as_pytree_fn(step),
     cache,
     prompt,
+    _valid(prompt_valid),
     beam_size=int(beam_size),
     max_new_tokens=max_new_tokens,
     alpha=float(alpha),
-    eos_id=eos_id,
-    pad_id=pad_id,
-    banned=_banned(pad_id, banned_ids),
+    stops=stops,
+    fill=_fill_id(pad_id, stops),
+    banned=_banned(pad_id, banned_ids, stops),
+    penalty=_check_penalty(repetition_penalty),
+    vocab=_vocab(vocab_size),
     axes=_beam_axes(step, cache, prompt.shape[0], cache_batch_axes),
   )
 
@@ -421,11 +657,15 @@ class _Step:
 
 
 class _LMStep(_Step):
-  """step(variables, cache, tokens) for a decoder-only model."""
+  """step(variables, cache, tokens[, valid]) for a decoder-only model; `valid` [B, L]
+  reaches the model as segment_ids (1 = real token, 0 = padding)."""
 
-  def __call__(self, variables, cache, tokens):
-    logits, mutated = self.model.apply({**variables, 'cache': cache}, tokens, mutable=['cache'])
-    return logits, mutated['cache']
+  def __call__(self, variables, cache, tokens, valid=None):
+    extra = () if valid is None else (valid.astype(jnp.int32),)
+    out, mutated = self.model.apply(
+      {**variables, 'cache': cache}, tokens, *extra, mutable=['cache']
+    )
+    return logits_of(out), mutated['cache']
 
 
 class _Seq2SeqStep(_Step):
@@ -433,10 +673,10 @@ class _Seq2SeqStep(_Step):
 
   def __call__(self, variables, state, tokens):
     cache, encoded = state
-    logits, mutated = self.model.apply(
+    out, mutated = self.model.apply(
       {**variables, 'cache': cache}, encoded, tokens, method='decode_targets', mutable=['cache']
     )
-    return logits, (mutated['cache'], encoded)
+    return logits_of(out), (mutated['cache'], encoded)
 
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=('method',))
@@ -479,12 +719,58 @@ def seq2seq_decoder(
   return step, state(src)
 
 
+def left_pad(prompts, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+  """Prompts -> ([B, P] int32 tokens, [B, P] bool validity or None).
+
+  A [B, P] array, or 1-D sequences all of one length, is taken as it is (validity None:
+  every token is real). Sequences of different lengths are left-padded with `pad_id` to
+  the longest, so every row's last column is its last real token."""
+  if isinstance(prompts, (np.ndarray, jax.Array)) and np.ndim(prompts) == 2:
+    return np.asarray(prompts, np.int32), None
+  rows = [np.asarray(p) for p in prompts]
+  if not rows or any(r.ndim != 1 for r in rows):
+    raise ValueError('prompts must be a [B, P] array or a non-empty list of 1-D id sequences')
+  if any(r.size == 0 for r in rows):
+    raise ValueError('a prompt is empty: give every prompt at least one token')
+  length = max(r.size for r in rows)
+  if all(r.size == length for r in rows):
+    return np.stack(rows).astype(np.int32), None
+  tokens = np.full((len(rows), length), pad_id, np.int32)
+  valid = np.zeros((len(rows), length), bool)
+  for b, r in enumerate(rows):
+    tokens[b, length - r.size :], valid[b, length - r.size :] = r, True
+  return tokens, valid
+
+
+def _takes_segment_ids(model: nn.Module) -> bool:
+  return 'segment_ids' in inspect.signature(type(model).__call__).parameters
+
+
 def _run(
-  step, cache, prompt, *, method, max_new_tokens, rng, eos_id, pad_id, banned_ids=(), **options
+  step,
+  cache,
+  prompt,
+  *,
+  method,
+  max_new_tokens,
+  rng,
+  eos_id,
+  pad_id,
+  banned_ids=(),
+  prompt_valid=None,
+  on_token=None,
+  **options,
 ):
-  common = dict(max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, banned_ids=banned_ids)
+  common = dict(
+    max_new_tokens=max_new_tokens,
+    eos_id=eos_id,
+    pad_id=pad_id,
+    banned_ids=banned_ids,
+    prompt_valid=prompt_valid,
+    **{k: options[k] for k in ('repetition_penalty', 'vocab_size') if k in options},
+  )
   if method == 'greedy':
-    return greedy(step, cache, prompt, **common)
+    return greedy(step, cache, prompt, **common, on_token=on_token)
   if method == 'sample':
     keys = ('temperature', 'top_k', 'top_p')
     return sample(
@@ -493,6 +779,7 @@ def _run(
       prompt,
       jax.random.key(0) if rng is None else rng,
       **common,
+      on_token=on_token,
       **{k: options[k] for k in keys if k in options},
     )
   if method == 'beam':
@@ -504,28 +791,54 @@ def _run(
       **common,
       **{k: options[k] for k in keys if k in options},
     )
-    return seqs[:, 0]
+    best = seqs[:, 0]
+    if on_token is not None:  # the best hypothesis is known only now
+      _replay(on_token, np.asarray(best), stop_ids(eos_id))
+    return best
   raise ValueError(f"unknown decoding method {method!r}; choose 'greedy', 'sample' or 'beam'")
+
+
+def _replay(on_token: TokenCallback, tokens: np.ndarray, stops: tuple[int, ...]) -> None:
+  """Calls on_token with each [B] column up to the step where the last row stopped."""
+  stopped = np.isin(tokens, stops)
+  ends = np.where(stopped.any(1), stopped.argmax(1), tokens.shape[1] - 1)
+  for column in tokens.T[: ends.max() + 1]:
+    on_token(column)
 
 
 def generate_lm(
   model: nn.Module,
   variables: PyTree,
-  prompt: jax.Array,
+  prompts: jax.Array | Sequence[Sequence[int]],
   *,
   max_new_tokens: int,
   method: str = 'greedy',
   rng: PRNGKey | None = None,
-  eos_id: int | None = None,
-  pad_id: int = PAD_ID,
+  eos_id: int | Sequence[int] | None = None,
+  pad_id: int | None = PAD_ID,
   banned_ids: tuple[int, ...] = (),
+  repetition_penalty: float = 1.0,
+  on_token: TokenCallback | None = None,
   **options: Any,
 ) -> jax.Array:
-  """Continues [B, P] prompts with an LM -> [B, N] tokens. options: temperature, top_k,
-  top_p (sample), beam_size, alpha (beam; the best hypothesis is returned). pad_id and
-  banned_ids (e.g. the tokenizer's `reserved_ids`) are never generated."""
-  prompt = jnp.asarray(prompt, jnp.int32)
+  """Continues prompts with an LM -> [B, N] tokens (the fill id after a stop id).
+
+  prompts: a [B, P] array, or a list of 1-D id sequences of different lengths (left-padded;
+  the prefill passes segment_ids, so the model must take them). Each row gets what its
+  prompt alone would get (sampling: with its own key, see `row_keys`). options:
+  temperature, top_k, top_p (sample), beam_size, alpha (beam; the best hypothesis is
+  returned). eos_id: a stop id or a tuple of them. pad_id and banned_ids (e.g. the
+  tokenizer's `reserved_ids`) are never generated; pad_id=None bans nothing. Only the
+  model's first `vocab_size` logits (if it has that attribute) are candidates.
+  on_token: called with the [B] numpy tokens of each step (see the module docstring)."""
+  prompt, valid = left_pad(prompts)
   _check_prompt(prompt, max_new_tokens)
+  if valid is not None and not _takes_segment_ids(model):
+    raise ValueError(
+      f'{type(model).__name__} takes no segment_ids, so it cannot read left-padded prompts: '
+      'give prompts of one length'
+    )
+  vocab_size = getattr(model, 'vocab_size', None)
   step, cache = lm_decoder(model, variables, prompt.shape[0], prompt.shape[1] + max_new_tokens)
   return _run(
     step,
@@ -537,6 +850,10 @@ def generate_lm(
     eos_id=eos_id,
     pad_id=pad_id,
     banned_ids=banned_ids,
+    prompt_valid=valid,
+    on_token=on_token,
+    repetition_penalty=repetition_penalty,
+    vocab_size=vocab_size if isinstance(vocab_size, int) else None,
     **options,
   )
 
@@ -550,14 +867,17 @@ def generate_seq2seq(
   max_new_tokens: int,
   method: str = 'greedy',
   rng: PRNGKey | None = None,
-  eos_id: int | None = None,
-  pad_id: int = PAD_ID,
+  eos_id: int | Sequence[int] | None = None,
+  pad_id: int | None = PAD_ID,
   banned_ids: tuple[int, ...] = (),
+  repetition_penalty: float = 1.0,
+  on_token: TokenCallback | None = None,
   **options: Any,
 ) -> jax.Array:
-  """Translates [B, S] sources -> [B, N] target tokens (after BOS; pad after EOS).
+  """Translates [B, S] sources -> [B, N] target tokens (after BOS; fill after a stop id).
 
-  pad_id and banned_ids (e.g. the tokenizer's `reserved_ids`) are never generated."""
+  pad_id and banned_ids (e.g. the tokenizer's `reserved_ids`) are never generated; the
+  repetition penalty counts the target tokens (BOS included), not the source."""
   src = jnp.asarray(src, jnp.int32)
   prompt = jnp.full((src.shape[0], 1), bos_id, jnp.int32)
   _check_prompt(prompt, max_new_tokens)
@@ -572,5 +892,7 @@ def generate_seq2seq(
     eos_id=eos_id,
     pad_id=pad_id,
     banned_ids=banned_ids,
+    on_token=on_token,
+    repetition_penalty=repetition_penalty,
     **options,
   )

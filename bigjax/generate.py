@@ -1,20 +1,31 @@
-"""Generate text with a trained LM or sequence-to-sequence model.
+"""Generate text with a trained LM or sequence-to-sequence model, or a pretrained LM.
 
   python -m bigjax.generate --workdir DIR --prompt 'def main(' [--max_new_tokens 200]
+  python -m bigjax.generate --pretrained HF_FOLDER --prompt 'Once upon' [--prompt 'The']
       [--method greedy|sample|beam] [--temperature 0.8] [--top_k 40] [--top_p 0.95]
-      [--beam_size 4] [--alpha 0.6] [--seed 0]
+      [--repetition_penalty 1.2] [--stop TEXT ...] [--beam_size 4] [--alpha 0.6]
+      [--seed 0] [--no_stream]
 
-The run's config and latest checkpoint come from `bigjax.train.loop.restore_from_workdir`.
-The prompt becomes tokens through the run's data set's tokenizer
-(`bigjax.data.tokenizers`): a language model continues it; a sequence-to-sequence model
-reads it as the source (tokens + EOS, as in training) and its answer is decoded. Reserved
-ids (pad, BOS, ...) are never generated. Bad input ends with a one-line message and exit
-code 2.
+--workdir: the run's config and latest checkpoint come from
+`bigjax.train.loop.restore_from_workdir` and the prompt becomes tokens through the run's
+data set's tokenizer (`bigjax.data.tokenizers`): a language model continues it; a
+sequence-to-sequence model reads it as the source (tokens + EOS, as in training) and its
+answer is decoded. --pretrained: a Hugging Face folder (config.json + safetensors + its
+tokenizer) read by `bigjax.from_pretrained` and `load_tokenizer`; the LM continues the prompt.
+
+Several --prompt values are generated in one batched call (ragged prompts are left-padded)
+and printed one after the other, each followed by a blank line. The first one is streamed
+to stdout as its tokens come (the new suffix of its decoded text, so a multi-byte
+character comes out whole); --no_stream prints everything at the end. Generation stops at
+the tokenizer's EOS ids and at every --stop text (each must be one token); the stop token
+is not printed. Reserved ids (pad, BOS, ...) are never generated. Bad input ends with a
+one-line message on stderr and exit code 2.
 """
 
 import argparse
 import os
 import sys
+from typing import Sequence, TextIO
 
 import jax
 import ml_collections
@@ -42,8 +53,12 @@ class Prompt:
   def __init__(self, tokenizer: Tokenizer, task: str, max_len: int | None = None):
     self.tokenizer, self.task, self.max_len = tokenizer, task, max_len
     self.bos_id, self.eos_id = tokenizer.bos_id, tokenizer.eos_id
+    eos_ids = getattr(tokenizer, 'eos_ids', None)  # HFTokenizer: every id that ends a text
+    self.eos_ids = decode.stop_ids(eos_ids if eos_ids else self.eos_id)
 
   def encode(self, text: str) -> np.ndarray:
+    if not text:
+      raise ValueError('the prompt is empty: give at least one character')
     ids = self.tokenizer.encode(text)
     if self.task == 'seq2seq' and self.eos_id is not None:
       ids = np.append(ids[: self.max_len - 1] if self.max_len else ids, self.eos_id)
@@ -54,6 +69,17 @@ class Prompt:
   def decode(self, ids) -> str:
     return self.tokenizer.decode(ids)
 
+  def stop_id(self, text: str) -> int:
+    """The id of a text that is one token (a BOS the tokenizer prepends is not counted)."""
+    ids = [int(i) for i in self.tokenizer.encode(text)] if text else []
+    if len(ids) > 1 and self.bos_id is not None and ids[0] == self.bos_id:
+      ids = ids[1:]
+    if len(ids) != 1:
+      raise ValueError(
+        f'--stop {text!r} is {len(ids)} tokens for this tokenizer: give texts of one token'
+      )
+    return ids[0]
+
 
 def codec_for(config: ml_collections.ConfigDict, workdir: str) -> Prompt:
   """The prompt format of the run in `workdir` (its data set's tokenizer and task)."""
@@ -62,58 +88,167 @@ def codec_for(config: ml_collections.ConfigDict, workdir: str) -> Prompt:
   return Prompt(run_tokenizer(config, workdir), task, int(max_len) if max_len else None)
 
 
+def load(workdir: str | None = None, pretrained: str | None = None):
+  """(model, variables, Prompt) of a training run or a Hugging Face folder (one of them)."""
+  if (workdir is None) == (pretrained is None):
+    raise ValueError('give one of --workdir (a training run) or --pretrained (a HF folder)')
+  folder = workdir if pretrained is None else pretrained
+  if not os.path.isdir(folder):
+    what = 'workdir' if pretrained is None else 'pretrained folder'
+    raise FileNotFoundError(f'{what} {folder!r} does not exist')
+  if pretrained is not None:
+    import bigjax
+    from bigjax.data.tokenizers import load_tokenizer
+
+    codec = Prompt(load_tokenizer(pretrained), 'lm')  # first: it fails faster than weights
+    model, variables = bigjax.from_pretrained(pretrained)
+    return model, variables, codec
+  from bigjax.train.loop import restore_from_workdir  # the trainer, only when generating
+
+  config, model, variables = restore_from_workdir(workdir)
+  return model, variables, codec_for(config, workdir)
+
+
+class Streamer:
+  """on_token for `bigjax.decode`: writes row `row`'s text to `out` as its tokens come.
+
+  The text is decoded again at each token and only the new suffix is written, held back
+  while it ends in an incomplete character (U+FFFD), so multi-byte characters come out
+  whole. A stop id ends the row; it is not written."""
+
+  def __init__(self, codec: Prompt, prefix, stops: Sequence[int], out: TextIO, row: int = 0):
+    self.codec, self.stops, self.out, self.row = codec, set(stops), out, row
+    self.ids = [int(i) for i in prefix]
+    self.written = codec.decode(self.ids) if self.ids else ''
+    self.done = False
+    self._write(self.written)
+
+  def _write(self, text: str) -> None:
+    if text:
+      self.out.write(text)
+      self.out.flush()
+
+  def __call__(self, tokens: np.ndarray) -> None:
+    token = int(tokens[self.row])
+    if self.done or token in self.stops:
+      self.done = True
+      return
+    self.ids.append(token)
+    self._advance(final=False)
+
+  def _advance(self, final: bool) -> None:
+    text = self.codec.decode(self.ids)
+    if (final or not text.endswith('\ufffd')) and text.startswith(self.written):
+      self._write(text[len(self.written) :])
+      self.written = text
+
+  def close(self) -> None:
+    """Writes what was held back (an incomplete character at the very end)."""
+    self._advance(final=True)
+
+
+def _until_stop(ids, stops: Sequence[int]) -> np.ndarray:
+  ids = np.asarray(ids).reshape(-1)
+  hits = np.flatnonzero(np.isin(ids, list(stops))) if stops else []
+  return ids[: hits[0]] if len(hits) else ids
+
+
+def generate(
+  workdir: str | None,
+  prompt: str | Sequence[str],
+  *,
+  pretrained: str | None = None,
+  max_new_tokens: int = 100,
+  method: str = 'greedy',
+  seed: int = 0,
+  stop: Sequence[str] = (),
+  repetition_penalty: float = 1.0,
+  stream: TextIO | None = None,
+  **options,
+) -> str | list[str]:
+  """Loads the run in `workdir` (or the HF folder `pretrained`) and returns the generated
+  text: a string for one prompt, a list for a list of prompts (one batched call).
+
+  An LM's text is the prompt and its continuation; a seq2seq model's is its answer. With
+  `stream` (a text file, e.g. sys.stdout) the first prompt's text is written there as it
+  comes. options: temperature, top_k, top_p, beam_size, alpha."""
+  texts = [prompt] if isinstance(prompt, str) else list(prompt)
+  if not texts:
+    raise ValueError('no prompt: give at least one --prompt')
+  model, variables, codec = load(workdir, pretrained)
+  ids = [codec.encode(t) for t in texts]
+  stops = decode.stop_ids((*codec.eos_ids, *(codec.stop_id(s) for s in stop)))
+  kw = dict(
+    max_new_tokens=max_new_tokens,
+    method=method,
+    rng=jax.random.key(seed),
+    eos_id=stops or None,
+    pad_id=codec.tokenizer.pad_id,
+    banned_ids=tuple(codec.tokenizer.reserved_ids),
+    repetition_penalty=repetition_penalty,
+    **options,
+  )
+  if codec.task == 'lm':  # the prompt is continued
+    streamer = Streamer(codec, ids[0], stops, stream) if stream is not None else None
+    if len(ids) > 1 and len({len(i) for i in ids}) > 1 and not decode._takes_segment_ids(model):
+      # A model without segment_ids cannot read left-padded prompts: one call per prompt.
+      outs = [
+        np.asarray(decode.generate_lm(model, variables, i[None], **kw, on_token=on))[0]
+        for i, on in zip(ids, [streamer] + [None] * (len(ids) - 1))
+      ]
+    else:
+      prompts = ids if len(ids) > 1 else ids[0][None]
+      outs = list(
+        np.asarray(decode.generate_lm(model, variables, prompts, **kw, on_token=streamer))
+      )
+    if streamer is not None:
+      streamer.close()
+    results = [codec.decode(np.concatenate([i, _until_stop(o, stops)])) for i, o in zip(ids, outs)]
+  elif codec.task == 'seq2seq':  # the prompt is the source
+    if codec.bos_id is None:
+      raise ValueError(f'the {type(codec.tokenizer).__name__} has no BOS id to start a target')
+    kw['eos_id'] = stops[0] if len(stops) == 1 else kw['eos_id']
+    src = np.full((len(ids), max(len(i) for i in ids)), codec.tokenizer.pad_id or 0, np.int32)
+    for b, i in enumerate(ids):  # right-padded, as in training
+      src[b, : len(i)] = i
+    streamer = Streamer(codec, [], stops, stream) if stream is not None else None
+    out = decode.generate_seq2seq(
+      model, variables, src, bos_id=codec.bos_id, **kw, on_token=streamer
+    )
+    if streamer is not None:
+      streamer.close()
+    results = [codec.decode(_until_stop(o, stops)) for o in np.asarray(out)]
+  else:
+    raise ValueError(
+      f'{workdir!r} holds a {codec.task!r} model: generation needs an lm or seq2seq run'
+    )
+  return results[0] if isinstance(prompt, str) else results
+
+
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog='python -m bigjax.generate', description=__doc__.split('\n')[0])
-  p.add_argument('--workdir', required=True, help='a training run folder with checkpoints')
-  p.add_argument('--prompt', required=True, help='text to continue (LM) or translate')
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument('--workdir', help='a training run folder with checkpoints')
+  source.add_argument('--pretrained', help='a Hugging Face model folder (weights + tokenizer)')
+  p.add_argument(
+    '--prompt',
+    action='append',
+    required=True,
+    help='text to continue (LM) or translate; repeatable',
+  )
   p.add_argument('--max_new_tokens', type=int, default=100)
   p.add_argument('--method', choices=('greedy', 'sample', 'beam'), default='greedy')
   p.add_argument('--temperature', type=float, default=1.0)
   p.add_argument('--top_k', type=int, default=0, help='0 = no top-k cut')
   p.add_argument('--top_p', type=float, default=1.0, help='1 = no nucleus cut')
+  p.add_argument('--repetition_penalty', type=float, default=1.0, help='1 = off (CTRL)')
+  p.add_argument('--stop', action='append', default=[], help='a one-token stop text; repeatable')
   p.add_argument('--beam_size', type=int, default=4)
   p.add_argument('--alpha', type=float, default=0.6, help='beam length penalty exponent')
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--no_stream', action='store_true', help='print the texts at the end')
   p.add_argument('--verbose', action='store_true', help='show tracebacks')
   return p
-
-
-def generate(
-  workdir: str,
-  prompt: str,
-  *,
-  max_new_tokens: int = 100,
-  method: str = 'greedy',
-  seed: int = 0,
-  **options,
-) -> str:
-  """Loads the run in `workdir` and returns the generated text."""
-  from bigjax.train.loop import restore_from_workdir  # the trainer, only when generating
-
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f'workdir {workdir!r} does not exist')
-  config, model, variables = restore_from_workdir(workdir)
-  codec = codec_for(config, workdir)
-  ids = codec.encode(prompt)[None]  # [1, L]
-  kw = dict(
-    max_new_tokens=max_new_tokens,
-    method=method,
-    rng=jax.random.key(seed),
-    eos_id=codec.eos_id,
-    banned_ids=tuple(codec.tokenizer.reserved_ids),
-    **options,
-  )
-  if codec.task == 'lm':  # the prompt is continued
-    out = decode.generate_lm(model, variables, ids, **kw)
-    return codec.decode(np.concatenate([ids[0], np.asarray(out[0])]))
-  if codec.task == 'seq2seq':  # the prompt is the source
-    if codec.bos_id is None:
-      raise ValueError(f'the {config.data.name!r} tokenizer has no BOS id to start a target')
-    out = decode.generate_seq2seq(model, variables, ids, bos_id=codec.bos_id, **kw)
-    return codec.decode(np.asarray(out[0]))
-  raise ValueError(
-    f'{workdir!r} holds a {codec.task!r} model: generation needs an lm or seq2seq run'
-  )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,13 +260,18 @@ def main(argv: list[str] | None = None) -> int:
     beam_size=args.beam_size,
     alpha=args.alpha,
   )
+  stream = None if args.no_stream else sys.stdout
   try:
-    text = generate(
+    texts = generate(
       args.workdir,
       args.prompt,
+      pretrained=args.pretrained,
       max_new_tokens=args.max_new_tokens,
       method=args.method,
       seed=args.seed,
+      stop=args.stop,
+      repetition_penalty=args.repetition_penalty,
+      stream=stream,
       **options,
     )
   except (ValueError, OSError) as e:
@@ -140,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     print(f'error: {message}', file=sys.stderr)
     return 2
-  print(text)
+  for i, text in enumerate(texts):
+    if stream is None or i > 0:  # the first was streamed
+      print(text, end='')
+    print('\n')  # a blank line after each text
   return 0
 
 

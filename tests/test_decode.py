@@ -2,6 +2,7 @@
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,8 +26,8 @@ def _counter(cache, tokens):
   return 10.0 * jax.nn.one_hot(pos % 32, 32), {'count': cache['count'] + tokens.shape[1]}
 
 
-def _fixed(logits, cache, tokens):
-  del cache
+def _fixed(logits, cache, tokens, valid=None):
+  del cache, valid
   return jnp.broadcast_to(logits, (*tokens.shape, logits.shape[-1])), {}
 
 
@@ -325,3 +326,219 @@ def test_beam_search_with_a_scanned_model_equals_the_unscanned_one(transformer):
   np.testing.assert_array_equal(got[0], want[0])
   np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
   assert len(np.unique(np.asarray(want[0]))) > 3  # the beams differ: reordering matters
+
+
+# ----------------------------------------------- ragged prompts, stops, penalty, streaming
+class _TinyLM(nn.Module):
+  """A one-layer causal LM following the decoding contract: `decode`, segment_ids (0 =
+  padding, never attended to), and V + 8 logit columns whose last 8 (a padded vocabulary)
+  are the largest, so only the `vocab_size` cut keeps them out."""
+
+  vocab_size: int = 24
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, tokens, segment_ids=None, *, train=False):
+    valid = None if segment_ids is None else segment_ids > 0
+    x = nn.Embed(self.vocab_size, 16)(tokens)  # [B, T, D]
+    attn = layers.MultiHeadAttention(num_heads=2, decode=self.decode, name='attn')
+    x = x + attn(x, key_valid=valid, causal=True)
+    logits = nn.Dense(self.vocab_size)(jnp.tanh(x)) * 4.0  # [B, T, V]
+    padded = jnp.full((*tokens.shape, 8), 100.0)
+    return jnp.concatenate([logits, padded], axis=-1)  # [B, T, V + 8]
+
+
+@pytest.fixture(scope='module')
+def tiny_lm():
+  model = _TinyLM()
+  return model, model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+
+
+RAGGED = [np.array([5, 9, 3, 7, 11, 4]), np.array([8, 2]), np.array([13, 6, 6, 10])]
+
+
+def _ragged_equals_alone(model, variables, prompts, **kw):
+  """generate_lm over the ragged batch, row by row against each prompt alone."""
+  batch = np.asarray(decode.generate_lm(model, variables, prompts, **kw))
+  keys = kw.pop('rng', None)
+  for row, prompt in enumerate(prompts):
+    rng = None if keys is None else keys[row : row + 1]
+    alone = decode.generate_lm(model, variables, prompt[None], rng=rng, **kw)
+    np.testing.assert_array_equal(batch[row], np.asarray(alone)[0], err_msg=f'row {row}')
+  return batch
+
+
+def test_ragged_prompts_give_what_each_prompt_alone_gives(tiny_lm):
+  model, variables = tiny_lm
+  kw = dict(max_new_tokens=6, pad_id=None)
+  greedy = _ragged_equals_alone(model, variables, RAGGED, **kw)
+  assert len(np.unique(greedy)) > 3
+  keys = jax.random.split(jax.random.key(3), 3)
+  sampled = _ragged_equals_alone(model, variables, RAGGED, method='sample', rng=keys, **kw)
+  assert not np.array_equal(sampled, greedy)
+  _ragged_equals_alone(model, variables, RAGGED, method='beam', beam_size=3, **kw)
+  # The padding matters: reading the pads as tokens changes the short rows.
+  padded, _ = decode.left_pad(RAGGED)
+  as_tokens = decode.generate_lm(model, variables, padded, **kw)
+  assert not np.array_equal(np.asarray(as_tokens)[1:], greedy[1:])
+  # A model without segment_ids cannot read left padding.
+  lstm = bigjax.create_model('lstm_lm_test')
+  with pytest.raises(ValueError, match='segment_ids'):
+    decode.generate_lm(lstm, {}, RAGGED, max_new_tokens=2)
+  with pytest.raises(ValueError, match='empty'):
+    decode.left_pad([np.array([1, 2]), np.array([], int)])
+
+
+def test_left_pad():
+  tokens, valid = decode.left_pad([[4, 5, 6], [7]], pad_id=0)
+  np.testing.assert_array_equal(tokens, [[4, 5, 6], [0, 0, 7]])
+  np.testing.assert_array_equal(valid, [[1, 1, 1], [0, 0, 1]])
+  assert decode.left_pad([[4, 5], [6, 7]])[1] is None  # one length: no validity needed
+  assert decode.left_pad(np.ones((2, 3), int))[1] is None
+
+
+def test_padded_vocabulary_pad_and_banned_ids_are_never_sampled(tiny_lm):
+  # The tiny LM's padded columns (24..31) hold the largest logits; pad 0 and banned 5 are
+  # boosted too. At temperature 50 everything else is near uniform, so 600 draws would
+  # show any of them.
+  model, variables = tiny_lm
+  params = jax.tree.map(lambda x: x, variables['params'])
+  bias = params['Dense_0']['bias']
+  params['Dense_0']['bias'] = bias.at[0].set(30.0).at[5].set(30.0)
+  prompt = jnp.tile(jnp.array([[3, 4]], jnp.int32), (20, 1))
+  for top_p in (1.0, 0.999):
+    out = decode.generate_lm(
+      model,
+      {'params': params},
+      prompt,
+      max_new_tokens=30,
+      method='sample',
+      temperature=50.0,
+      top_p=top_p,
+      banned_ids=(5,),
+      rng=jax.random.key(1),
+    )
+    out = np.asarray(out)
+    assert out.max() < 24 and not np.isin(out, [0, 5]).any()
+    assert len(np.unique(out)) > 15  # high temperature: the rest is all used
+  # The contract's padded columns at -1e9 are never drawn either, even without the cut.
+  logits = jnp.concatenate([jnp.zeros((4,)), jnp.full((4,), -1e9)])
+  step = jax.tree_util.Partial(_fixed, logits)
+  drawn = decode.sample(
+    step,
+    {},
+    jnp.ones((500, 1), jnp.int32),
+    jax.random.key(2),
+    max_new_tokens=4,
+    temperature=100.0,
+    top_p=0.9999,
+    pad_id=None,
+  )
+  assert set(np.unique(np.asarray(drawn))) == {0, 1, 2, 3}
+
+
+def test_repetition_penalty_hand_computed():
+  logits = jnp.array([2.0, -1.0, 0.5, 0.0])
+  seen = jnp.array([True, True, False, True])
+  np.testing.assert_allclose(decode.penalize_repetition(logits, seen, 2.0), [1.0, -2.0, 0.5, 0.0])
+  # Greedy on fixed logits (ids 0..6): 3 is the favourite, but the prompt holds it, so at
+  # penalty 1.5 it scores 2.0 / 1.5 = 1.33 < 1.5 (id 4); once 4 is out too (1.0), 3 wins
+  # again, and keeps winning (the penalty counts presence, not repeats).
+  table = jnp.array([-5.0, 0.5, -5.0, 2.0, 1.5, -0.3, 1.2])
+  step = jax.tree_util.Partial(_fixed, table)
+  prompt = jnp.array([[3]], jnp.int32)
+  plain = decode.greedy(step, {}, prompt, max_new_tokens=4)
+  np.testing.assert_array_equal(plain, [[3, 3, 3, 3]])
+  out = decode.greedy(step, {}, prompt, max_new_tokens=4, repetition_penalty=1.5)
+  np.testing.assert_array_equal(out, [[4, 3, 3, 3]])
+  # At 2.0: 4 (1.5 > 3's 1.0), then 6 (1.2 > 1.0, 0.75), then 3 (1.0 > 0.75, 0.6, 0.5).
+  # The prompt's left padding (a 6) is not counted as seen: if it were, 3 would come second.
+  out = decode.greedy(
+    step,
+    {},
+    jnp.array([[6, 3]]),
+    max_new_tokens=3,
+    repetition_penalty=2.0,
+    prompt_valid=jnp.array([[False, True]]),
+  )
+  np.testing.assert_array_equal(out, [[4, 6, 3]])
+  with pytest.raises(ValueError, match='repetition_penalty'):
+    decode.greedy(step, {}, prompt, max_new_tokens=2, repetition_penalty=0.0)
+
+
+def test_stop_ids_fill_and_pad_none():
+  # Row 0 counts 1, 2, 3, ... and row 1 starts 3 ahead: stops 3 and 5 end them.
+  cache = {'count': jnp.array([0, 3], jnp.int32)}
+  prompt = jnp.array([[7], [7]], jnp.int32)
+  out = decode.greedy(_counter, cache, prompt, max_new_tokens=6, eos_id=(5, 3))
+  np.testing.assert_array_equal(out, [[1, 2, 3, 0, 0, 0], [4, 5, 0, 0, 0, 0]])
+  # pad_id=None: the finished rows are filled with the first stop id; a stop id that is
+  # also banned still ends a row.
+  out = decode.greedy(
+    _counter, cache, prompt, max_new_tokens=6, eos_id=(5, 3), pad_id=None, banned_ids=(3,)
+  )
+  np.testing.assert_array_equal(out, [[1, 2, 3, 5, 5, 5], [4, 5, 5, 5, 5, 5]])
+  beams, _ = decode.beam_search(
+    _counter, cache, prompt, beam_size=2, max_new_tokens=6, eos_id=(5, 3), pad_id=None
+  )
+  np.testing.assert_array_equal(beams[:, 0], [[1, 2, 3, 5, 5, 5], [4, 5, 5, 5, 5, 5]])
+  # pad_id=None bans nothing: id 0, the favourite, is generated.
+  step = jax.tree_util.Partial(_fixed, jnp.array([3.0, 1.0, 2.0]))
+  np.testing.assert_array_equal(decode.greedy(step, {}, prompt, max_new_tokens=2), 2)
+  np.testing.assert_array_equal(decode.greedy(step, {}, prompt, max_new_tokens=2, pad_id=None), 0)
+
+
+def test_streaming_reports_each_step_in_order(tiny_lm):
+  model, variables = tiny_lm
+  for method in ('greedy', 'sample', 'beam'):
+    seen = []
+    out = decode.generate_lm(
+      model,
+      variables,
+      RAGGED,
+      max_new_tokens=7,
+      method=method,
+      eos_id=(4, 9),
+      on_token=seen.append,
+      beam_size=2,
+      rng=jax.random.key(5),
+    )
+    out = np.asarray(out)
+    assert seen and all(isinstance(t, np.ndarray) and t.shape == (3,) for t in seen)
+    streamed = np.stack(seen, axis=1)  # [B, steps]
+    np.testing.assert_array_equal(streamed, out[:, : streamed.shape[1]], err_msg=method)
+    # The loop stops once every row has stopped; what was not streamed is fill.
+    assert (out[:, streamed.shape[1] :] == 0).all()
+    ended = np.isin(streamed, (4, 9)).any(axis=1)
+    assert streamed.shape[1] == 7 or ended.all()
+  # A new callback reuses the compiled loop (it reaches the loop as a number).
+  before = decode._sample_loop._cache_size()
+  again = []
+  decode.generate_lm(
+    model, variables, RAGGED, max_new_tokens=7, eos_id=(4, 9), on_token=again.append
+  )
+  assert decode._sample_loop._cache_size() == before and again
+
+
+@pytest.mark.parametrize('name', ['gpt2_test', 'llama_test'])
+def test_gpt_ragged_prompts_give_what_each_prompt_alone_gives(name):
+  # vocab 200: the logits have 256 columns, the last 56 padding at -1e9.
+  model = bigjax.create_model(name, vocab_size=200)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+  params = dict(variables['params'])
+  for head in ('embed', 'lm_head'):  # sharper logits: no near-ties between candidates
+    if head in params:
+      params[head] = jax.tree.map(lambda x: 10.0 * x, params[head])
+  variables = {'params': params}
+  prompts = [np.array([5, 9, 3, 7, 11, 4, 120, 17]), np.array([8, 2])]
+  # The sharp random model repeats its last token; the penalty (which must not count the
+  # left padding) moves it on.
+  kw = dict(max_new_tokens=5, pad_id=None, repetition_penalty=5.0)
+  greedy = _ragged_equals_alone(model, variables, prompts, **kw)
+  assert len(np.unique(greedy)) > 5
+  keys = jax.random.split(jax.random.key(1), 2)
+  hot = dict(method='sample', temperature=30.0, rng=keys)
+  sampled = _ragged_equals_alone(model, variables, prompts, **kw, **hot)
+  assert sampled.max() < 200 and not np.array_equal(sampled, greedy)
+  if name == 'gpt2_test':  # beam search's prefill and cache copies: one model is enough
+    _ragged_equals_alone(model, variables, prompts, method='beam', beam_size=2, **kw)

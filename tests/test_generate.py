@@ -78,3 +78,139 @@ def test_language_model_never_generates_the_pad_id(monkeypatch, tmp_path):
   assert generate.generate(str(tmp_path), 'def ', max_new_tokens=5) == 'text'
   ((out,),) = [np.asarray(o) for o in outputs]
   assert out.shape == (5,) and 0 not in out.tolist()
+
+
+# ------------------------------------------------------------ streaming and pretrained folders
+class _Recorder:
+  def __init__(self):
+    self.writes = []
+
+  def write(self, text):
+    self.writes.append(text)
+
+  def flush(self):
+    pass
+
+
+def test_streamer_writes_whole_characters_and_stops():
+  # Byte-level: 'é' is two tokens; nothing is written until both have come.
+  codec = generate.Prompt(ByteTokenizer(), 'lm')
+  out = _Recorder()
+  streamer = generate.Streamer(codec, codec.encode('a'), stops=(10,), out=out, row=1)
+  for byte in 'é!'.encode() + b'\nz':
+    streamer(np.array([0, byte]))
+  streamer.close()
+  assert out.writes == ['a', 'é', '!']  # the stop (newline) ends the row; z is not written
+
+
+GPT2_TEXT = ['héllo wörld, the quick brown fox', 'jumps over the lazy dog'] * 30
+
+
+@pytest.fixture(scope='module')
+def pretrained(tmp_path_factory):
+  """A workdir-free Hugging Face GPT-2 folder: a random gpt2_test model over a 300-token
+  byte-level BPE (eos '<|endoftext|>' from generation_config.json)."""
+  import json
+
+  import tokenizers
+  from tokenizers import decoders, models, pre_tokenizers, trainers
+
+  folder = tmp_path_factory.mktemp('hf_gpt2')
+  model = bigjax.create_model('gpt2_test', vocab_size=300)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+  # Sharper logits, so greedy continuations are not ties between near-equal tokens.
+  embed = variables['params']['embed']['embedding']
+  variables['params']['embed']['embedding'] = embed * 20.0
+  bigjax.save_pretrained(model, variables, str(folder), overwrite=True)
+  tok = tokenizers.Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(
+    vocab_size=300,
+    special_tokens=['<|endoftext|>'],
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+  )
+  tok.train_from_iterator(GPT2_TEXT, trainer)
+  tok.save(str(folder / 'tokenizer.json'))
+  eos = tok.token_to_id('<|endoftext|>')
+  (folder / 'generation_config.json').write_text(json.dumps({'eos_token_id': eos}))
+  return str(folder)
+
+
+def _cli(capsys, *argv):
+  code = generate.main(list(argv))
+  captured = capsys.readouterr()
+  return code, captured.out, captured.err
+
+
+def test_cli_on_a_pretrained_folder(pretrained, capsys):
+  from bigjax.data.tokenizers import load_tokenizer
+
+  tokenizer = load_tokenizer(pretrained)
+  assert tokenizer.pad_id is None and tokenizer.eos_id is not None
+  prompts = ['héllo wörld', 'the lazy']
+  args = ['--pretrained', pretrained, '--max_new_tokens', '10', '--prompt', prompts[0]]
+  args += ['--prompt', prompts[1]]
+  # Streamed and printed at the end: the same text; each text continues its prompt.
+  sampled = ['--method', 'sample', '--temperature', '2.0', '--seed', '4']
+  code, streamed, _ = _cli(capsys, *args, *sampled)
+  assert code == 0
+  code, at_end, _ = _cli(capsys, *args, *sampled, '--no_stream')
+  assert code == 0 and streamed == at_end
+  texts = at_end.split('\n\n')
+  assert len(texts) == 3 and texts[2] == ''
+  for text, prompt in zip(texts, prompts):
+    assert text.startswith(prompt) and len(text) > len(prompt)
+  # The stream comes in pieces, as the tokens come.
+  out = _Recorder()
+  first = generate.generate(
+    None,
+    prompts,
+    pretrained=pretrained,
+    max_new_tokens=10,
+    method='sample',
+    temperature=2.0,
+    seed=4,
+    stream=out,
+  )[0]
+  assert ''.join(out.writes) == first == texts[0] and len(out.writes) > 3
+  # Greedy: the batched ragged prompts give what each prompt alone gives.
+  batch = generate.generate(None, prompts, pretrained=pretrained, max_new_tokens=10)
+  for prompt, text in zip(prompts, batch):
+    assert generate.generate(None, prompt, pretrained=pretrained, max_new_tokens=10) == text
+  # The text is the prompt and its greedy continuation up to a stop id, decoded.
+  model, variables = bigjax.from_pretrained(pretrained)
+  ids = tokenizer.encode(prompts[1])
+  kw = dict(max_new_tokens=10, pad_id=None, eos_id=tokenizer.eos_ids)
+  cont = np.asarray(decode.generate_lm(model, variables, [ids], **kw))[0]
+  assert tokenizer.eos_id not in cont[:-1]
+  assert batch[1] == tokenizer.decode(np.concatenate([ids, cont]))
+  # --stop: a one-token text that greedy produces ends the text just before it.
+  stops = [t for t in cont[1:] if list(tokenizer.encode(tokenizer.decode([t]))) == [t]]
+  assert stops, cont
+  at = list(cont).index(stops[0])
+  one = ['--pretrained', pretrained, '--max_new_tokens', '10', '--prompt', prompts[1]]
+  stop_text = tokenizer.decode([stops[0]])
+  code, out, _ = _cli(capsys, *one, '--stop', stop_text, '--no_stream')
+  assert code == 0 and out == tokenizer.decode(np.concatenate([ids, cont[:at]])) + '\n\n'
+  # --repetition_penalty changes the repetitive greedy text.
+  code, out, _ = _cli(capsys, *one, '--repetition_penalty', '5', '--no_stream')
+  assert code == 0 and out.startswith(prompts[1]) and out != batch[1] + '\n\n'
+
+
+def test_cli_bad_input_exits_2(pretrained, tmp_path, capsys):
+  import shutil
+
+  bare = tmp_path / 'no_tokenizer'
+  shutil.copytree(pretrained, bare)
+  (bare / 'tokenizer.json').unlink()
+  cases = [
+    (['--pretrained', str(tmp_path / 'missing'), '--prompt', 'a'], 'does not exist'),
+    (['--pretrained', str(bare), '--prompt', 'a'], 'tokenizer'),
+    (['--pretrained', pretrained, '--prompt', ''], 'empty'),
+    (['--pretrained', pretrained, '--prompt', 'a', '--stop', 'xyzzy plugh'], 'one token'),
+  ]
+  for argv, message in cases:
+    code, out, err = _cli(capsys, *argv)
+    assert code == 2 and out == '', argv
+    assert err.startswith('error: ') and message in err and err.count('\n') == 1, err
