@@ -54,7 +54,8 @@ them by evaluating the cache's shapes at two batch sizes (a scanned model's cach
 be batch-major.
 
 Streaming: `on_token(tokens)` is called with the [B] numpy tokens of each step, in order,
-from inside the compiled loop (`jax.debug.callback(ordered=True)`); finished rows report
+from inside the compiled loop (`jax.debug.callback(ordered=True)`, so a streamed loop runs on
+one device, the first local one); finished rows report
 the fill id. Beam search knows its best hypothesis only at the end: it calls `on_token`
 column by column after the search.
 """
@@ -310,6 +311,11 @@ def _sample_call(step, cache, prompt, rng, *, prompt_valid, eos_id, pad_id, bann
   if on_token is not None:
     receiver = max(_RECEIVERS, default=0) + 1
     _RECEIVERS[receiver] = on_token
+    # Ordered callbacks run on one device only: a streamed loop runs on the first local
+    # device (a model restored from a multi-device run holds sharded variables).
+    step, cache, prompt, prompt_valid, rng = jax.device_put(
+      (_as_pytree_fn(step), cache, prompt, prompt_valid, rng), jax.local_devices()[0]
+    )
   try:
     out = _sample_loop(
       _as_pytree_fn(step),
