@@ -167,12 +167,12 @@ def lenet_tfds(
 # --- decoder-only LMs (bigjax.models.gpt) on the pystdlib bytes ---------------------------
 # The sizes and the recipe the three *_nano_pystdlib configs share, in one place: they differ
 # only in the model's block options (`byte_gpt_lm(block=...)`). Placeholders until timed.
-NANO_SIZE = {'hidden_size': 192, 'num_layers': 4, 'num_heads': 6, 'mlp_dim': 768, 'max_len': 256}
+NANO_SIZE = {'hidden_size': 128, 'num_layers': 4, 'num_heads': 4, 'mlp_dim': 512, 'max_len': 128}
 NANO_RECIPE = {
-  'seq_len': 256,  # bytes per window (data.seq_len, <= max_len)
+  'seq_len': 128,  # bytes per window (data.seq_len, <= max_len)
   'batch_size': 32,
-  'steps': 2000,
-  'lr': 3e-3,
+  'steps': 2200,
+  'lr': 5e-3,
   'warmup_steps': 100,
   'end_factor': 0.1,  # cosine decay to 10% of lr
   'weight_decay': 0.1,
