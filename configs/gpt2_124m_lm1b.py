@@ -19,8 +19,9 @@ evaluation on the whole test split (about 9k rows).
 Prepare: `tfds build lm1b --data_dir=DIR --file_format=array_record` (needs network).
 Command: python train.py --config configs/gpt2_124m_lm1b.py --workdir runs/gpt2_lm1b \
     --config.data.data_dir=DIR
-Expected: TBD (lead measures) perplexity on lm1b's test split. Time: TBD; far too slow
-for CPU.
+Expected: not measured (no accelerator was available to this project when it was
+written; on 2 CPU cores one update of 0.5 M tokens would take hours). Only its `test`
+variant is run, under tfds.testing.mock_data.
 Then: python -m bigjax.generate --workdir runs/gpt2_lm1b --prompt 'The ' --method sample
 """
 

@@ -171,6 +171,12 @@ class Gpt(nn.Module):
     valid = None if segment_ids is None else segment_ids > 0  # [B, T]
 
     mask = None
+    if self.position == 'learned' and length > self.max_len:
+      what = 'decode' if self.decode else 'read'
+      raise ValueError(
+        f'cannot {what} {length} tokens: the learned positions cover max_len={self.max_len}; '
+        'use shorter inputs (prompt + new tokens when generating) or a larger model.max_len'
+      )
     if self.decode:
       # The attention caches hide the pads and the future; the rows' positions continue.
       ready = self.has_variable('cache', 'position')

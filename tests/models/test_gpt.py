@@ -236,3 +236,18 @@ def test_gpt2_init_scales_the_residual_projections_and_axes_cover_every_paramete
   assert axes['layers']['mlp']['fc1']['kernel'] == ('layers', 'experts', 'embed', 'mlp')
   with pytest.raises(ValueError, match='position must be one of'):
     bigjax.create_model('gpt2_test', position='sinusoidal').init(jax.random.key(0), _tokens((1, 4)))
+
+
+def test_learned_positions_refuse_more_tokens_than_max_len():
+  """A learned table has max_len rows: a longer input or generation is a one-line error,
+  not a silent clamp to the last row (which turned long samples into noise)."""
+  from bigjax import decode
+
+  model, params = _model('gpt2_test')  # max_len 64
+  with pytest.raises(ValueError, match='max_len=64'):
+    jax.eval_shape(lambda p: model.apply({'params': p}, _tokens((1, 65))), params)
+  with pytest.raises(ValueError, match='prompt \\+ new tokens'):
+    decode.generate_lm(model, {'params': params}, _tokens((1, 4)), max_new_tokens=61)
+  rotary, rotary_params = _model('llama_test')  # rotary positions have no table to run out of
+  out = jax.eval_shape(lambda p: rotary.apply({'params': p}, _tokens((1, 65))), rotary_params)
+  assert out.logits.shape == (1, 65, 256)
