@@ -166,7 +166,9 @@ def lenet_tfds(
 
 # --- decoder-only LMs (bigjax.models.gpt) on the pystdlib bytes ---------------------------
 # The sizes and the recipe the three *_nano_pystdlib configs share, in one place: they differ
-# only in the model's block options (`byte_gpt_lm(block=...)`). Placeholders until timed.
+# only in the model's block options (`byte_gpt_lm(block=...)`). Timed on 2 idle CPU cores
+# (2026-11-29): 2.7 steps/s for the dense models, so 2200 steps fit in 15 minutes with the
+# startup and the final evaluation (bench/RESULTS.md).
 NANO_SIZE = {'hidden_size': 128, 'num_layers': 4, 'num_heads': 4, 'mlp_dim': 512, 'max_len': 128}
 NANO_RECIPE = {
   'seq_len': 128,  # bytes per window (data.seq_len, <= max_len)
