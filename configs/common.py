@@ -24,6 +24,24 @@ def base_config() -> ml_collections.ConfigDict:
   # What the trainer optimises and reports (bigjax.train.tasks): 'classification', 'lm',
   # 'seq2seq'; '' = the data set's default.
   c.task = ml_collections.ConfigDict({'name': ''})
+  # Knowledge distillation (bigjax.train.distill): a frozen teacher's soft targets (and
+  # optionally feature hints and attention maps) join the task's loss.
+  c.distill = ml_collections.ConfigDict(
+    {
+      # '' = off; a bigjax workdir (latest checkpoint), <workdir>/checkpoints/<step>, or a
+      # Hugging Face folder (config.json + model.safetensors).
+      'teacher': '',
+      'loss': 'kl',  # 'kl' | 'reverse_kl' | 'mse' | 'topk'
+      'alpha': 0.5,  # weight of the soft loss; the task's own loss gets 1 - alpha
+      'temperature': 2.0,
+      'top_k': 0,  # 'topk' loss and the precomputed store: the teacher's k likeliest classes
+      'precompute': False,  # True: teacher outputs computed once, read by example index
+      'hints': '',  # 'student_path:teacher_path,...' of sown intermediates ('features:features')
+      'hint_weight': 0.0,
+      'attention_weight': 0.0,
+      'attention_layers': '',  # 'i:j,...' student:teacher layers; '' = spread evenly
+    }
+  )
   c.data = ml_collections.ConfigDict(
     {
       'name': 'digits',

@@ -9,6 +9,7 @@ in optimiser updates of train.batch_size examples.
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -27,11 +28,18 @@ from jax.experimental import multihost_utils
 
 from bigjax.data.pipeline import Data
 from bigjax.registry import create_model, model_spec
-from bigjax.train import init_from, optim, sharding
+from bigjax.train import distill, init_from, optim, sharding
 from bigjax.train.checkpoint import Checkpointer, fingerprint
 from bigjax.train.report import Reporter, plot_curves
-from bigjax.train.state import TrainState, init_state
-from bigjax.train.step import LossTerm, add_metrics, make_eval_step, make_train_step, summarize
+from bigjax.train.state import TrainState, init_state, split_variables
+from bigjax.train.step import (
+  LossTerm,
+  add_metrics,
+  init_term_params,
+  make_eval_step,
+  make_train_step,
+  summarize,
+)
 from bigjax.train.tasks import Task, get_task, task_for
 from bigjax.typing import PRNGKey, PyTree
 
@@ -64,9 +72,11 @@ def check_workdir(workdir: str) -> None:
     ) from None
 
 
-def _abstract_state(model, tx, inputs, mesh) -> TrainState:
+def _abstract_state(model, tx, inputs, mesh, term_init=None) -> TrainState:
   """Shapes, dtypes and (replicated) shardings of the state, without allocating it."""
-  shapes = jax.eval_shape(lambda rng: init_state(model, tx, rng, inputs), jax.random.key(0))
+  shapes = jax.eval_shape(
+    lambda rng: init_state(model, tx, rng, inputs, term_init), jax.random.key(0)
+  )
   repl = sharding.replicated(mesh)
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
 
@@ -154,6 +164,8 @@ class Run:
   frozen: PyTree
   on_init: Callable[[TrainState, 'Run'], TrainState] = identity_init
   notes: tuple[str, ...] = ()  # logged once at the start (the init_from report)
+  term_init: Callable | None = None  # the loss terms' own parameters (distillation hints)
+  attach: Callable | None = None  # adds stored teacher outputs to each train batch
 
   def initial_state(self, train_iter) -> tuple[TrainState, int | None]:
     """(state, restored step): the latest checkpoint (data iterator included) if the
@@ -161,9 +173,9 @@ class Run:
     latest = self.checkpointer.latest_step()
     if latest is not None:
       return self.checkpointer.restore(latest, self.abstract, train_iter), latest
-    model, tx, inputs = self.model, self.tx, self.inputs
+    model, tx, inputs, term_init = self.model, self.tx, self.inputs, self.term_init
     init = jax.jit(
-      lambda rng: init_state(model, tx, rng, inputs),
+      lambda rng: init_state(model, tx, rng, inputs, term_init),
       out_shardings=sharding.replicated(self.mesh),
     )
     init_rng, _ = jax.random.split(jax.random.key(self.config.seed))
@@ -190,10 +202,16 @@ def build_run(
   on_init: Callable[[TrainState, Run], TrainState] | None = None,
 ) -> Run:
   """Builds the mesh, model, task, data, optimiser, checkpointer and jitted steps; checks
-  the config, the workdir and `init_from` (bigjax.train.init_from) before anything is
-  written (config.json, init_from.json)."""
+  the config, the workdir, `init_from` (bigjax.train.init_from) and `distill`
+  (bigjax.train.distill: the teacher, its loss terms, its precomputed store) before anything
+  is written (config.json, init_from.json)."""
   workdir = os.path.abspath(workdir)
   cfg = config.train
+  distill.check(config)
+  distilling = bool(config.get('distill', {}).get('teacher', ''))
+  if distilling and config.distill.precompute and not config.data.get('with_index', False):
+    with config.unlocked():
+      config.data.with_index = True  # the store is read by example index
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_size(cfg.batch_size, mesh, 'train.batch_size')
   sharding.check_batch_size(cfg.eval_batch_size, mesh, 'train.eval_batch_size')
@@ -217,7 +235,14 @@ def build_run(
     check_vocab(model, data)
     example = next(data.eval_batches(sharding.batch_shards(mesh) * jax.process_count(), 1))
     inputs = tuple(np.asarray(x)[:1] for x in task.inputs(example))
-    abstract = _abstract_state(model, tx, inputs, mesh)
+    plan = distill.setup(config, task, model, inputs) if distilling else None
+    term_init = None
+    if plan is not None:
+      loss_terms = (*loss_terms, *plan.loss_terms)
+      frozen, frozen_forward = plan.frozen, plan.frozen_forward
+    if any(t.init is not None for t in loss_terms):
+      term_init = functools.partial(init_term_params, loss_terms)
+    abstract = _abstract_state(model, tx, inputs, mesh, term_init)
     fine_tune.match(abstract.params, abstract.model_state)
   except (ValueError, FileNotFoundError):
     # Leave no trace of a run that never started: not even the tokenizer its data set
@@ -232,7 +257,7 @@ def build_run(
     raise
   if fine_tune.frozen:
     schedule, tx = optim.from_config(config, frozen=fine_tune.frozen)
-    abstract = _abstract_state(model, tx, inputs, mesh)
+    abstract = _abstract_state(model, tx, inputs, mesh, term_init)
   meta = fingerprint(config.model.name, abstract.params)
   meta['inputs'] = [[list(x.shape), str(x.dtype)] for x in inputs]
 
@@ -243,11 +268,21 @@ def build_run(
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=2))
   fine_tune.write(workdir)
+  attach = None
+  if plan is not None and config.distill.precompute:
+    attach = _teacher_store(config, workdir, plan, data, task)
 
   repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   train_step = jax.jit(
     make_train_step(
-      model, task, config, schedule, tx, loss_terms=loss_terms, frozen_forward=frozen_forward
+      model,
+      task,
+      config,
+      schedule,
+      tx,
+      loss_terms=loss_terms,
+      frozen_forward=frozen_forward,
+      task_weight=plan.task_weight if plan is not None else 1.0,
     ),
     in_shardings=(repl, batch_sh, repl, repl),
     out_shardings=(repl, repl),
@@ -273,8 +308,42 @@ def build_run(
     eval_step=eval_step,
     frozen=jax.device_put({} if frozen is None else frozen, repl),
     on_init=_chain(fine_tune.load, on_init or identity_init),
-    notes=tuple(fine_tune.notes),
+    notes=tuple(fine_tune.notes) + (plan.notes if plan is not None else ()),
+    term_init=term_init,
+    attach=attach,
   )
+
+
+def _teacher_store(config, workdir: str, plan, data: Data, task: Task) -> Callable:
+  """Writes <workdir>/teacher_store once (the teacher's outputs over the train split) and
+  returns the pipeline hook that adds each example's stored outputs to its batch."""
+  from bigjax.train import teacher_store
+
+  d = config.distill
+  path = os.path.join(workdir, distill.STORE_DIR)
+  expected = {'teacher': os.path.abspath(d.teacher), 'top_k': int(d.top_k)}
+  if int(d.top_k):
+    expected['temperature'] = float(d.temperature)
+  if not os.path.isdir(path) and jax.process_index() == 0:
+    forward = distill.teacher_logits_fn(plan.teacher, task)
+    teacher_store.write_store(
+      path,
+      forward,
+      data,
+      config.train.eval_batch_size,
+      top_k=int(d.top_k),
+      temperature=float(d.temperature),
+      meta={'teacher': expected['teacher']},
+    )
+  multihost_utils.sync_global_devices('teacher_store')
+  store = teacher_store.open_store(path)
+  found = {k: store.meta.get(k) for k in expected}
+  if found != expected:
+    raise ValueError(
+      f'{path} holds teacher outputs for {found}, but this run asks for {expected}: use '
+      'another --workdir, or move that folder away to recompute it'
+    )
+  return lambda batch: {**batch, **store.lookup(batch['index'])}
 
 
 def check_vocab(model, data: Data) -> None:
@@ -309,12 +378,13 @@ def train(run: Run, *, tty: bool | None = None) -> dict[str, float]:
   """Runs (or resumes) the loop of `run` to train.steps updates; returns the final eval,
   or {} when a signal stopped it (after saving a checkpoint every process agrees on)."""
   config, cfg, checkpointer = run.config, run.config.train, run.checkpointer
-  train_iter = run.data.train_iter(cfg.batch_size, config.seed)
+  attach = {'attach': run.attach} if run.attach is not None else {}
+  train_iter = run.data.train_iter(cfg.batch_size, config.seed, **attach)
   state, latest = run.initial_state(train_iter)
   reporter = Reporter(run.workdir, cfg.steps, latest or 0, tty=tty)
   if latest is not None:
     reporter.log(f'resuming from the checkpoint at step {latest} in {checkpointer.directory}')
-  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  n_params = sum(x.size for x in jax.tree.leaves(state.variables['params']))
   reporter.log(
     f'{config.model.name} ({n_params:,} parameters) on {run.data.config.name} '
     f'[{run.task.name}], {jax.device_count()} device(s), workdir {run.workdir}'
@@ -376,23 +446,40 @@ def train_and_evaluate(
   return train(build_run(config, workdir), tty=tty)
 
 
-def restore_from_workdir(workdir: str):
-  """Loads a run's config and latest parameters: (config, model, variables)."""
+def restore_from_workdir(workdir: str, step: int | None = None):
+  """Loads a run's config and the model's variables at `step` (default: the latest
+  checkpoint): (config, model, variables). Reads the parameters and model state only (no
+  optimiser state, no data iterator, no loss terms' own parameters such as a distillation
+  hint's projection), as numpy arrays."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{workdir!r} has no config.json: is it a bigjax workdir?')
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   checkpointer = Checkpointer(workdir, read_only=True)
-  step = checkpointer.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'{workdir!r} has no checkpoint yet: train it first')
-  meta = checkpointer.meta(step)
-  inputs = tuple(np.zeros(shape, dtype) for shape, dtype in meta['inputs'])
-  model = build_model(config)
-  schedule, tx = optim.from_config(config, frozen=init_from.frozen_in(workdir))
-  mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': -1}))
-  abstract = _abstract_state(model, tx, inputs, mesh)
-  state = checkpointer.restore(step, abstract)
-  checkpointer.close()
-  return config, model, state.variables
+  try:
+    if step is None:
+      step = checkpointer.latest_step()
+      if step is None:
+        raise FileNotFoundError(f'{workdir!r} has no checkpoint yet: train it first')
+    elif step not in checkpointer.manager.all_steps():
+      raise FileNotFoundError(
+        f'{workdir!r} has no committed checkpoint at step {step}: it has steps '
+        f'{sorted(checkpointer.manager.all_steps())}'
+      )
+    meta = checkpointer.meta(step)
+    inputs = tuple(np.zeros(shape, dtype) for shape, dtype in meta['inputs'])
+    model = build_model(config)
+
+    def shapes(rng):
+      variables = model.init({'params': rng, 'dropout': rng}, *inputs, train=False)
+      return split_variables(model, variables, rng, inputs)
+
+    params, model_state = jax.eval_shape(shapes, jax.random.key(0))
+    target = {'params': params}
+    if model_state:
+      target['model_state'] = model_state
+    restored = checkpointer.restore_subset(step, target)
+  finally:
+    checkpointer.close()
+  return config, model, {'params': restored['params'], **restored.get('model_state', {})}

@@ -10,10 +10,23 @@ import optax
 
 from bigjax.typing import PRNGKey, PyTree
 
+# The key of `params` that holds the trainable parameters of loss terms (a distillation
+# hint's projection, `bigjax.train.step.LossTerm.init`): trained and checkpointed with the
+# model's, never passed to the model.
+TERM_PARAMS_KEY = 'loss_terms'
+
+
+def model_params(params: PyTree) -> PyTree:
+  """`params` without the loss terms' own parameters: what the model is applied with."""
+  if isinstance(params, dict) and TERM_PARAMS_KEY in params:
+    return {k: v for k, v in params.items() if k != TERM_PARAMS_KEY}
+  return params
+
 
 class TrainState(flax.struct.PyTreeNode):
   """Everything a train step changes. `model_state` holds non-parameter collections
-  that training updates (`batch_stats`)."""
+  that training updates (`batch_stats`). `params` may also hold, under TERM_PARAMS_KEY, the
+  parameters of extra loss terms; `variables` is what the model is applied with."""
 
   step: jax.Array
   params: PyTree
@@ -22,7 +35,7 @@ class TrainState(flax.struct.PyTreeNode):
 
   @property
   def variables(self) -> dict[str, Any]:
-    return {'params': self.params, **self.model_state}
+    return {'params': model_params(self.params), **self.model_state}
 
 
 # Collections that `init` may create but that are never trained state: sown activations,
@@ -67,11 +80,20 @@ def split_variables(model: nn.Module, variables: dict, rng: PRNGKey, inputs: tup
 
 
 def init_state(
-  model: nn.Module, tx: optax.GradientTransformation, rng: PRNGKey, inputs: tuple
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  rng: PRNGKey,
+  inputs: tuple,
+  term_init=None,
 ) -> TrainState:
-  """Initialises parameters from example inputs (shapes only matter)."""
+  """Initialises parameters from example inputs (shapes only matter); `term_init(rng)`
+  makes the loss terms' own parameters (`params[TERM_PARAMS_KEY]`), if any."""
   variables = model.init({'params': rng, 'dropout': rng}, *inputs, train=False)
   params, model_state = split_variables(model, variables, rng, inputs)
+  if term_init is not None:
+    extra = term_init(jax.random.fold_in(rng, 1))
+    if extra:
+      params = {**params, TERM_PARAMS_KEY: extra}
   return TrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,

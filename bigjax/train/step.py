@@ -15,6 +15,13 @@ Seams for objectives that need more than the task:
   loss_terms    `LossTerm(name, weight, fn)`: fn(outputs, micro_batch, frozen_outputs) ->
                 a per-element loss shaped like `task.weights(batch)`; it adds
                 weight * sum(w * fn) / sum(w) to the objective and is reported under `name`.
+                A term with `init` has trainable parameters of its own (a hint's projection):
+                `init(rng)` makes them, they live in `state.params[TERM_PARAMS][name]` (so
+                the optimiser, checkpoints and resume treat them like the model's) and `fn`
+                gets them as a fourth argument. A term with `intermediates=True` sees the
+                student's sown intermediates in `outputs.features[INTERMEDIATES]`.
+  task_weight   scales the task's own loss (distillation's 1 - alpha); the model's own
+                `aux_losses` (a mixture of experts' balance loss) keep their full weight.
 
 Metrics of a run are totals: `add_metrics` sums each step's (sum, count) pairs and raw
 totals (a confusion matrix) and keeps the eval step's per-example values; `summarize` turns
@@ -33,12 +40,17 @@ import numpy as np
 import optax
 
 from bigjax.outputs import ModelOutput, as_output
-from bigjax.train.state import TrainState
+from bigjax.train.state import TERM_PARAMS_KEY, TrainState, model_params
 from bigjax.train.tasks import Task
 from bigjax.typing import Batch, PRNGKey, PyTree
 
 # The eval step's key for per-example values (`Task.collect`), gathered by `summarize`.
 COLLECTED = 'collected'
+# Where the loss terms' own trainable parameters sit in `TrainState.params` (never passed
+# to the model: `TrainState.variables` leaves them out).
+TERM_PARAMS = TERM_PARAMS_KEY
+# Where a term that asks for them finds the student's sown intermediates.
+INTERMEDIATES = 'intermediates'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +59,16 @@ class LossTerm:
 
   name: str
   weight: float
-  fn: Callable[[ModelOutput, Batch, Any], jax.Array]
+  fn: Callable[..., jax.Array]
+  init: Callable[[PRNGKey], PyTree] | None = None  # its own trainable parameters
+  intermediates: bool = False  # fn reads outputs.features[INTERMEDIATES]
+
+
+def init_term_params(loss_terms: tuple[LossTerm, ...], rng: PRNGKey) -> PyTree:
+  """{name: params} of the terms that have parameters ({} when none has)."""
+  with_params = [t for t in loss_terms if t.init is not None]
+  keys = jax.random.split(rng, max(len(with_params), 1))
+  return {t.name: t.init(k) for t, k in zip(with_params, keys)}
 
 
 def _float32(tree):
@@ -84,6 +105,7 @@ def make_train_step(
   *,
   loss_terms: tuple[LossTerm, ...] = (),
   frozen_forward: Callable[[PyTree, Batch], Any] | None = None,
+  task_weight: float = 1.0,
 ):
   """Returns train_step(state, batch, rng, frozen=None) -> (state, metrics); jit it once,
   donating `state` only."""
@@ -93,13 +115,14 @@ def make_train_step(
   names = [t.name for t in loss_terms]
   if len(set(names)) != len(names):
     raise ValueError(f'loss term names must be unique, got {names}')
+  want_intermediates = any(t.intermediates for t in loss_terms)
 
   def train_step(state: TrainState, batch: Batch, rng: PRNGKey, frozen: PyTree = None):
     rng = jax.random.fold_in(rng, state.step)  # per-step key: exact resume
     aug_rng, dropout_rng = jax.random.split(rng)
     batch = task.augment(batch, aug_rng)  # on the whole update batch
     total_weight = jnp.maximum(jnp.sum(task.weights(batch)), 1e-8)
-    mutable = list(state.model_state)
+    mutable = list(state.model_state) + ([INTERMEDIATES] if want_intermediates else [])
 
     def micro_step(model_state, micro, dropout_key):
       """Gradient of this micro-batch's share of the objective, and its metrics."""
@@ -114,7 +137,7 @@ def make_train_step(
 
       def loss_fn(params):
         out = model.apply(
-          {'params': params, **model_state},
+          {'params': model_params(params), **model_state},
           *task.inputs(micro),
           train=True,
           rngs={'dropout': dropout_key},
@@ -122,10 +145,21 @@ def make_train_step(
         )
         outputs, new_model_state = out if mutable else (out, {})
         outputs = as_output(outputs)
+        if want_intermediates:
+          new_model_state = dict(new_model_state)
+          sown = new_model_state.pop(INTERMEDIATES, {})
+          outputs = outputs.replace(features={**outputs.features, INTERMEDIATES: sown})
+        part = jnp.sum(w) / total_weight  # this micro-batch's part of the update
         objective = weighted_sum(task.loss(outputs, micro)) / total_weight
+        if task_weight != 1.0:  # scale the task's loss, not the model's own losses in it
+          own = sum((v.astype(jnp.float32) for v in outputs.aux_losses.values()), 0.0)
+          objective = task_weight * objective + (1.0 - task_weight) * own * part
         terms = {}
         for term in loss_terms:
-          terms[term.name] = weighted_sum(term.fn(outputs, micro, frozen_outputs)) / total_weight
+          args = (outputs, micro, frozen_outputs)
+          if term.init is not None:
+            args = (*args, params[TERM_PARAMS][term.name])
+          terms[term.name] = weighted_sum(term.fn(*args)) / total_weight
           objective = objective + term.weight * terms[term.name]
         return objective, (outputs, new_model_state, terms)
 
