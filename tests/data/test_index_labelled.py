@@ -109,8 +109,16 @@ def test_sharded_train_index_is_the_global_record_index(data_dir, monkeypatch, c
   np.testing.assert_array_equal(np.sort(seen), np.arange(NUM_TRAIN // count * count))
 
 
-def test_eval_batches_carry_the_index(data_dir):
+def test_eval_batches_carry_the_index(data_dir, monkeypatch):
   data = Data(_config(data_dir, with_index=True))
+  # Two processes of 179 rows: process 1 (records 1, 3, ..., 357) ends on padding only.
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(jax, 'process_index', lambda: 1)
+  first, padding = list(data.eval_batches(358))
+  np.testing.assert_array_equal(first['index'], np.arange(1, NUM_TEST, 2))
+  assert padding['index'].shape == (179,) and not padding['index'].any()
+  assert not padding['mask'].any()
+  monkeypatch.undo()
   batches = list(data.eval_batches(100))
   index = np.concatenate([b['index'] for b in batches])
   mask = np.concatenate([b['mask'] for b in batches])
