@@ -8,11 +8,24 @@ global_batch / process_count examples; `bigjax.train.sharding` assembles global 
 Training shards are trimmed to equal sizes (an epoch may skip up to process_count - 1
 records); evaluation is padded instead (`mask == False`), so every eval example is scored
 exactly once on any number of processes.
+
+Example index (`data.with_index`): each record is paired with its index in its split's
+source before anything else (before `.seed()`, so shuffling and augmentation draw exactly
+what they draw without it), every transform sees the record alone and the pair is kept
+around it, and the final example gains `index` (int32; eval padding rows 0). Process p of
+P reads the records p, p + P, ..., so `index` is always the global one. The iterator state
+is still one position in the shuffled stream: a resumed run sees the same indices.
+
+Few labelled examples (`data.labelled_examples = N`, 0 = all): a fixed subset of N train
+records, `default_rng(data.labelled_seed).permutation(len(train))[:N]`, independent of the
+run's seed, marked by `labelled` (bool) in every train example; the tasks' hard-label
+losses count only those. It uses the index internally; `index` itself appears in the
+batch only with `data.with_index`. Eval batches carry no `labelled`.
 """
 
 import functools
 import math
-from typing import Iterator
+from typing import Callable, Iterator
 
 import grain
 import jax
@@ -25,20 +38,85 @@ from bigjax.data.tokenizers import Tokenizer
 from bigjax.typing import Batch
 
 
-def _apply(ds: grain.MapDataset, transforms) -> grain.MapDataset:
+def _apply(ds: grain.MapDataset, transforms, carried: bool = False) -> grain.MapDataset:
+  """Applies per-record transforms; with `carried`, elements are (index, record) pairs and
+  each transform sees the record alone, the index kept around it."""
   for t in transforms:
     if isinstance(t, grain.transforms.RandomMap):
-      ds = ds.random_map(t)
+      ds = ds.random_map(_CarryRandomMap(t) if carried else t)
     elif isinstance(t, grain.transforms.Filter):
-      ds = ds.filter(t)
+      ds = ds.filter(_CarryFilter(t) if carried else t)
     else:
-      ds = ds.map(t)
+      ds = ds.map(_CarryMap(t) if carried else t)
   return ds
 
 
-def _train_shard(source) -> grain.MapDataset:
-  """This process's training records: every process_count-th, equal counts everywhere."""
+def _call_map(t, element):
+  return t.map(element) if isinstance(t, grain.transforms.Map) else t(element)
+
+
+class _CarryMap(grain.transforms.Map):
+  """(index, record) -> (index, t(record)), for a `Map` or a plain callable."""
+
+  def __init__(self, t):
+    self.t = t
+
+  def map(self, element):
+    index, record = element
+    return index, _call_map(self.t, record)
+
+
+class _CarryRandomMap(grain.transforms.RandomMap):
+  """(index, record) -> (index, t(record, rng)); Grain seeds it as it seeds `t`."""
+
+  def __init__(self, t: grain.transforms.RandomMap):
+    self.t = t
+
+  def random_map(self, element, rng: np.random.Generator):
+    index, record = element
+    return index, self.t.random_map(record, rng)
+
+
+class _CarryFilter(grain.transforms.Filter):
+  def __init__(self, t: grain.transforms.Filter):
+    self.t = t
+
+  def filter(self, element) -> bool:
+    return self.t.filter(element[1])
+
+
+class _Expose(grain.transforms.Map):
+  """(index, example dict) -> the example plus `index` (int32, if `with_index`) and
+  `labelled` (bool, if a mask over the split's records is given)."""
+
+  def __init__(self, with_index: bool, labelled: np.ndarray | None = None):
+    self.with_index = with_index
+    self.labelled = labelled
+
+  def map(self, element):
+    index, example = element
+    extra = {}
+    if self.with_index:
+      extra['index'] = np.int32(index)
+    if self.labelled is not None:
+      extra['labelled'] = np.bool_(self.labelled[index])
+    return {**example, **extra}
+
+
+def _pair(index: int, record):
+  return index, record
+
+
+def _records(source, carried: bool) -> grain.MapDataset:
+  """The source as a MapDataset; with `carried`, of (index in the source, record) pairs."""
   ds = grain.MapDataset.source(source)
+  return ds.map_with_index(_pair) if carried else ds
+
+
+def _train_shard(source, carried: bool = False) -> grain.MapDataset:
+  """This process's training records: every process_count-th, equal counts everywhere.
+  With `carried`, (global index, record) pairs: the index is taken before sharding."""
+  ds = _records(source, carried)
   count = jax.process_count()
   if count > 1:
     ds = ds[: len(ds) // count * count][jax.process_index() :: count]
@@ -66,16 +144,56 @@ class Data:
     """The data set's tokenizer; None for data without one (images)."""
     return self.spec.tokenizer(self.config) if self.spec.tokenizer else None
 
-  def train_iter(self, global_batch: int, seed: int) -> grain.DatasetIterator:
-    """An endless, shuffled, checkpointable iterator of host-local batches."""
+  @property
+  def with_index(self) -> bool:
+    return bool(self.config.get('with_index', False))
+
+  @functools.cached_property
+  def labelled_mask(self) -> np.ndarray | None:
+    """bool [N] over the train records: the fixed labelled subset; None = all labelled."""
+    n = self.config.get('labelled_examples', 0) or 0
+    if not n:
+      return None
+    size = len(self.train_source)
+    if not 0 < n <= size:
+      raise ValueError(
+        f'data.labelled_examples={n}, but the {self.train_split!r} split has {size} examples'
+      )
+    chosen = np.random.default_rng(self.config.get('labelled_seed', 0)).permutation(size)[:n]
+    mask = np.zeros(size, bool)
+    mask[chosen] = True
+    return mask
+
+  def train_iter(
+    self,
+    global_batch: int,
+    seed: int,
+    *,
+    attach: Callable[[Batch], Batch] | None = None,
+  ) -> grain.DatasetIterator:
+    """An endless, shuffled, checkpointable iterator of host-local batches.
+
+    `attach(batch) -> batch` runs on every host batch after batching (a teacher store's
+    lookup by `index`); it is a map on the batched dataset, so the iterator state, and
+    with it resume, is unchanged.
+    """
     local = global_batch // jax.process_count()
     if len(self.train_source) < local:
       raise ValueError(
         f'the {self.train_split!r} split has {len(self.train_source)} examples, fewer than '
         f'one batch per process ({local}): lower --config.train.batch_size'
       )
-    ds = _train_shard(self.train_source).seed(seed).shuffle().repeat(None)
-    ds = _apply(ds, self.spec.transforms(self.config, True)).batch(local, drop_remainder=True)
+    labelled = self.labelled_mask
+    carried = self.with_index or labelled is not None
+    # Pairs are made before `.seed()`: Grain derives each random step's seed from its
+    # depth below the seed, so shuffling and augmentation are the same with or without.
+    ds = _train_shard(self.train_source, carried).seed(seed).shuffle().repeat(None)
+    ds = _apply(ds, self.spec.transforms(self.config, True), carried)
+    if carried:
+      ds = ds.map(_Expose(self.with_index, labelled))
+    ds = ds.batch(local, drop_remainder=True)
+    if attach is not None:
+      ds = ds.map(attach)
     it = ds.to_iter_dataset()
     workers = self.config.get('workers', 0)
     if workers:
@@ -89,21 +207,40 @@ class Data:
     Padded examples carry `mask == False`, and every process yields the same number of
     batches, ceil(ceil(N / P) / local), so collective evaluation steps stay in lock-step:
     a process with fewer records ends with padding (an all-padding batch if need be).
+    With `data.with_index`, each batch carries `index` (0 on padding).
     """
     count, index = jax.process_count(), jax.process_index()
     local = global_batch // count
+    carried = self.with_index
     transforms = self.spec.transforms(self.config, False)
-    records = grain.MapDataset.source(self.eval_source)
+
+    def prepare(records):
+      ds = _apply(records, transforms, carried)
+      return ds.map(_Expose(True)) if carried else ds
+
+    records = _records(self.eval_source, carried)
     num_batches = math.ceil(math.ceil(len(records) / count) / local)
     if max_batches >= 0:
       num_batches = min(num_batches, max_batches)
-    batches = iter(_apply(records[index::count], transforms).batch(local, drop_remainder=False))
+    batches = iter(prepare(records[index::count]).batch(local, drop_remainder=False))
     for _ in range(num_batches):
       batch = next(batches, None)
       if batch is None:  # this process ran out first: a batch of padding only
-        example = _apply(records[:1], transforms)[0]
+        example = prepare(records[:1])[0]
         batch = jax.tree.map(lambda x: np.asarray(x)[None, ...][:0], example)
       yield pad_batch(batch, local)
+
+  def ordered_train_batches(self, global_batch: int) -> Iterator[Batch]:
+    """One pass over the whole train split in index order with the eval transforms (no
+    augmentation), in batches of `global_batch` padded to full size (`mask`), each
+    carrying `index`: what a teacher store is computed from. It ignores the process
+    count (every process would read every record): with several processes, let process
+    0 alone run it.
+    """
+    transforms = self.spec.transforms(self.config, False)
+    ds = _apply(_records(self.train_source, True), transforms, True).map(_Expose(True))
+    for batch in ds.batch(global_batch, drop_remainder=False):
+      yield pad_batch(batch, global_batch)
 
 
 def pad_batch(batch: Batch, size: int) -> Batch:

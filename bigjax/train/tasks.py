@@ -129,7 +129,12 @@ def _bits_name(tokenizer) -> str:
 def _label_objective(config: ml_collections.ConfigDict):
   """(weights, loss) of one class `label` per example [B] (or soft labels [B, C]):
   cross-entropy with train.label_smoothing, auxiliary heads weighted by
-  train.aux_loss_weight; shared by image and text classification."""
+  train.aux_loss_weight; shared by image and text classification.
+
+  A batch with `labelled` [B] bool (`data.labelled_examples`) scores the labels of its
+  labelled rows only: an unlabelled row's label terms (main and auxiliary heads) are 0,
+  yet its weight stays, so the objective is still a mean over all examples and another
+  term (distillation) can teach them. Model aux losses are added as ever."""
   smoothing = config.train.get('label_smoothing', 0.0)
   aux_weight = config.train.get('aux_loss_weight', 0.4)
 
@@ -140,7 +145,8 @@ def _label_objective(config: ml_collections.ConfigDict):
     outputs = as_output(outputs)
 
     def score(logits):  # [B]
-      return losses.softmax_cross_entropy(logits, batch['label'], label_smoothing=smoothing)
+      ce = losses.softmax_cross_entropy(logits, batch['label'], label_smoothing=smoothing)
+      return jnp.where(batch['labelled'], ce, 0.0) if 'labelled' in batch else ce
 
     return _with_aux(outputs, score(outputs.logits), score, aux_weight)
 
