@@ -137,6 +137,18 @@ def is_test(arg: str | None) -> bool:
   return False
 
 
+def distill_args(arg: str | None) -> tuple[bool, bool]:
+  """(test, scratch) of a distillation demo's argument: '', 'test', 'scratch' or
+  'scratch,test'. 'scratch' is the demo's control: the same student, data, steps and seeds
+  with distillation off (`distill.teacher = ''`)."""
+  words = set(filter(None, (arg or '').split(',')))
+  if words - {'test', 'scratch'}:
+    raise ValueError(
+      f'unknown config argument {arg!r}: use no argument, "test", "scratch" or "scratch,test"'
+    )
+  return 'test' in words, 'scratch' in words
+
+
 def byte_rnn_lm(model: str, *, lr: float, steps: int, test: bool) -> ml_collections.ConfigDict:
   """A one-layer byte-level RNN language model on the `pystdlib` sources.
 

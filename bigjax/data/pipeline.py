@@ -103,14 +103,21 @@ class _Expose(grain.transforms.Map):
     return {**example, **extra}
 
 
-def _pair(index: int, record):
-  return index, record
+class _Pair:
+  """(index, record) -> (index in the source, record). Grain passes a repeated dataset's
+  running index down to the source, which wraps it: wrap it the same way."""
+
+  def __init__(self, size: int):
+    self.size = size
+
+  def __call__(self, index: int, record):
+    return index % self.size, record
 
 
 def _records(source, carried: bool) -> grain.MapDataset:
   """The source as a MapDataset; with `carried`, of (index in the source, record) pairs."""
   ds = grain.MapDataset.source(source)
-  return ds.map_with_index(_pair) if carried else ds
+  return ds.map_with_index(_Pair(len(source))) if carried else ds
 
 
 def _train_shard(source, carried: bool = False) -> grain.MapDataset:

@@ -185,3 +185,14 @@ def test_unlabelled_examples_have_no_label_loss(task_name):
   # The weights (the objective's denominator) still count unlabelled examples.
   w = task.weights({**batch, 'labelled': labelled})
   np.testing.assert_array_equal(w, batch['mask'].astype(np.float32))
+
+
+def test_indices_stay_in_the_split_after_the_first_epoch(data_dir):
+  """Grain hands a repeated dataset's running index to the source (which wraps it): the
+  index in the batch is the record's, in every epoch, and each epoch covers every record."""
+  data = Data(_config(data_dir, with_index=True, labelled_examples=5))
+  it = data.train_iter(EPOCH, seed=3)
+  for _ in range(3):  # one and a half epochs
+    seen = np.concatenate([next(it)['index'] for _ in range(2)])
+    assert seen.min() >= 0 and seen.max() < NUM_TRAIN
+    assert len(set(seen.tolist())) == len(seen)
