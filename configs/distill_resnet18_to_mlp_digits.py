@@ -19,8 +19,7 @@ All demos, 3 seeds, teachers included: python bench/distill_demos.py (README, RE
 
 import os
 
-from configs import common
-from configs import resnet18_digits
+from configs import common, resnet18_digits
 
 TEACHER = os.path.join('runs', 'resnet18_digits')
 LABELLED = 100
