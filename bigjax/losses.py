@@ -31,8 +31,8 @@ def _masked(loss: jax.Array, where: jax.Array | None) -> jax.Array:
 
 
 def _check_temperature(temperature: float) -> None:
-  # A traced temperature cannot be checked; a Python number can.
-  if isinstance(temperature, int | float) and temperature <= 0:
+  # A traced temperature (one swept inside jit) cannot be checked; any concrete number can.
+  if not isinstance(temperature, jax.core.Tracer) and not temperature > 0:
     raise ValueError(f'temperature must be positive, got {temperature}')
 
 

@@ -1,7 +1,8 @@
 """Distillation losses: zero at the teacher, non-negative, frozen teacher, T^2 scaling, masks,
 extreme and bf16 inputs, top-k against the full loss, hand-computed values, jit and vmap.
 
-Inputs come from numpy and every computation runs under one `jax.jit` per test and shape:
+Compiling is what costs time here: inputs come from numpy, and most checks go through one jitted
+`evaluate` (loss and both gradients) at the shared shape LEAD, so the tests share compilations;
 op-by-op dispatch would compile each primitive separately and take ten times as long.
 """
 
@@ -19,6 +20,7 @@ TEMP = 2.0
 K = 3  # top-k size for the generic cases
 DS, DT = 4, 6  # hint widths
 HS, HT, S = 2, 4, 5  # attention heads and keys
+LEAD = (3, 4)  # [B, T]: the shape most checks share
 NAMES = ['distillation', 'reverse_kl', 'logit_mse', 'topk', 'hint', 'attention_map']
 KL_TYPE = ['distillation', 'reverse_kl', 'topk']
 LOGIT_LOSSES = ['distillation', 'reverse_kl', 'logit_mse', 'topk']
@@ -44,15 +46,28 @@ def _loss(name, s, t, where=None, temperature=TEMP, k=K):
   return losses.attention_map_loss(s, t, where=where)
 
 
-loss = jax.jit(_loss, static_argnames=('name', 'k'))
-
-
 @functools.partial(jax.jit, static_argnames=('name', 'k'))
-def loss_and_grads(name, s, t, where=None, temperature=TEMP, k=K):
-  """(loss [...], d sum(loss) / d student, d sum(loss) / d teacher)."""
-  f = lambda s, t: _loss(name, s, t, where, temperature, k).sum()  # noqa: E731
-  value, (grad_s, grad_t) = jax.value_and_grad(f, argnums=(0, 1))(s, t)
-  return _loss(name, s, t, where, temperature, k), grad_s, grad_t
+def _evaluate(name, k, s, t, where, temperature):
+  f = lambda s, t: _loss(name, s, t, where, temperature, k)  # noqa: E731
+  value, vjp = jax.vjp(f, s, t)
+  grad_s, grad_t = vjp(jnp.ones_like(value))
+  return value, grad_s, grad_t
+
+
+def evaluate(name, s, t, where=None, temperature=TEMP, k=K):
+  """(loss [...], d sum(loss) / d student, d sum(loss) / d teacher), one compile per shape."""
+  if where is None:  # an all-True mask, so masked and unmasked calls share a compilation
+    lead = s.shape[:-3] + s.shape[-2:-1] if name == 'attention_map' else s.shape[:-1]
+    where = np.ones(lead, bool)
+  return _evaluate(name, k, s, t, where, np.float32(temperature))
+
+
+def loss(*args, **kwargs):
+  return evaluate(*args, **kwargs)[0]
+
+
+# Forward only, for the one-off shapes of the hand-computed examples.
+forward = jax.jit(_loss, static_argnames=('name', 'k'))
 
 
 def _softmax(x):
@@ -83,7 +98,7 @@ def _inputs(name, seed, lead, scale=2.0):
 
 @pytest.mark.parametrize('name', LOGIT_LOSSES)
 def test_zero_when_student_equals_teacher(name):
-  _, t = _inputs(name, 0, (4, 3))
+  _, t = _inputs(name, 0, LEAD)
   np.testing.assert_allclose(loss(name, t, t), 0.0, atol=1e-6)
 
 
@@ -107,27 +122,22 @@ def test_attention_zero_when_maps_match():
 # --- non-negative ----------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames='name')
-def _at_temperatures(name, s, t):
-  temps = [0.5, 1.0, 4.0] if name in KL_TYPE else [TEMP]
-  return jnp.stack([_loss(name, s, t, temperature=temp) for temp in temps])
-
-
 @pytest.mark.parametrize('name', NAMES)
 def test_never_negative(name):
-  # Attention maps are [B, H, T, S] for a [B, T] result: their batch axis needs a T after it.
-  for lead in [(4, 8), (2, 3, 8)] if name == 'attention_map' else [(32,), (8, 4)]:
-    # Three seeds stacked on the batch axis, and logits of very different sharpness: rows
-    # scaled from 0.03 to 30.
-    pairs = [_inputs(name, seed, lead, scale=1.0) for seed in range(3)]
-    s, t = (np.concatenate(x, axis=0) for x in zip(*pairs))
-    if name in LOGIT_LOSSES:
-      scales = np.logspace(-1.5, 1.5, len(s), dtype=np.float32)
-      scales = scales.reshape((-1,) + (1,) * len(lead))
-      s, t = s * scales, t * scales[::-1]
-    values = _at_temperatures(name, s, t)
-    assert values.shape[1:] == (3 * lead[0],) + lead[1:]
-    assert np.all(np.asarray(values) >= 0.0), values.min()
+  # Shapes [B, T] and [B] (the one test_mask_equals_slicing also compiles), several seeds and
+  # temperatures, and logits or maps of very different sharpness: scales from 0.03 to 30.
+  scales = np.logspace(-1.5, 1.5, 12, dtype=np.float32)
+  temps = [0.5, 1.0, 4.0] if name in KL_TYPE else [TEMP]
+  for lead in [LEAD, (12,)]:
+    for seed in range(4):
+      if name in ('attention_map', 'hint'):
+        s, t = _inputs(name, seed, lead, scale=scales[seed * 3])
+      else:
+        s, t = _inputs(name, seed, lead, scale=1.0)
+        s, t = s * scales.reshape(lead + (1,)), t * scales[::-1].reshape(lead + (1,))
+      for temperature in temps:
+        value = np.asarray(loss(name, s, t, temperature=temperature))
+        assert value.shape == lead and np.all(value >= 0.0), (lead, seed, temperature)
 
 
 def test_attention_never_negative_across_head_counts():
@@ -144,8 +154,8 @@ def test_attention_never_negative_across_head_counts():
 
 @pytest.mark.parametrize('name', NAMES)
 def test_no_gradient_reaches_teacher(name):
-  s, t = _inputs(name, 1, (3, 2))
-  _, grad_s, grad_t = loss_and_grads(name, s, t)
+  s, t = _inputs(name, 1, LEAD)
+  _, grad_s, grad_t = evaluate(name, s, t)
   assert np.all(np.asarray(grad_t) == 0)
   assert np.any(np.asarray(grad_s) != 0)  # while the student does learn
 
@@ -169,9 +179,9 @@ def test_temperature_squared_keeps_gradient_scale(name):
   # the same at every T. The reverse KL's gradient, T p_s ((log p_s - log p_t) - KL), and the
   # top-k buckets' (sums of such classes) have the same first-order term. Without T^2 the
   # gradient would shrink as 1 / T^2, a factor 64 between T = 1 and T = 8.
-  s, t = _inputs(name, 3, (16,), scale=1.0)
+  s, t = _inputs(name, 3, LEAD, scale=1.0)
   temps = [1.0, 2.0, 4.0, 8.0]
-  norms = [float(jnp.linalg.norm(loss_and_grads(name, s, t, temperature=x)[1])) for x in temps]
+  norms = [float(jnp.linalg.norm(evaluate(name, s, t, temperature=x)[1])) for x in temps]
   assert max(norms) / min(norms) < 3.0, norms
   unscaled = [n / x**2 for n, x in zip(norms, temps)]
   assert max(unscaled) / min(unscaled) > 20.0, unscaled
@@ -182,9 +192,9 @@ def test_temperature_squared_keeps_gradient_scale(name):
 
 @pytest.mark.parametrize('name', [n for n in NAMES if n != 'attention_map'])
 def test_mask_equals_slicing(name):
-  # [B] examples, and [B, T] tokens of sequences padded after 5, 2 and 0 tokens.
-  token_mask = np.arange(5)[None, :] < np.array([5, 2, 0])[:, None]  # [B, T]
-  example_mask = np.array([True, False, True, True, False, True])
+  # [B] examples, and [B, T] tokens of sequences padded after 4, 2 and 0 tokens.
+  token_mask = np.arange(4)[None, :] < np.array([4, 2, 0])[:, None]  # [B, T] = LEAD
+  example_mask = np.arange(12) % 2 == 0  # [B]: 6 kept, as many as token_mask keeps
   for where in [example_mask, token_mask]:
     s, t = _inputs(name, 2, where.shape)  # e.g. [B, T, V] logits
     masked = np.asarray(loss(name, s, t, where))
@@ -211,20 +221,17 @@ def test_attention_mask_equals_slicing_query_rows():
 def test_token_level_distillation_with_padding(name):
   # [B, T, V] sequence logits with a [B, T] token mask: padding changes neither the mean over
   # real tokens nor the gradient, and gets exactly zero gradient itself.
-  where = np.arange(4)[None, :] < np.array([4, 2])[:, None]  # [2, 4]
-  s, t = _inputs(name, 4, (2, 4))
-  junk = np.where(where[..., None], 0.0, 50.0 * _inputs(name, 5, (2, 4))[0]).astype(np.float32)
-
-  @jax.jit
-  def run(s, t, junk):
-    mean = lambda s, t: _loss(name, s, t, where).sum() / where.sum()  # noqa: E731
-    return mean(s, t), mean(s + junk, t - junk), jax.grad(mean)(s, t), jax.grad(mean)(s + junk, t)
-
-  clean, padded, grad, grad_padded = (np.asarray(x) for x in run(s, t, junk))
-  np.testing.assert_allclose(padded, clean, rtol=1e-6)
+  where = np.arange(4)[None, :] < np.array([4, 1, 1])[:, None]  # [B, T] = LEAD
+  s, t = _inputs(name, 4, LEAD)
+  junk = np.where(where[..., None], 0.0, 50.0 * _inputs(name, 5, LEAD)[0]).astype(np.float32)
+  # The mean over real tokens, loss.sum() / where.sum(), and its gradient grad_s / where.sum().
+  clean, grad, _ = (np.asarray(x) for x in evaluate(name, s, t, where))
+  padded, grad_padded, _ = (np.asarray(x) for x in evaluate(name, s + junk, t - junk, where))
+  np.testing.assert_allclose(padded.sum() / where.sum(), clean.sum() / where.sum(), rtol=1e-6)
   assert np.all(grad_padded[~where] == 0) and np.all(grad[~where] == 0)
   np.testing.assert_allclose(grad_padded[where], grad[where], rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(clean, loss(name, s[where], t[where]).mean(), rtol=1e-6)
+  real = loss(name, s[where], t[where])  # [6 tokens]
+  np.testing.assert_allclose(clean.sum() / where.sum(), real.mean(), rtol=1e-6)
 
 
 # --- extreme and low-precision inputs --------------------------------------------------------
@@ -232,9 +239,9 @@ def test_token_level_distillation_with_padding(name):
 
 @pytest.mark.parametrize('name', [n for n in NAMES if n != 'attention_map'])
 def test_finite_for_huge_logits(name):
-  s, t = _inputs(name, 6, (4, 2))
+  s, t = _inputs(name, 6, LEAD)
   s, t = 1e4 * np.sign(s), 1e4 * np.sign(t)
-  value, grad_s, _ = loss_and_grads(name, s, t)
+  value, grad_s, _ = evaluate(name, s, t)
   assert np.all(np.isfinite(value)) and np.all(np.isfinite(grad_s))
   assert np.all(np.asarray(value) >= 0)
 
@@ -242,16 +249,16 @@ def test_finite_for_huge_logits(name):
 def test_attention_finite_when_student_ignores_a_key():
   t = np.array([[[[0.0, 1.0, 0.0]]]], np.float32)  # [1, 1, 1, 3]: keys 0 and 2 masked
   s = np.array([[[[1.0, 0.0, 0.0]]]], np.float32)  # the student puts nothing on key 1
-  value, grad, _ = loss_and_grads('attention_map', s, t)
+  value, grad, _ = evaluate('attention_map', s, t)
   np.testing.assert_allclose(value, [[-np.log(losses.ATTENTION_PROB_FLOOR)]], rtol=1e-6)
   assert np.all(np.isfinite(grad))
 
 
 @pytest.mark.parametrize('name', NAMES)
 def test_bf16_inputs_computed_in_float32(name):
-  s, t = _inputs(name, 8, (4, 3))
+  s, t = _inputs(name, 8, LEAD)
   s16, t16 = jnp.asarray(s, jnp.bfloat16), jnp.asarray(t, jnp.bfloat16)
-  value, grad, _ = loss_and_grads(name, s16, t16)
+  value, grad, _ = evaluate(name, s16, t16)
   assert value.dtype == jnp.float32
   assert grad.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(grad, np.float32)))
   # Exactly the float32 computation on the rounded inputs, and close to the unrounded one.
@@ -277,10 +284,10 @@ def test_teacher_topk():
 
 @pytest.mark.parametrize('scale', [2.0, 1e4])
 def test_topk_with_every_class_equals_full_loss(scale):
-  s, t = _inputs('topk', 10, (4, 2), scale=scale)
+  s, t = _inputs('topk', 10, LEAD, scale=scale)
   for temperature in [1.0, 3.0]:
-    topk, grad_topk, _ = loss_and_grads('topk', s, t, temperature=temperature, k=V)
-    full, grad_full, _ = loss_and_grads('distillation', s, t, temperature=temperature)
+    topk, grad_topk, _ = evaluate('topk', s, t, temperature=temperature, k=V)
+    full, grad_full, _ = evaluate('distillation', s, t, temperature=temperature)
     np.testing.assert_allclose(topk, full, rtol=1e-5, atol=1e-5)
     assert np.all(np.isfinite(grad_topk))
     np.testing.assert_allclose(grad_topk, grad_full, rtol=1e-5, atol=1e-5)
@@ -289,17 +296,12 @@ def test_topk_with_every_class_equals_full_loss(scale):
 def test_topk_is_a_coarsening_of_the_full_kl():
   # Merging classes into one bucket can only lower a KL (data-processing inequality); the top
   # k + 1 partition refines the top-k one, so the loss also grows with k up to the full KL.
-  s, t = _inputs('topk', 11, (64,), scale=1.5)
-
-  @jax.jit
-  def all_k(s, t):
-    return jnp.stack([_loss('topk', s, t, k=k) for k in range(1, V + 1)])  # [V, 64]
-
-  by_k = np.asarray(all_k(s, t))
+  s, t = _inputs('topk', 11, LEAD, scale=1.5)
+  by_k = np.stack([loss('topk', s, t, k=k) for k in [1, K, 6, V]])  # [4, B, T]
   full = np.asarray(loss('distillation', s, t))
   assert np.all(by_k - full <= 1e-6)
   assert np.all(np.diff(by_k, axis=0) >= -1e-6)
-  assert np.all(by_k[V // 2 - 1] < full)  # a strict coarsening loses something
+  assert np.all(by_k[1] < full)  # a strict coarsening loses something
   np.testing.assert_allclose(by_k[-1], full, rtol=1e-5, atol=1e-6)
 
 
@@ -314,7 +316,8 @@ def test_topk_by_hand():
   expected = temp**2 * (pb * np.log(pb / qb)).sum()
   _, idx = losses.teacher_topk(t, 2, temperature=temp)
   np.testing.assert_array_equal(idx, [1, 2])
-  np.testing.assert_allclose(loss('topk', s, t, temperature=temp, k=2), expected, rtol=1e-5)
+  got = forward('topk', s, t, temperature=temp, k=2)
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
 # --- hand-computed values --------------------------------------------------------------------
@@ -326,15 +329,15 @@ def test_reverse_kl_by_hand():
   temp = 2.0
   q, p = _softmax(s / temp), _softmax(t / temp)
   expected = temp**2 * (q * np.log(q / p)).sum(-1)
-  got = loss('reverse_kl', s, t, temperature=temp)
+  got = forward('reverse_kl', s, t, temperature=temp)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-  assert not np.allclose(got, loss('distillation', s, t, temperature=temp), rtol=1e-2)
+  assert not np.allclose(got, forward('distillation', s, t, temperature=temp), rtol=1e-2)
 
 
 def test_logit_mse_by_hand():
   s = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], np.float32)
   t = np.array([[1.0, 0.0, 4.0], [5.0, 5.0, 5.0]], np.float32)
-  np.testing.assert_allclose(loss('logit_mse', s, t), [(0 + 4 + 1) / 3, 25.0], rtol=1e-6)
+  np.testing.assert_allclose(forward('logit_mse', s, t), [(0 + 4 + 1) / 3, 25.0], rtol=1e-6)
 
 
 def test_hint_by_hand():
@@ -364,11 +367,11 @@ def test_attention_map_by_hand():
   s1 = np.array([[[[0.6, 0.3, 0.1]]]], np.float32)  # one student head: teacher heads averaged
   a = np.array([0.7, 0.3])  # grouped teacher row
   expected = (a * np.log(a / s1[0, 0, 0, :2])).sum()
-  np.testing.assert_allclose(loss('attention_map', s1, t), [[expected]], rtol=1e-5)
+  np.testing.assert_allclose(forward('attention_map', s1, t), [[expected]], rtol=1e-5)
   # Two student heads: matched one to one, KL averaged over heads.
   s2 = np.array([[[[0.6, 0.3, 0.1]], [[0.8, 0.2, 0.0]]]], np.float32)
   kl = [(t[0, h, 0, :2] * np.log(t[0, h, 0, :2] / s2[0, h, 0, :2])).sum() for h in range(2)]
-  np.testing.assert_allclose(loss('attention_map', s2, t), [[np.mean(kl)]], rtol=1e-5)
+  np.testing.assert_allclose(forward('attention_map', s2, t), [[np.mean(kl)]], rtol=1e-5)
   with pytest.raises(ValueError, match='attention maps'):
     losses.attention_map_loss(s2, t[..., :2])
 
@@ -378,8 +381,22 @@ def test_attention_map_by_hand():
 
 @pytest.mark.parametrize('name', NAMES)
 def test_jit_and_vmap(name):
-  s, t = _inputs(name, 12, (3, 2))
-  where = np.array([[True, False], [True, True], [False, True]])
-  jitted = loss(name, s, t, where)
+  s, t = _inputs(name, 12, LEAD)
+  where = np.array([[True, False, True, True], [True, True, False, False], [False] * 4])
+  jitted = np.asarray(loss(name, s, t, where))  # `evaluate` is jitted
   vmapped = jax.jit(jax.vmap(functools.partial(_loss, name)))(s, t, where)
   np.testing.assert_allclose(vmapped, jitted, rtol=1e-6)
+
+
+def test_rejects_non_positive_temperature():
+  x = np.zeros((1, V), np.float32)
+  logp, idx = np.zeros((1, 2), np.float32), np.zeros((1, 2), np.int32)
+  for bad in [0.0, -1.0, np.float32(0.0), float('nan')]:
+    with pytest.raises(ValueError, match='temperature'):
+      losses.reverse_kl_loss(x, x, temperature=bad)
+    with pytest.raises(ValueError, match='temperature'):
+      losses.teacher_topk(x, 2, temperature=bad)
+    with pytest.raises(ValueError, match='temperature'):
+      losses.topk_distillation_loss(x, logp, idx, temperature=bad)
+    with pytest.raises(ValueError, match='temperature'):
+      losses.distillation_loss(x, x, temperature=bad)
