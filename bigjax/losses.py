@@ -61,6 +61,8 @@ def softmax_cross_entropy(
 ) -> jax.Array:
   """[..., C] logits and [...] integer labels (or [..., C] probabilities) -> [...] loss.
 
+  -sum_c y_c log softmax(z)_c.
+  Legend: z logits, y the target distribution (one-hot of the label, or given), C classes.
   With `label_smoothing` e the target is (1 - e) * onehot + e / C (Szegedy et al., 2016).
   """
   logits = logits.astype(jnp.float32)
