@@ -83,7 +83,8 @@ def test_teacher_is_frozen_and_absent_from_the_students_state(tmp_path, data_dir
   # The checkpoint holds the student and the hint's projection (64 -> LeNet's width), no
   # teacher parameter (LeNet's convolutions), and no model state borrowed from it.
   assert names == student_names | {'loss_terms/hint/pair_0/kernel', 'loss_terms/hint/pair_0/bias'}
-  assert not names & teacher_names
+  assert not names & (teacher_names - student_names)  # no conv_*, fc_*
+  assert shapes['params'][('head', 'kernel')] == (16, 10)  # the student's head, not LeNet's
   assert shapes['params'][('loss_terms', 'hint', 'pair_0', 'kernel')][0] == 16
   # The optimiser state mirrors the trainable parameters only: its moments have exactly the
   # parameters' shapes.
