@@ -12,14 +12,14 @@ Recipe. Beyer et al. find two things matter: consistency (teacher and student se
 same augmented view, so no precomputed teacher outputs: the trainer gives both the same
 crop, flip and mix, and `distill.precompute` stays off) and patience (function matching
 keeps improving over far longer schedules than supervised training; they report no
-saturation after thousands of epochs). So: the student matches the teacher's function
-alone, KL(teacher || student) at temperature 1 with no label term (alpha = 1; the labels
-only score the evaluation); mixup on top of the inception crops makes more views of the
-input space for the teacher to label (alpha 0.2, our choice; with no label term a mixed
-image needs no mixed label); 200 epochs rather than the teacher's 90 (a budget choice:
-longer should help, --config.train.steps). The optimiser is the teacher's tested ResNet
-recipe (SGD momentum 0.9, lr 0.1 x batch / 256, 5 warm-up epochs then cosine, weight decay
-1e-4 on kernels, batch 1024, bfloat16) rather than the paper's, so nothing here is a
+saturation after thousands of epochs). So: the student matches the teacher's function alone,
+KL(teacher || student) at temperature 1 with no label term (alpha = 1, as in their function
+matching; the labels only score the evaluation); mixup on top of the inception crops makes
+more views of the input space for the teacher to label (alpha 0.2, our choice; with no label
+term a mixed image needs no mixed label); 200 epochs rather than the teacher's 90 (a budget
+choice: longer should help, --config.train.steps). The optimiser is the teacher's tested
+ResNet recipe (SGD momentum 0.9, lr 0.1 x batch / 256, 5 warm-up epochs then cosine, weight
+decay 1e-4 on kernels, batch 1024, bfloat16) rather than the paper's, so nothing here is a
 reproduction of their numbers. For the classic setting instead (Hinton et al., 2015: labels
 and soft targets): --config.distill.alpha=0.5 --config.distill.temperature=4.
 A FitNets hint (Romero et al., 2015) on the pooled features (512 -> 2048 through a learned

@@ -1,8 +1,10 @@
-"""The distillation configs train end to end (`test` argument) under `tfds.testing.mock_data`:
-the ResNet-50 -> ResNet-18 ImageNet config from a teacher workdir trained here (its latest
-checkpoint, and one `checkpoints/<step>` folder), the BERT-base -> BERT-tiny SST-2 config
-from a Hugging Face folder written by `bigjax.save_pretrained`; and bad `distill` settings
-end with one line and exit code 2, leaving no workdir behind."""
+"""The distillation configs under `tfds.testing.mock_data`: the ResNet-50 -> ResNet-18
+ImageNet config's `test` variant trains to its end from a teacher workdir written here, and
+the teacher it builds is the checkpoint `distill.teacher` names (the workdir's latest, or a
+`checkpoints/<step>` folder); the BERT-base -> BERT-tiny SST-2 config's trains from a
+Hugging Face folder written by `bigjax.save_pretrained`; the documented hint and attention
+options are wired; a missing teacher or an unknown loss is one line and exit code 2, and
+leaves no workdir behind."""
 
 import json
 import math
@@ -17,9 +19,10 @@ import tensorflow_datasets as tfds
 
 import bigjax
 from bigjax.train import cli
-from bigjax.train.cli import load_config
+from bigjax.train.cli import apply_override, load_config
 from bigjax.train.loop import build_run
 from bigjax.train.optim import param_path
+from bigjax.train.step import TERM_PARAMS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESNET = 'distill_resnet50_to_resnet18_imagenet2012'
@@ -94,6 +97,7 @@ def _flat(tree):
   return {param_path(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+@pytest.mark.slow
 def test_resnet_distillation_trains(resnet_teacher, tmp_path, capsys):
   """The config's `test` variant to its end, the teacher a workdir (its latest checkpoint)."""
   teacher, _ = resnet_teacher
@@ -157,9 +161,16 @@ def bert_teacher(tmp_path_factory):
   variables = jax.tree.map(lambda s: (0.5 * rng.standard_normal(s.shape)).astype(s.dtype), abstract)
   bigjax.save_pretrained(model, variables, str(folder))
   (folder / 'vocab.txt').write_text('\n'.join(VOCAB) + '\n')
+  # The teacher the run reads back: the 2-class head, not a pre-training one (whose logits
+  # the trainer would cut to the student's 2 columns without complaint).
+  with open(folder / 'config.json') as f:
+    assert json.load(f)['architectures'] == ['BertForSequenceClassification']
+  loaded, _ = bigjax.from_pretrained(str(folder))
+  assert (loaded.head, loaded.num_classes) == ('classification', 2)
   return folder
 
 
+@pytest.mark.slow
 def test_bert_distillation_from_hugging_face_folder(bert_teacher, tmp_path, capsys):
   workdir = tmp_path / 'student'
   with tfds.testing.mock_data(num_examples=48):
@@ -181,12 +192,51 @@ def test_bert_distillation_from_hugging_face_folder(bert_teacher, tmp_path, caps
   assert not os.path.exists(workdir / 'tokenizer.json')  # read the teacher's, learned none
 
 
+# --- the documented options are wired (built, not trained: their losses live elsewhere) ---
+
+
+def _build(name, workdir, **overrides):
+  config, _ = load_config(f'{_config(name)}:test')
+  for key, value in overrides.items():
+    apply_override(config, key, str(value))
+  with tfds.testing.mock_data(num_examples=32):
+    run = build_run(config, str(workdir))
+  run.checkpointer.close()
+  return run
+
+
+def test_resnet_feature_hint_option(resnet_teacher, tmp_path):
+  """hint_weight > 0 turns on the config's 'features:features' hint: the student's pooled
+  features get a projection to the teacher's width (16 -> 64 at the test sizes; 512 -> 2048
+  for ResNet-18 and ResNet-50), trained with the student."""
+  teacher, _ = resnet_teacher
+  overrides = {'distill.teacher': teacher, 'distill.hint_weight': 1.0}
+  run = _build(RESNET, tmp_path / 'student', **overrides)
+  assert "hints='features:features' x1.0" in run.notes[-1], run.notes
+  projection = run.abstract.params[TERM_PARAMS]['hint']['pair_0']
+  assert projection['kernel'].shape == (16, 64) and projection['bias'].shape == (64,)
+
+
+def test_bert_attention_option(bert_teacher, tmp_path):
+  """attention_weight > 0 pairs the student's attention maps with the teacher's."""
+  overrides = {
+    'distill.teacher': bert_teacher,
+    'data.tokenizer': bert_teacher,
+    'distill.attention_weight': 1.0,
+  }
+  run = _build(BERT, tmp_path / 'student', **overrides)
+  assert run.notes[-1].endswith('attention x1.0'), run.notes
+
+
 # --- bad input: one line, exit code 2, no workdir ----------------------------------------
 
 
+@pytest.mark.parametrize('existing', [False, True], ids=['new_workdir', 'empty_workdir'])
 @pytest.mark.parametrize('name', [RESNET, BERT])
-def test_missing_teacher_is_one_line(name, bert_teacher, tmp_path, capsys):
+def test_missing_teacher_is_one_line(name, existing, bert_teacher, tmp_path, capsys):
   workdir = tmp_path / 'run'
+  if existing:
+    workdir.mkdir()
   flags = ['--config.distill.teacher=/does/not/exist']
   if name == BERT:  # a vocabulary that exists, so that the teacher is what is missing
     flags.append(f'--config.data.tokenizer={bert_teacher}')
@@ -197,7 +247,8 @@ def test_missing_teacher_is_one_line(name, bert_teacher, tmp_path, capsys):
   assert code == 2, err
   assert len(err.splitlines()) == 1, err
   assert err.startswith("error: distill.teacher '/does/not/exist' does not exist"), err
-  assert not os.path.exists(workdir)
+  # Nothing written: not config.json, not the tokenizer, not the folder itself.
+  assert os.listdir(workdir) == [] if existing else not os.path.exists(workdir)
 
 
 def test_unknown_loss_through_train_py(tmp_path):
