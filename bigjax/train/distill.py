@@ -344,6 +344,27 @@ def check(config: ml_collections.ConfigDict) -> None:
   parse_pairs(d.hints, 'hints')
 
 
+def _check_outputs(task: Task, student: nn.Module, teacher: Teacher, inputs: tuple) -> None:
+  """The teacher's logits must line up with the student's: the same shape, except that a
+  language model's vocabulary may be padded further on one side (cut to the shorter)."""
+
+  def logits(model, variables):
+    return as_output(model.apply(variables, *inputs, train=False)).logits
+
+  s_vars = jax.eval_shape(
+    lambda r: student.init({'params': r, 'dropout': r}, *inputs, train=False),
+    jax.random.key(0),
+  )
+  s = jax.eval_shape(lambda v: logits(student, v), s_vars).shape
+  t = jax.eval_shape(lambda v: logits(teacher.model, v), teacher.variables).shape
+  padded_vocab = task.name in ('lm', 'seq2seq')
+  if s[:-1] != t[:-1] or (s[-1] != t[-1] and not padded_vocab):
+    raise ValueError(
+      f'distill: the teacher ({teacher.description}) gives logits {t[1:]} per example and the '
+      f'student {s[1:]}: distil from a teacher of the same task and label space'
+    )
+
+
 def _sown(model, variables, inputs) -> PyTree:
   """The intermediates `model` sows on `inputs` (shapes only)."""
 
@@ -380,6 +401,7 @@ def setup(
     teacher_sown = _sown(teacher.model, teacher.variables, inputs)
     terms += hint_terms(config, task, student_sown, teacher_sown)
     terms += attention_terms(config, task, student_sown, teacher_sown)
+  _check_outputs(task, student, teacher, inputs)
   model = teacher.model
 
   def forward(frozen, batch):

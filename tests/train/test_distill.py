@@ -135,11 +135,13 @@ def test_interrupted_distillation_resumes_to_the_same_parameters(tmp_path, data_
     assert np.array_equal(a[k], b[k]), k
 
 
-def test_precomputed_store_gives_the_online_soft_loss(tmp_path, data_dir, teacher):
+@pytest.mark.parametrize('loss, top_k', [('kl', 0), ('topk', 3)])
+def test_precomputed_store_gives_the_online_soft_loss(tmp_path, data_dir, teacher, loss, top_k):
   online = str(tmp_path / 'online')
   stored = str(tmp_path / 'stored')
-  train(build_run(_student(data_dir, teacher, steps=3, temperature=2.0), online), tty=False)
-  c = _student(data_dir, teacher, steps=3, temperature=2.0, precompute=True)
+  options = dict(temperature=2.0, loss=loss, top_k=top_k)
+  train(build_run(_student(data_dir, teacher, steps=3, **options), online), tty=False)
+  c = _student(data_dir, teacher, steps=3, precompute=True, **options)
   train(build_run(c, stored), tty=False)
   store = os.path.join(stored, distill.STORE_DIR)
   assert os.path.exists(os.path.join(store, 'meta.json'))
@@ -149,6 +151,8 @@ def test_precomputed_store_gives_the_online_soft_loss(tmp_path, data_dir, teache
   for x, y in zip(a, b):  # no augmentation: the stored logits are the online ones
     np.testing.assert_allclose(x['distill'], y['distill'], rtol=2e-5)
     np.testing.assert_allclose(x['objective'], y['objective'], rtol=2e-5)
+  if top_k:
+    return
   # A resumed run reads the same store: not recomputed; another teacher is refused (full
   # logits do not depend on the temperature, the teacher's path does).
   stamp = os.path.getmtime(os.path.join(store, 'meta.json'))
@@ -182,6 +186,12 @@ def test_bad_teacher_settings_fail_before_anything_is_written(tmp_path, data_dir
       build_run(c, workdir)
     assert '\n' not in str(info.value)
     assert not os.path.exists(workdir), options
+  # A teacher of another label space (10 classes for a 12-class student).
+  c = _student(data_dir, teacher)
+  c.model.num_classes = 12
+  with pytest.raises(ValueError, match='same task and label space'):
+    build_run(c, workdir)
+  assert not os.path.exists(workdir)
 
 
 def test_layer_pairs_spread_evenly_and_parse():
