@@ -1,0 +1,31 @@
+"""Distillation demo 3: a GPT-2 teaches a smaller Llama-style Transformer (another block
+design, fewer heads and layers) its next-byte distribution and its attention maps.
+
+Teacher: the nano GPT-2 of configs/gpt_nano_pystdlib.py (4 layers, 4 heads, learned
+positions, LayerNorm, GELU), as in distill_gpt_to_nano_pystdlib.
+Student: Llama's block (RMSNorm, rotary positions, SwiGLU, grouped-query attention with one
+key/value head, no biases) at 2 layers of width 64 with 2 heads, trained for 400 steps with
+the nano recipe. Soft loss: the KL per byte at temperature 1, alpha 0.5, plus attention-map
+distillation (MiniLM-style KL between attention distributions; the teacher's 4 heads averaged
+in 2 groups to meet the student's 2): student layer 0 learns teacher layer 1 and student
+layer 1 teacher layer 3 (the default even spread, last to last). The control (`:scratch`)
+is the same student, data, steps and seeds with distillation off.
+
+Command: python train.py --config configs/distill_gpt_to_llama_pystdlib.py --workdir W
+"""
+
+from configs import common
+from configs.distill_gpt_to_nano_pystdlib import STEPS, STUDENT, TEACHER
+
+
+def get_config(arg=None):
+  test, scratch = common.distill_args(arg)
+  c = common.byte_gpt_lm(common.LLAMA_BLOCK, mlp_ratio=2 / 3, test=test)
+  c.model.num_kv_heads = 1
+  if not test:
+    c.model.update(STUDENT)
+    c.model.mlp_dim = 168  # 2/3 of 256 (a gated MLP with the dense one's parameters), x8
+    c.train.update(steps=STEPS, checkpoint_every=STEPS)
+  c.distill.update(teacher='' if scratch else TEACHER, loss='kl', alpha=0.5, temperature=1.0)
+  c.distill.attention_weight = 1.0
+  return c
