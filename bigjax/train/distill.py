@@ -57,6 +57,7 @@ import numpy as np
 
 from bigjax import losses
 from bigjax.outputs import ModelOutput, as_output
+from bigjax.train import init_from
 from bigjax.train.step import INTERMEDIATES, LossTerm
 from bigjax.train.tasks import Task
 from bigjax.typing import Batch, PyTree
@@ -91,15 +92,15 @@ def load_teacher(path: str) -> Teacher:
       f'distill.teacher {path!r} does not exist: point it at a bigjax workdir, one of its '
       'checkpoints/<step> folders or a Hugging Face folder'
     )
-  has = lambda name: os.path.exists(os.path.join(path, name))  # noqa: E731
   at = _checkpoint_folder(path)
   if at is not None:
     config, model, variables = restore_from_workdir(*at)
     return Teacher(model, variables, f'{config.model.name} from {at[0]} (step {at[1]})')
-  if has('config.json') and has('checkpoints'):
+  kind = init_from.folder_kind(path)
+  if kind == 'workdir':
     config, model, variables = restore_from_workdir(path)
     return Teacher(model, variables, f'{config.model.name} from {path} (latest checkpoint)')
-  if has('config.json') and (has('model.safetensors') or has('model.safetensors.index.json')):
+  if kind == 'pretrained':
     from bigjax.convert import from_pretrained
 
     model, variables = from_pretrained(path)

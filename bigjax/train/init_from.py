@@ -145,6 +145,19 @@ def _pretrained_source(path: str) -> Source:
   return Source(path, 'Hugging Face folder', model_type, type(model).__name__, None, shapes, read)
 
 
+def folder_kind(path: str) -> str | None:
+  """'workdir' for a bigjax workdir (config.json + checkpoints/), 'pretrained' for a Hugging
+  Face style folder (config.json + model.safetensors, or its sharded index), else None."""
+  has = lambda name: os.path.exists(os.path.join(path, name))  # noqa: E731
+  if not (os.path.isdir(path) and has('config.json')):
+    return None
+  if has('checkpoints'):
+    return 'workdir'
+  if has('model.safetensors') or has('model.safetensors.index.json'):
+    return 'pretrained'
+  return None
+
+
 def open_source(path: str) -> Source:
   """Reads what PATH holds (names, shapes, model class); raises a one-line error for a
   missing path or a folder that is neither a bigjax workdir nor a Hugging Face folder."""
@@ -154,12 +167,11 @@ def open_source(path: str) -> Source:
       f'init_from {path!r} does not exist: pass a bigjax workdir or a Hugging Face style '
       'folder (config.json + model.safetensors)'
     )
-  has = lambda name: os.path.exists(os.path.join(path, name))  # noqa: E731
-  if os.path.isdir(path) and has('config.json'):
-    if has('checkpoints'):
-      return _workdir_source(path)
-    if has('model.safetensors') or has('model.safetensors.index.json'):
-      return _pretrained_source(path)
+  kind = folder_kind(path)
+  if kind == 'workdir':
+    return _workdir_source(path)
+  if kind == 'pretrained':
+    return _pretrained_source(path)
   raise FileNotFoundError(
     f'init_from {path!r} is neither a bigjax workdir (config.json + checkpoints/) nor a '
     'Hugging Face style folder (config.json + model.safetensors): point it at one of those'

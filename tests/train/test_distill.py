@@ -201,3 +201,23 @@ def test_layer_pairs_spread_evenly_and_parse():
   assert distill.layer_pairs('0:1, -1:-1', 2, 4) == [(0, 1), (1, 3)]
   with pytest.raises(ValueError, match='attention layers'):
     distill.layer_pairs('2:0', 2, 4)
+
+
+def test_student_starts_from_a_checkpoint_while_distilling(tmp_path, data_dir, teacher):
+  start = str(tmp_path / 'start')
+  train(build_run(_student(data_dir, '', steps=2), start), tty=False)
+  workdir = str(tmp_path / 'student')
+  c = _student(data_dir, teacher, steps=2, hints='features:features', hint_weight=0.1)
+  c.init_from = start
+  run = build_run(c, workdir)
+  state, _ = run.initial_state(run.data.train_iter(16, 0))
+  loaded = _flat(restore_from_workdir(start)[2]['params'])
+  got = _flat(state.variables['params'])
+  assert got.keys() == loaded.keys()
+  assert all(np.array_equal(got[k], v) for k, v in loaded.items())
+  with open(os.path.join(workdir, 'init_from.json')) as f:
+    report = json.load(f)
+  assert sorted(report['loaded']) == sorted(loaded)
+  assert report['new'] == ['loss_terms/hint/pair_0/bias', 'loss_terms/hint/pair_0/kernel']
+  train(run, tty=False)
+  assert all(m['distill'] > 0 for m in _metrics(workdir) if m['split'] == 'train')
