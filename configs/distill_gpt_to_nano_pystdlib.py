@@ -1,7 +1,7 @@
 """Distillation demo 2: a nano GPT teaches a GPT a sixth its size to model Python source.
 
 Teacher: configs/gpt_nano_pystdlib.py (4 layers of width 128, 842,496 parameters); the demo
-(bench/distill_demos.py) trains it for 800 of its 2,200 steps to fit its time budget.
+(bench/distill_demos.py) trains it for 1,200 of its 2,200 steps to fit its time budget.
 Student: the same GPT-2 block at 2 layers of width 64, 2 heads, MLP 256, trained for 400
 steps of 32 windows of 128 bytes with the nano recipe (AdamW lr 5e-3, cosine). Soft loss:
 the KL per byte to the teacher's next-byte distribution at temperature 1 (the padding of a

@@ -49,6 +49,7 @@ def teachers(tmp_path_factory, data_dir):
       # A 1-layer, 2-head student learns the 2-layer, 4-head teacher's last attention maps.
       {'model.num_layers': 1, 'model.num_heads': 2, 'distill.attention_weight': 1.0},
     ),
+    ('distill_gpt_to_llama_pystdlib', 'gpt_nano_pystdlib', {}),
     ('distill_gpt_to_lstm_pystdlib', 'gpt_nano_pystdlib', {}),
   ],
 )
@@ -59,7 +60,7 @@ def test_distillation_demo_trains_both_arms(demo, teacher, extra, teachers, tmp_
   assert result  # a final evaluation
   rows = _train_rows(distilled)
   assert rows and all(r['distill'] > 0 for r in rows)
-  if 'distill.attention_weight' in extra:
+  if config.distill.attention_weight:
     assert all(r['attention'] > 0 for r in rows)
 
   scratch = str(tmp_path / 'scratch')
