@@ -1,7 +1,7 @@
-"""The three distillation demos' `test` variants train end to end, distilled and from
-scratch, each with a teacher that is a tiny run of its own config: a ResNet teaching an MLP
-from a few labels, a GPT teaching a smaller GPT (with attention maps across head counts)
-and a GPT teaching an LSTM."""
+"""The distillation demos' `test` variants train end to end, distilled and from scratch,
+each with a teacher that is a tiny run of its own config: a ResNet teaching an MLP from a
+few labels, a GPT teaching a smaller GPT (here with attention maps across head counts), a
+Llama-style student (attention maps across block designs) and an LSTM."""
 
 import json
 import os
