@@ -35,8 +35,10 @@ def get_config(arg=None):
   c.data.labelled_examples = LABELLED
   c.optim.update(name='adamw', lr=2e-3, weight_decay=1e-4)
   c.schedule.update(name='cosine', warmup_steps=50)
-  c.train.update(steps=600, batch_size=128, eval_batch_size=128)
-  c.train.update(log_every=100, eval_every=0, checkpoint_every=600)
+  # 300 steps (27 epochs): the 600 of mlp_digits gave the same accuracies (0.922 +- 0.006
+  # from scratch, 0.992 distilled, 3 seeds) at twice the time; the pipeline sets the pace.
+  c.train.update(steps=300, batch_size=128, eval_batch_size=128)
+  c.train.update(log_every=100, eval_every=0, checkpoint_every=300)
   c.distill.update(teacher='' if scratch else TEACHER, loss='kl', alpha=0.9, temperature=4.0)
   if test:
     common.shrink_for_test(c)
