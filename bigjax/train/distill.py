@@ -60,6 +60,7 @@ from bigjax.outputs import ModelOutput, as_output
 from bigjax.train import init_from
 from bigjax.train.step import INTERMEDIATES, LossTerm
 from bigjax.train.tasks import Task
+from bigjax.train.workdir import restore_from_workdir
 from bigjax.typing import Batch, PyTree
 
 LOSSES = ('kl', 'reverse_kl', 'mse', 'topk')
@@ -84,8 +85,6 @@ def _checkpoint_folder(path: str) -> tuple[str, int] | None:
 
 def load_teacher(path: str) -> Teacher:
   """The teacher named by `distill.teacher`; one-line errors for anything else."""
-  from bigjax.train.loop import restore_from_workdir  # loop imports this module
-
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):
     raise FileNotFoundError(

@@ -10,7 +10,6 @@ in optimiser updates of train.batch_size examples.
 import contextlib
 import dataclasses
 import functools
-import json
 import os
 import signal
 import tempfile
@@ -20,18 +19,16 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
 from bigjax.data.pipeline import Data
-from bigjax.registry import create_model, model_spec
 from bigjax.train import distill, init_from, optim, sharding
 from bigjax.train.checkpoint import Checkpointer, fingerprint
 from bigjax.train.report import Reporter, plot_curves
-from bigjax.train.state import TrainState, init_state, split_variables
+from bigjax.train.state import TrainState, init_state
 from bigjax.train.step import (
   LossTerm,
   add_metrics,
@@ -41,22 +38,8 @@ from bigjax.train.step import (
   summarize,
 )
 from bigjax.train.tasks import Task, get_task, task_for
+from bigjax.train.workdir import DTYPES, build_model, restore_from_workdir  # noqa: F401
 from bigjax.typing import PRNGKey, PyTree
-
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-
-
-def build_model(config: ml_collections.ConfigDict):
-  """The model named by `config.model`, with its overrides and the compute dtype."""
-  overrides = {k: v for k, v in config.model.items() if k != 'name'}
-  overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-  dtype = config.train.get('compute_dtype', 'float32')
-  if dtype not in DTYPES:
-    raise ValueError(f'unknown train.compute_dtype {dtype!r}; choose one of {list(DTYPES)}')
-  cls, _ = model_spec(config.model.name)
-  if dtype != 'float32' and 'dtype' in cls.__dataclass_fields__:
-    overrides['dtype'] = DTYPES[dtype]  # bf16 compute, fp32 parameters
-  return create_model(config.model.name, **overrides)
 
 
 def check_workdir(workdir: str) -> None:
@@ -444,42 +427,3 @@ def train_and_evaluate(
 ) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns final eval."""
   return train(build_run(config, workdir), tty=tty)
-
-
-def restore_from_workdir(workdir: str, step: int | None = None):
-  """Loads a run's config and the model's variables at `step` (default: the latest
-  checkpoint): (config, model, variables). Reads the parameters and model state only (no
-  optimiser state, no data iterator, no loss terms' own parameters such as a distillation
-  hint's projection), as numpy arrays."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{workdir!r} has no config.json: is it a bigjax workdir?')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  checkpointer = Checkpointer(workdir, read_only=True)
-  try:
-    if step is None:
-      step = checkpointer.latest_step()
-      if step is None:
-        raise FileNotFoundError(f'{workdir!r} has no checkpoint yet: train it first')
-    elif step not in checkpointer.manager.all_steps():
-      raise FileNotFoundError(
-        f'{workdir!r} has no committed checkpoint at step {step}: it has steps '
-        f'{sorted(checkpointer.manager.all_steps())}'
-      )
-    meta = checkpointer.meta(step)
-    inputs = tuple(np.zeros(shape, dtype) for shape, dtype in meta['inputs'])
-    model = build_model(config)
-
-    def shapes(rng):
-      variables = model.init({'params': rng, 'dropout': rng}, *inputs, train=False)
-      return split_variables(model, variables, rng, inputs)
-
-    params, model_state = jax.eval_shape(shapes, jax.random.key(0))
-    target = {'params': params}
-    if model_state:
-      target['model_state'] = model_state
-    restored = checkpointer.restore_subset(step, target)
-  finally:
-    checkpointer.close()
-  return config, model, {'params': restored['params'], **restored.get('model_state', {})}
