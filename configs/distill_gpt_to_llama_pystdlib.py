@@ -12,7 +12,9 @@ distillation with weight 0.1 (MiniLM-style KL between attention distributions; t
 (seed 0, a 1,200-step teacher): scratch 2.427 bits per byte, soft loss alone 2.318, soft
 loss + attention maps at weight 0.1 2.284; at weight 1.0 (with an 800-step teacher) the
 maps hurt (2.513). The control (`:scratch`)
-is the same student, data, steps and seeds with distillation off.
+is the same student, data, steps and seeds with distillation off. Measured (2026-11-29,
+seeds 0/1/2, held-out stdlib files): 2.400 +- 0.033 bits per byte from scratch (54 s a
+run), 2.267 +- 0.015 distilled (96 s), every seed better.
 
 Command: python train.py --config configs/distill_gpt_to_llama_pystdlib.py --workdir W
 """
