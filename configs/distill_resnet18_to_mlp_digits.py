@@ -10,6 +10,8 @@ Student: the MLP of configs/mlp_digits.py (2 x 256, ReLU, dropout 0.1) on 32x32 
 Distillation: KL at temperature 4 (Hinton et al., 2015), alpha 0.9 (the labelled examples
 also keep their cross-entropy); the teacher runs inside each train step on the same
 augmented batch (function matching, Beyer et al., 2022).
+Measured (2026-11-29, seeds 0/1/2, 359 test digits): 0.9090 +- 0.0016 from scratch (47 s a
+run on 2 idle cores), 0.9916 +- 0.0000 distilled (52 s), every seed better.
 
 Command: python train.py --config configs/resnet18_digits.py --workdir runs/resnet18_digits
          python train.py --config configs/distill_resnet18_to_mlp_digits.py --workdir W
