@@ -344,17 +344,13 @@ def check(config: ml_collections.ConfigDict) -> None:
   parse_pairs(d.hints, 'hints')
 
 
-def _check_outputs(task: Task, student: nn.Module, teacher: Teacher, inputs: tuple) -> None:
+def _check_outputs(task: Task, student: nn.Module, s_vars, teacher: Teacher, inputs) -> None:
   """The teacher's logits must line up with the student's: the same shape, except that a
   language model's vocabulary may be padded further on one side (cut to the shorter)."""
 
   def logits(model, variables):
     return as_output(model.apply(variables, *inputs, train=False)).logits
 
-  s_vars = jax.eval_shape(
-    lambda r: student.init({'params': r, 'dropout': r}, *inputs, train=False),
-    jax.random.key(0),
-  )
   s = jax.eval_shape(lambda v: logits(student, v), s_vars).shape
   t = jax.eval_shape(lambda v: logits(teacher.model, v), teacher.variables).shape
   padded_vocab = task.name in ('lm', 'seq2seq')
@@ -392,16 +388,16 @@ def setup(
   teacher = teacher or load_teacher(d.teacher)
   want = bool(d.hint_weight and d.hints) or bool(d.attention_weight)
   terms = [LossTerm('distill', float(d.alpha), soft_loss_fn(config, task))]
+  s_vars = jax.eval_shape(  # the student's variables, shapes only
+    lambda r: student.init({'params': r, 'dropout': r}, *inputs, train=False),
+    jax.random.key(0),
+  )
   if want:
-    s_vars = jax.eval_shape(
-      lambda r: student.init({'params': r, 'dropout': r}, *inputs, train=False),
-      jax.random.key(0),
-    )
     student_sown = _sown(student, s_vars, inputs)
     teacher_sown = _sown(teacher.model, teacher.variables, inputs)
     terms += hint_terms(config, task, student_sown, teacher_sown)
     terms += attention_terms(config, task, student_sown, teacher_sown)
-  _check_outputs(task, student, teacher, inputs)
+  _check_outputs(task, student, s_vars, teacher, inputs)
   model = teacher.model
 
   def forward(frozen, batch):

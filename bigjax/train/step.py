@@ -16,7 +16,7 @@ Seams for objectives that need more than the task:
                 a per-element loss shaped like `task.weights(batch)`; it adds
                 weight * sum(w * fn) / sum(w) to the objective and is reported under `name`.
                 A term with `init` has trainable parameters of its own (a hint's projection):
-                `init(rng)` makes them, they live in `state.params[TERM_PARAMS][name]` (so
+                `init(rng)` makes them, they live in `state.params[TERM_PARAMS_KEY][name]` (so
                 the optimiser, checkpoints and resume treat them like the model's) and `fn`
                 gets them as a fourth argument. A term with `intermediates=True` sees the
                 student's sown intermediates in `outputs.features[INTERMEDIATES]`.
@@ -46,9 +46,6 @@ from bigjax.typing import Batch, PRNGKey, PyTree
 
 # The eval step's key for per-example values (`Task.collect`), gathered by `summarize`.
 COLLECTED = 'collected'
-# Where the loss terms' own trainable parameters sit in `TrainState.params` (never passed
-# to the model: `TrainState.variables` leaves them out).
-TERM_PARAMS = TERM_PARAMS_KEY
 # Where a term that asks for them finds the student's sown intermediates.
 INTERMEDIATES = 'intermediates'
 
@@ -158,7 +155,7 @@ def make_train_step(
         for term in loss_terms:
           args = (outputs, micro, frozen_outputs)
           if term.init is not None:
-            args = (*args, params[TERM_PARAMS][term.name])
+            args = (*args, params[TERM_PARAMS_KEY][term.name])
           terms[term.name] = weighted_sum(term.fn(*args)) / total_weight
           objective = objective + term.weight * terms[term.name]
         return objective, (outputs, new_model_state, terms)

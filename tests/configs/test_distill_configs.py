@@ -22,7 +22,7 @@ from bigjax.train import cli
 from bigjax.train.cli import apply_override, load_config
 from bigjax.train.loop import build_run
 from bigjax.train.optim import param_path
-from bigjax.train.step import TERM_PARAMS
+from bigjax.train.state import TERM_PARAMS_KEY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESNET = 'distill_resnet50_to_resnet18_imagenet2012'
@@ -213,7 +213,7 @@ def test_resnet_feature_hint_option(resnet_teacher, tmp_path):
   overrides = {'distill.teacher': teacher, 'distill.hint_weight': 1.0}
   run = _build(RESNET, tmp_path / 'student', **overrides)
   assert "hints='features:features' x1.0" in run.notes[-1], run.notes
-  projection = run.abstract.params[TERM_PARAMS]['hint']['pair_0']
+  projection = run.abstract.params[TERM_PARAMS_KEY]['hint']['pair_0']
   assert projection['kernel'].shape == (16, 64) and projection['bias'].shape == (64,)
 
 
