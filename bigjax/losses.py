@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bigjax.outputs import PADDED_LOGIT, LazyLogits
+
 # Floor on student attention probabilities inside the log of `attention_map_loss`: a key the
 # student ignores but the teacher attends to costs at most -log(1e-9) ~ 20.7 nats per unit of
 # teacher mass instead of inf.
@@ -52,8 +54,31 @@ def _kl_terms(p_logp: jax.Array, q_logp: jax.Array) -> jax.Array:
   return jnp.where(has_mass, jnp.exp(safe_p_logp) * (safe_p_logp - safe_q_logp), 0.0)
 
 
+def _real_columns(logits: jax.Array) -> jax.Array:
+  """[..., C] -> [..., C] bool: the columns that are not vocabulary padding (PADDED_LOGIT)."""
+  return logits > PADDED_LOGIT / 2
+
+
+def _cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
+  """float32 [..., C] logits and [...] integer labels -> [...] cross-entropy.
+
+  Label smoothing spreads its mass over the real columns only: padded vocabulary columns
+  (PADDED_LOGIT) are not classes and get no target mass (else each would add e / C * 1e9).
+  """
+  logp = jax.nn.log_softmax(logits)  # [..., C]
+  # A compare-and-sum, not a gather: it fuses with the softmax, and a label outside [0, C)
+  # scores 0 as a one-hot target would.
+  hit = jnp.arange(logits.shape[-1]) == labels[..., None]  # [..., C]
+  loss = -jnp.sum(jnp.where(hit, logp, 0.0), -1)
+  if label_smoothing:
+    real = _real_columns(logits)
+    uniform = -jnp.sum(jnp.where(real, logp, 0.0), -1) / jnp.sum(real, -1)  # [...]
+    loss = (1.0 - label_smoothing) * loss + label_smoothing * uniform
+  return loss
+
+
 def softmax_cross_entropy(
-  logits: jax.Array,
+  logits: jax.Array | LazyLogits,
   labels: jax.Array,
   *,
   label_smoothing: float = 0.0,
@@ -63,17 +88,30 @@ def softmax_cross_entropy(
 
   -sum_c y_c log softmax(z)_c.
   Legend: z logits, y the target distribution (one-hot of the label, or given), C classes.
-  With `label_smoothing` e the target is (1 - e) * onehot + e / C (Szegedy et al., 2016).
+  With `label_smoothing` e the target is (1 - e) * onehot + e / C (Szegedy et al., 2016),
+  C counting the real classes only (not padded vocabulary columns, see `_cross_entropy`).
+  `LazyLogits` (chunked cross-entropy) are scored chunk by chunk and never materialised.
   """
+  if isinstance(logits, LazyLogits):
+    loss = logits.map_chunks(lambda z, y: _cross_entropy(z, y, label_smoothing), labels)
+    return _masked(loss, where)
   logits = logits.astype(jnp.float32)
-  num_classes = logits.shape[-1]
   if labels.ndim == logits.ndim:  # already a distribution (mixup / cutmix)
     targets = labels.astype(jnp.float32)
-  else:
-    targets = jax.nn.one_hot(labels, num_classes)
-  if label_smoothing:
-    targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
-  return _masked(optax.softmax_cross_entropy(logits, targets), where)
+    if label_smoothing:
+      targets = targets * (1.0 - label_smoothing) + label_smoothing / logits.shape[-1]
+    return _masked(optax.softmax_cross_entropy(logits, targets), where)
+  return _masked(_cross_entropy(logits, labels, label_smoothing), where)
+
+
+def cross_entropy_and_argmax(
+  logits: jax.Array | LazyLogits, labels: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  """[..., C] logits and [...] integer labels -> ([...] cross-entropy, [...] argmax class),
+  in one pass over `LazyLogits` (what token metrics need, without a second chunked pass)."""
+  if isinstance(logits, LazyLogits):
+    return logits.map_chunks(lambda z, y: (_cross_entropy(z, y, 0.0), jnp.argmax(z, -1)), labels)
+  return softmax_cross_entropy(logits, labels), jnp.argmax(logits, -1)
 
 
 def distillation_loss(

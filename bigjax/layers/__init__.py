@@ -3,6 +3,7 @@
 from bigjax.layers.activations import ACTIVATIONS, activation
 from bigjax.layers.attention import MultiHeadAttention, causal_mask, padding_mask
 from bigjax.layers.blocks import BlockConfig, DecoderBlock, EncoderBlock
+from bigjax.layers.heads import OutputKernel
 from bigjax.layers.mlp import MlpBlock
 from bigjax.layers.moe import MoeBlock
 from bigjax.layers.norms import NORMS, make_norm
@@ -20,6 +21,7 @@ __all__ = [
   'MlpBlock',
   'MoeBlock',
   'MultiHeadAttention',
+  'OutputKernel',
   'activation',
   'causal_mask',
   'logical_axes',

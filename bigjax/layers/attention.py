@@ -8,6 +8,8 @@ Masks are boolean and broadcast to [B, H, T, S]; True means "may attend". A modu
 the mask in parts so a fused kernel sees what it can use: `key_valid` [B, S] (padding),
 `causal` (a flag, not a matrix) and an optional explicit `mask`. When causality is the
 only constraint it reaches the kernel as `is_causal=True` and no [T, S] mask is built.
+On the cuDNN path key padding reaches the kernel as per-row key lengths (`key_lengths`), so
+it assumes right padding (the keys after a row's first invalid one are padding too).
 
 Cached decoding (`decode=True`, self-attention only): the keys, values and key validity
 of every call are written into the `cache` collection at `cache_index` (create it with
@@ -29,7 +31,11 @@ import jax.numpy as jnp
 from bigjax.layers.positional import rotary
 from bigjax.typing import Dtype
 
-IMPLEMENTATIONS = (None, 'xla', 'cudnn')
+# None / 'xla': XLA's attention; 'cudnn': the fused cuDNN kernel (GPU, bf16/fp16 only);
+# 'auto': cuDNN where it applies (`resolve_implementation`), XLA elsewhere (CPU, float32).
+IMPLEMENTATIONS = (None, 'xla', 'cudnn', 'auto')
+# The head dims the cuDNN flash kernel takes on every GPU it runs on (256 from Hopper on).
+CUDNN_MAX_HEAD_DIM = 128
 POSITIONS = ('none', 'rotary')
 
 
@@ -41,6 +47,35 @@ def padding_mask(query_valid: jax.Array, key_valid: jax.Array) -> jax.Array:
 def causal_mask(length: int) -> jax.Array:
   """[1, 1, T, T] lower-triangular mask."""
   return jnp.tril(jnp.ones((length, length), bool))[None, None]
+
+
+def resolve_implementation(
+  implementation: str | None, q: jax.Array, k: jax.Array, mask: jax.Array | None
+) -> str | None:
+  """The `jax.nn.dot_product_attention` implementation for `implementation`: 'auto' is
+  'cudnn' on a GPU for bf16/fp16 q and k of one dtype, a head dim that is a multiple of 8
+  and at most CUDNN_MAX_HEAD_DIM, and no explicit mask (key padding and causality reach
+  cuDNN as lengths and a flag); 'xla' otherwise."""
+  if implementation != 'auto':
+    return implementation
+  head_dim = q.shape[-1]
+  fits = (
+    jax.default_backend() == 'gpu'
+    and q.dtype in (jnp.bfloat16, jnp.float16)
+    and k.dtype == q.dtype
+    and head_dim % 8 == 0
+    and head_dim <= CUDNN_MAX_HEAD_DIM
+    and mask is None
+  )
+  return 'cudnn' if fits else 'xla'
+
+
+def key_lengths(key_valid: jax.Array) -> jax.Array:
+  """[B, S] key validity -> [B] int32 lengths (at least 1), for kernels that take key
+  padding as lengths. Exact when the padding ends each row (right padding); a row's keys
+  after its first invalid one count as padding, whatever key_valid says about them."""
+  prefix = jnp.cumprod(key_valid.astype(jnp.int32), axis=1)  # [B, S]: 1 up to the first pad
+  return jnp.maximum(prefix.sum(axis=1), 1).astype(jnp.int32)  # [B]
 
 
 def _and(a: jax.Array | None, b: jax.Array | None) -> jax.Array | None:
@@ -66,7 +101,7 @@ class MultiHeadAttention(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernel_init: Callable[..., Any] = nn.initializers.xavier_uniform()
-  implementation: str | None = None  # None or 'xla': XLA; 'cudnn': the fused GPU kernel
+  implementation: str | None = None  # IMPLEMENTATIONS: None / 'xla', 'cudnn' or 'auto'
   out_kernel_init: Callable[..., Any] | None = None  # `out`; None: kernel_init (GPT-2 scales it)
 
   @nn.compact
@@ -120,22 +155,36 @@ class MultiHeadAttention(nn.Module):
       k = rotary(k, positions, self.rope_theta)
 
     is_causal = False
+    lengths = None
+    explicit = self.is_mutable_collection('intermediates')
+    implementation = resolve_implementation(self.implementation, q, k, mask)
     if caching and cache['ready']:
       k, v, mask = self._update_cache(cache, k, v, mask, key_valid)
+      if implementation == 'cudnn' and self.implementation == 'auto':
+        implementation = 'xla'  # a [B, 1, T, S] cache mask: not a cuDNN pattern
     else:
       if key_valid is not None:
-        mask = _and(mask, key_valid[:, None, None, :])  # [B, 1, 1, S]
+        if implementation == 'cudnn' and mask is None and not explicit:
+          lengths = key_lengths(key_valid)  # cuDNN masks padding by lengths: no [B, S] mask
+        else:
+          mask = _and(mask, key_valid[:, None, None, :])  # [B, 1, 1, S]
       if causal or caching:  # `init` of a decoding module: plain causal attention
         if mask is None:
           is_causal = True  # fused kernels skip the masked blocks; no [T, S] matrix
         else:
           mask = mask & causal_mask(q.shape[1])
 
-    if self.is_mutable_collection('intermediates'):
+    if explicit:
       out = self._explicit_attention(q, k, v, mask, is_causal)  # [B, T, H, K]
     else:
       out = jax.nn.dot_product_attention(
-        q, k, v, mask=mask, is_causal=is_causal, implementation=self.implementation
+        q,
+        k,
+        v,
+        mask=mask,
+        is_causal=is_causal,
+        key_value_seq_lengths=lengths,
+        implementation=implementation,
       )  # [B, T, H, K]
     return nn.DenseGeneral(
       self.out_features or width,

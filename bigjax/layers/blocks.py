@@ -59,7 +59,7 @@ class BlockConfig:
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernel_init: Callable[..., Any] = nn.initializers.xavier_uniform()
-  attention_impl: str | None = None  # None / 'xla' / 'cudnn'
+  attention_impl: str | None = None  # None / 'xla' / 'cudnn' / 'auto' (see attention.py)
   # The residual branches' output projections (attn/out, mlp/fc2, the experts' fc2); None:
   # kernel_init. GPT-2 draws them with std / sqrt(2 * num_layers) (Radford et al., 2019).
   out_kernel_init: Callable[..., Any] | None = None

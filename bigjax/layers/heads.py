@@ -1,4 +1,5 @@
-"""The classifier head of the image models: hidden Dense layers, then a linear classifier.
+"""Output heads: the classifier head of the image models (hidden Dense layers, then a linear
+classifier) and `OutputKernel`, the untied vocabulary projection of the language models.
 
 Legend: B batch, F features, N classes.
 
@@ -39,3 +40,17 @@ def classifier_head(
     x = nn.Dropout(dropout_rate)(x, deterministic=not train)
   model.sow('intermediates', 'features', x)
   return nn.Dense(num_classes, name='head', **dense)(x)  # [B, N]
+
+
+class OutputKernel(nn.Module):
+  """The kernel [D, V] of an untied output projection, as a parameter `kernel` (the name
+  and initialisation of `nn.Dense(V, use_bias=False)`'s), returned instead of applied so
+  the caller decides how to apply it (all at once, or chunk by chunk: `LazyLogits`)."""
+
+  features: int
+  kernel_init: Callable[..., Any] = nn.linear.default_kernel_init
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, in_features: int) -> jax.Array:
+    return self.param('kernel', self.kernel_init, (in_features, self.features), self.param_dtype)

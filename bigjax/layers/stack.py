@@ -10,7 +10,8 @@ leading [L] axis (`layers/attn/query/kernel` [L, D, H, K]) and so do its caches
 (`layers/attn/cached_key` [L, B, S, G, K]: the batch axis is 1, not 0). `stack_layers`
 and `unstack_layers` convert parameters between the two layouts. Scanning cuts compile
 time from O(L) to O(1); `remat=True` (`nn.remat`, gradient checkpointing) recomputes each
-block's activations in the backward pass instead of storing them. `collect=True` also
+block's activations in the backward pass instead of storing them, and `remat_policy`
+(REMAT_POLICIES: 'full', 'dots', 'dots_no_batch') chooses what it keeps. `collect=True` also
 returns every block's output (BERT sows them as its hidden states).
 
 Blocks with a mixture of experts return `(x, aux)`; the stack then returns the per-layer
@@ -27,6 +28,29 @@ from bigjax.layers.blocks import BlockConfig
 from bigjax.typing import PyTree
 
 SCAN_NAME = 'layers'
+# What a rematerialised block keeps from its forward pass (`jax.checkpoint_policies`):
+#   full           nothing but its input; the backward pass reruns the whole block (least memory)
+#   dots           every matmul output; only the elementwise ops are recomputed
+#   dots_no_batch  the matmuls without batch dimensions (the projections and the MLP, not the
+#                  attention's q.k and p.v products), the usual Transformer compromise
+REMAT_POLICIES = {
+  'full': jax.checkpoint_policies.nothing_saveable,
+  'dots': jax.checkpoint_policies.dots_saveable,
+  'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def checkpoint_policy(remat: bool, policy: str | None):
+  """The `jax.checkpoint` policy of (`remat`, `remat_policy`), or None for no remat: a
+  policy name implies remat, remat alone is 'full'."""
+  if policy is None:
+    return REMAT_POLICIES['full'] if remat else None
+  if policy not in REMAT_POLICIES:
+    raise ValueError(
+      f'unknown remat_policy {policy!r}; choose one of {sorted(REMAT_POLICIES)} '
+      '(or None: no remat, or full remat with remat=True)'
+    )
+  return REMAT_POLICIES[policy]
 
 
 def _static(value) -> bool:
@@ -61,6 +85,7 @@ def stack_blocks(
   *,
   scan: bool = False,
   remat: bool = False,
+  remat_policy: str | None = None,
   decode: bool = False,
   collect: bool = False,
   **kwargs,
@@ -69,8 +94,9 @@ def stack_blocks(
 
   Call it inside an `nn.compact` method: the blocks become submodules of that module
   (`block_{i}`, or `layers` when scanned), so the stack adds no level to the names.
-  Keyword arrays (masks, the encoder output) go to every block unchanged; Python values
-  (`train`, `causal`, None) too, as static arguments.
+  `remat_policy` (a name in REMAT_POLICIES) picks what a rematerialised block keeps; it
+  implies remat. Keyword arrays (masks, the encoder output) go to every block unchanged;
+  Python values (`train`, `causal`, None) too, as static arguments.
   `collect=True` returns `(x, outputs)`, the list of every block's output (scanned: the
   scan's stacked per-layer outputs, split), for models that report their hidden states.
   Blocks that return (x, aux) (mixture of experts) add the aux dict stacked over the
@@ -79,8 +105,9 @@ def stack_blocks(
   static = tuple(sorted((k, v) for k, v in kwargs.items() if _static(v)))
   arrays = {k: v for k, v in kwargs.items() if not _static(v)}
   layer = _layer_class(block)
-  if remat:
-    layer = nn.remat(layer, prevent_cse=not scan)
+  policy = checkpoint_policy(remat, remat_policy)
+  if policy is not None:
+    layer = nn.remat(layer, prevent_cse=not scan, policy=policy)
   if scan:
     layer = nn.scan(
       layer,

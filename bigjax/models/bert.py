@@ -20,8 +20,12 @@ Heads (`head`): 'none' (logits = the last hidden states [B, T, D]), 'pretraining
 logits [B, T, V] and aux_logits {'nsp': [B, 2]}), 'mlm' ([B, T, V]), 'classification'
 ([B, N] on the dropped-out pooled output; N = 1 for regression), 'token_classification'
 ([B, T, N]) and 'span' ([B, T, 2]: start and end logits). The masked-LM decoder is the
-transposed word embedding (tied) plus its own bias. `features` always holds 'hidden'
-[B, T, D] and, with the pooler, 'pooled' [B, D].
+transposed word embedding (tied) plus its own bias. `vocab_multiple` pads the vocabulary
+(the word embedding's rows and the bias) to a multiple, as GPT's: the padded logit columns
+are PADDED_LOGIT (no probability); converted checkpoints use 1 (no padding). Under
+`loss_chunk > 0` the MLM logits in training are `LazyLogits` (chunked cross-entropy).
+`features` always holds 'hidden' [B, T, D] and, with the pooler, 'pooled' [B, D]. Logits
+are float32 under bf16 compute.
 
 Intermediates: `hidden_states`, a tuple of L + 1 arrays [B, T, D] (the embedding output,
 then each block's output; the same with `scan_layers`, where they are the scan's per-layer
@@ -45,7 +49,7 @@ Parameter names (stable; `bigjax.convert.hf_bert` maps Hugging Face checkpoints 
   token_classifier/{kernel [D, N], bias}, span/{kernel [D, 2], bias}
 """
 
-from typing import Any, Callable
+from typing import Any
 
 import chex
 import flax.linen as nn
@@ -54,9 +58,9 @@ import jax.numpy as jnp
 
 from bigjax.layers import BlockConfig, EncoderBlock, activation, stack_blocks
 from bigjax.layers.initializers import normal
-from bigjax.outputs import ModelOutput
+from bigjax.outputs import LazyLogits, ModelOutput
 from bigjax.typing import Dtype
-from bigjax.vocab import PAD_ID
+from bigjax.vocab import PAD_ID, padded_vocab
 
 HEADS = ('none', 'pretraining', 'mlm', 'classification', 'token_classification', 'span')
 
@@ -93,7 +97,7 @@ def roberta_position_ids(input_ids: jax.Array, pad_id: int) -> jax.Array:
 
 
 class BertEmbeddings(nn.Module):
-  """Word + position (+ segment) embeddings, LayerNorm, dropout; `attend` is the tied decoder."""
+  """Word + position (+ segment) embeddings, LayerNorm, dropout; `word` is the tied decoder."""
 
   vocab_size: int
   hidden_size: int
@@ -128,22 +132,23 @@ class BertEmbeddings(nn.Module):
       x = x + self.segment(segment_ids)
     return self.dropout(self.norm(x), deterministic=not train)
 
-  def attend(self, x: jax.Array) -> jax.Array:
-    """[..., D] -> [..., V] with the transposed word embedding."""
-    return self.word.attend(x)
-
 
 class MlmHead(nn.Module):
   """dense + activation + LayerNorm, then the tied decoder and an output bias."""
 
   activation: str
   layer_norm_eps: float
+  vocab_size: int  # the real vocabulary: columns past it (padding) are masked
+  loss_chunk: int = 0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, decoder: Callable[[jax.Array], jax.Array]) -> jax.Array:
-    """[B, T, D] -> [B, T, V]; `decoder` maps [..., D] to [..., V] (the word embedding)."""
+  def __call__(
+    self, x: jax.Array, kernel: jax.Array, *, train: bool = False
+  ) -> jax.Array | LazyLogits:
+    """[B, T, D] and the decoder kernel [D, V'] (the transposed word embedding) -> float32
+    logits [B, T, V'], or `LazyLogits` in training with `loss_chunk > 0`."""
     x = nn.Dense(
       x.shape[-1],
       kernel_init=normal(0.02),
@@ -155,9 +160,11 @@ class MlmHead(nn.Module):
     x = nn.LayerNorm(
       epsilon=self.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype, name='norm'
     )(x)
-    logits = decoder(x)  # [B, T, V]
-    bias = self.param('bias', nn.initializers.zeros, (logits.shape[-1],), self.param_dtype)
-    return logits + bias.astype(logits.dtype)
+    bias = self.param('bias', nn.initializers.zeros, (kernel.shape[-1],), self.param_dtype)
+    logits = LazyLogits(
+      x, kernel, bias, vocab_size=self.vocab_size, chunk=self.loss_chunk, dtype=self.dtype
+    )
+    return logits if train and self.loss_chunk else logits.materialize()
 
 
 class BertEncoder(nn.Module):
@@ -167,6 +174,7 @@ class BertEncoder(nn.Module):
   num_layers: int
   scan_layers: bool = False
   remat: bool = False
+  remat_policy: str | None = None
 
   @nn.compact
   def __call__(self, x, key_valid, *, collect: bool = False, train: bool = False):
@@ -178,6 +186,7 @@ class BertEncoder(nn.Module):
       self.num_layers,
       scan=self.scan_layers,
       remat=self.remat,
+      remat_policy=self.remat_policy,
       collect=collect,
       key_valid=key_valid,
       train=train,
@@ -204,9 +213,16 @@ class Bert(nn.Module):
   pooler: bool = True
   scan_layers: bool = False
   remat: bool = False
+  remat_policy: str | None = None  # `bigjax.layers.stack.REMAT_POLICIES`; implies remat
+  vocab_multiple: int = 1  # pad the word embedding to a multiple (128 suits GPUs)
+  loss_chunk: int = 0  # > 0: MLM logits chunked in training (`LazyLogits`), tokens per chunk
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  attention_impl: str | None = None  # None: XLA; 'cudnn' for the fused GPU kernel
+  attention_impl: str | None = None  # `bigjax.layers.attention.IMPLEMENTATIONS`
+
+  @property
+  def padded_vocab(self) -> int:
+    return padded_vocab(self.vocab_size, self.vocab_multiple)
 
   def _check(self, length: int) -> None:
     if self.head not in HEADS:
@@ -248,7 +264,7 @@ class Bert(nn.Module):
       positions = jnp.broadcast_to(jnp.arange(length), (batch, length))  # [B, T]
 
     embeddings = BertEmbeddings(
-      self.vocab_size,
+      self.padded_vocab,
       self.hidden_size,
       self.max_positions,
       self.type_vocab_size,
@@ -272,7 +288,9 @@ class Bert(nn.Module):
       kernel_init=normal(0.02),
       attention_impl=self.attention_impl,
     )
-    encoder = BertEncoder(config, self.num_layers, self.scan_layers, self.remat, name='encoder')
+    encoder = BertEncoder(
+      config, self.num_layers, self.scan_layers, self.remat, self.remat_policy, name='encoder'
+    )
     collect = self.is_mutable_collection('intermediates')
     if collect:
       h, layer_outputs = encoder(x, key_valid, collect=True, train=train)
@@ -298,6 +316,8 @@ class Bert(nn.Module):
       mlm = MlmHead(
         self.activation,
         self.layer_norm_eps,
+        self.vocab_size,
+        self.loss_chunk,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
         name='mlm',
@@ -305,7 +325,7 @@ class Bert(nn.Module):
       at = h
       if masked_positions is not None:
         at = jnp.take_along_axis(h, masked_positions[..., None], axis=1)  # [B, P, D]
-      logits = mlm(at, embeddings.attend)  # [B, T or P, V]
+      logits = mlm(at, embeddings.word.embedding.T, train=train)  # [B, T or P, V']
       if self.head == 'pretraining':
         aux_logits['nsp'] = dense(2, 'nsp')(pooled)  # [B, 2]
     elif self.head == 'classification':
@@ -314,6 +334,11 @@ class Bert(nn.Module):
       logits = dense(self.num_classes, 'token_classifier')(drop(h))  # [B, T, N]
     else:  # span
       logits = dense(2, 'span')(h)  # [B, T, 2]: start, end
+    # float32 logits (and loss) under bf16 compute; `head='none'` returns the hidden states.
+    as_float32 = lambda y: y if isinstance(y, LazyLogits) else y.astype(jnp.float32)  # noqa: E731
+    if self.head != 'none':
+      logits = as_float32(logits)
+    aux_logits = {k: as_float32(y) for k, y in aux_logits.items()}
     return ModelOutput(logits=logits, aux_logits=aux_logits, features=features)
 
 

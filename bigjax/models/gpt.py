@@ -51,18 +51,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigjax.layers import BlockConfig, EncoderBlock, LearnedPositions, make_norm, stack_blocks
+from bigjax.layers import (
+  BlockConfig,
+  EncoderBlock,
+  LearnedPositions,
+  OutputKernel,
+  make_norm,
+  stack_blocks,
+)
 from bigjax.layers.initializers import normal
-from bigjax.outputs import ModelOutput
+from bigjax.outputs import LazyLogits, ModelOutput
 from bigjax.typing import Dtype, PyTree
+from bigjax.vocab import padded_vocab
 
 POSITIONS = ('learned', 'rotary')
-PADDED_LOGIT = -1e9  # the logit of a padded vocabulary column
-
-
-def padded_vocab(vocab_size: int, multiple: int) -> int:
-  """The vocabulary rounded up to a multiple of `multiple` (XLA and GPUs like round sizes)."""
-  return math.ceil(vocab_size / multiple) * multiple
 
 
 def segment_positions(segment_ids: jax.Array) -> jax.Array:
@@ -118,10 +120,12 @@ class Gpt(nn.Module):
   init_std: float = 0.02
   scan_layers: bool = False
   remat: bool = False
+  remat_policy: str | None = None  # `bigjax.layers.stack.REMAT_POLICIES`; implies remat
+  loss_chunk: int = 0  # > 0: chunked cross-entropy in training, tokens per chunk
   decode: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  attention_impl: str | None = None
+  attention_impl: str | None = None  # `bigjax.layers.attention.IMPLEMENTATIONS`
 
   @property
   def padded_vocab(self) -> int:
@@ -164,7 +168,9 @@ class Gpt(nn.Module):
     train: bool = False,
   ) -> ModelOutput:
     """tokens [B, T] int; segment_ids [B, T] (0 = padding) and positions [B, T] optional
-    -> ModelOutput with logits [B, T, V'] float32 (see the module docstring)."""
+    -> ModelOutput with logits [B, T, V'] float32 (see the module docstring); in training
+    with `loss_chunk > 0` the logits are `LazyLogits` (hidden [B, T, D] and the output
+    kernel), which the losses score chunk by chunk without the full [B, T, V'] array."""
     chex.assert_rank(tokens, 2)
     config = self.block_config()
     batch, length = tokens.shape
@@ -214,6 +220,7 @@ class Gpt(nn.Module):
       self.num_layers,
       scan=self.scan_layers,
       remat=self.remat,
+      remat_policy=self.remat_policy,
       decode=self.decode,
       mask=mask,
       key_valid=valid,
@@ -230,19 +237,16 @@ class Gpt(nn.Module):
       name='final_norm',
     )(x)
     if self.tie_embeddings:
-      logits = embed.attend(x)  # [B, T, V']
+      kernel = embed.embedding.T  # [D, V']
     else:
-      logits = nn.Dense(
-        self.padded_vocab,
-        use_bias=False,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=normal(self.init_std),
-        name='lm_head',
-      )(x)  # [B, T, V']
-    logits = logits.astype(jnp.float32)
-    real_column = jnp.arange(self.padded_vocab) < self.vocab_size  # [V']
-    logits = jnp.where(real_column, logits, PADDED_LOGIT)  # [B, T, V']
+      kernel = OutputKernel(
+        self.padded_vocab, normal(self.init_std), self.param_dtype, name='lm_head'
+      )(self.hidden_size)  # [D, V']
+    logits = LazyLogits(
+      x, kernel, vocab_size=self.vocab_size, chunk=self.loss_chunk, dtype=self.dtype
+    )
+    if not (train and self.loss_chunk):
+      logits = logits.materialize()  # [B, T, V'] float32
     if aux is None:
       return ModelOutput(logits=logits)
     return ModelOutput(

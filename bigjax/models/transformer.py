@@ -116,13 +116,21 @@ class _Stack(nn.Module):
   attention_impl: str | None = None
   scan_layers: bool = False
   remat: bool = False
+  remat_policy: str | None = None
 
   @nn.nowrap
   def _run(self, x: jax.Array, block: type[nn.Module], **kwargs) -> jax.Array:
     """`num_layers` blocks on x (called from `__call__`), then the final norm if any."""
     config = block_config(self)
     x = stack_blocks(
-      x, block, config, self.num_layers, scan=self.scan_layers, remat=self.remat, **kwargs
+      x,
+      block,
+      config,
+      self.num_layers,
+      scan=self.scan_layers,
+      remat=self.remat,
+      remat_policy=self.remat_policy,
+      **kwargs,
     )
     if self.final_norm:
       x = config.make_norm('norm')(x)
@@ -221,9 +229,10 @@ class Transformer(nn.Module):
   decode: bool = False  # autoregressive decoding with a cache (see module docstring)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  attention_impl: str | None = None  # None: XLA; 'cudnn' for the fused GPU kernel
+  attention_impl: str | None = None  # `bigjax.layers.attention.IMPLEMENTATIONS`
   scan_layers: bool = False  # nn.scan over each stack's blocks (params under `layers/`)
   remat: bool = False  # recompute each block's activations in the backward pass
+  remat_policy: str | None = None  # `bigjax.layers.stack.REMAT_POLICIES`; implies remat
 
   def setup(self):
     d = self.hidden_size
@@ -272,7 +281,7 @@ class Transformer(nn.Module):
     return {'hidden': self.encoder(x, valid, train=train), 'mask': valid}
 
   def decode_targets(self, encoded: PyTree, tgt: jax.Array, *, train: bool = False) -> jax.Array:
-    """`encode` output and [B, T] target tokens (BOS first) -> [B, T, V] logits.
+    """`encode` output and [B, T] target tokens (BOS first) -> [B, T, V] float32 logits.
 
     With `decode=True` the T tokens continue the sequence held in the cache.
     """
@@ -282,8 +291,10 @@ class Transformer(nn.Module):
     y = self.decoder(y, encoded['hidden'], encoded['mask'], tgt != PAD_ID, train=train)
     if self.tie_output:
       table = self.embed if self.share_embeddings else self.tgt_embed
-      return table.attend(y)  # [B, T, V]
-    return self.logits(y)
+      logits = table.attend(y)  # [B, T, V]
+    else:
+      logits = self.logits(y)  # [B, T, V]
+    return logits.astype(jnp.float32)  # float32 logits (and loss) under bf16 compute
 
   def __call__(self, src: jax.Array, tgt_in: jax.Array, *, train: bool = False) -> jax.Array:
     """[B, S] source and [B, T] shifted target tokens -> [B, T, V] logits."""

@@ -67,13 +67,14 @@ class ViT(nn.Module):
   head_zero_init: bool = True  # the paper zero-initialises the classifier
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  attention_impl: str | None = None  # None: XLA; 'cudnn' for the fused GPU kernel
+  attention_impl: str | None = None  # `bigjax.layers.attention.IMPLEMENTATIONS`
   scan_layers: bool = False  # nn.scan over the blocks (params under `layers/`, stacked)
   remat: bool = False  # recompute each block's activations in the backward pass
+  remat_policy: str | None = None  # `bigjax.layers.stack.REMAT_POLICIES`; implies remat
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    """[B, H, W, C] images -> [B, num_classes] logits (or [B, D] when num_classes=0)."""
+    """[B, H, W, C] images -> [B, num_classes] float32 logits (or [B, D] when num_classes=0)."""
     chex.assert_rank(x, 4)
     if self.pool not in ('cls', 'mean'):
       raise ValueError(f"ViT pool must be 'cls' or 'mean', got {self.pool!r}")
@@ -113,7 +114,14 @@ class ViT(nn.Module):
       attention_impl=self.attention_impl,
     )
     x = stack_blocks(
-      x, EncoderBlock, config, self.num_layers, scan=self.scan_layers, remat=self.remat, train=train
+      x,
+      EncoderBlock,
+      config,
+      self.num_layers,
+      scan=self.scan_layers,
+      remat=self.remat,
+      remat_policy=self.remat_policy,
+      train=train,
     )
     x = nn.LayerNorm(
       epsilon=self.layer_norm_eps,
@@ -134,7 +142,7 @@ class ViT(nn.Module):
       name='head',
     )(x)
     chex.assert_shape(logits, (batch, self.num_classes))
-    return logits
+    return logits.astype(jnp.float32)  # float32 logits (and loss) under bf16 compute
 
 
 MODELS: dict[str, tuple[type[nn.Module], dict]] = {

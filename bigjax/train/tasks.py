@@ -240,8 +240,9 @@ def _token_task(
     w = token_mask(batch)
     count = w.sum()
     ce = lambda x: losses.softmax_cross_entropy(x, targets)  # noqa: E731
-    total = jnp.where(w, ce(logits), 0.0).sum()
-    correct = (jnp.argmax(logits, -1) == targets) & w
+    token_ce, predicted = losses.cross_entropy_and_argmax(logits, targets)  # one chunked pass
+    total = jnp.where(w, token_ce, 0.0).sum()
+    correct = (predicted == targets) & w
     result = {
       'loss': (total, count),
       'accuracy': (correct.sum(), count),
@@ -251,7 +252,7 @@ def _token_task(
     }
     if exact_match:
       # All target tokens right under teacher forcing == greedy decoding reproduces them.
-      right = (jnp.argmax(logits, -1) == targets) | ~w
+      right = (predicted == targets) | ~w
       valid = w.any(-1)
       result['exact_match'] = ((right.all(-1) & valid).sum(), valid.sum())
     return result
@@ -344,8 +345,9 @@ def masked_lm(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
     labels = batch['mlm_labels']
     w = selected(batch)
     count = w.sum()
-    ce = losses.softmax_cross_entropy(outputs.logits, jnp.maximum(labels, 0), where=w).sum()
-    correct = (jnp.argmax(outputs.logits, -1) == labels) & w
+    token_ce, predicted = losses.cross_entropy_and_argmax(outputs.logits, jnp.maximum(labels, 0))
+    ce = jnp.where(w, token_ce, 0.0).sum()
+    correct = (predicted == labels) & w
     result = {
       'loss': (ce, count),
       'accuracy': (correct.sum(), count),
