@@ -184,13 +184,15 @@ ROWS: dict[str, Row] = {
   'resnet*': Row(images(224), classes, published=RESNET_COUNTS, dropout=False),
   'inception_test': Row(images(32), classes),
   'inception_v3': Row(images(299), classes, published={'inception_v3': 27_161_264}),
-  'vit_test': Row(images(32), classes),
-  'vit_*': Row(images(224), classes, published=VIT_COUNTS),
+  'vit_test': Row(images(32), classes, bf16_logits=jnp.float32),
+  'vit_*': Row(images(224), classes, published=VIT_COUNTS, bf16_logits=jnp.float32),
   # Recurrent cells keep their state in float32; the projections compute in bf16.
   '*_lm*': Row(tokens, vocab_per_step, decoder=lm_decoding),
   '*_classifier*': Row(tokens, classes),
   'seq2seq_lstm*': Row(source_and_target, vocab_per_step, decoder=seq2seq_decoding),
-  'transformer_*': Row(source_and_target, vocab_per_step, decoder=seq2seq_decoding),
+  'transformer_*': Row(
+    source_and_target, vocab_per_step, decoder=seq2seq_decoding, bf16_logits=jnp.float32
+  ),
   # The registered BERTs have head='none': the logits are the last hidden states.
   'bert_*': Row(tokens, hidden_per_step, published=BERT_COUNTS),
   'roberta_*': Row(tokens, hidden_per_step, published=ROBERTA_COUNTS),
