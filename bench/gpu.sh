@@ -10,7 +10,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT_DIR="${OUT:-$ROOT/bench/out}"
 mkdir -p "$OUT_DIR"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export XLA_PYTHON_CLIENT_PREALLOCATE="${XLA_PYTHON_CLIENT_PREALLOCATE:-false}"
 PY="${PYTHON:-python}"
 ARGS=(--budget "${BUDGET:-420}" --timeout "${TIMEOUT:-240}" --steps "${STEPS:-10}")
 ARGS+=(--json "$OUT_DIR/gpu.json" --table "$OUT_DIR/gpu.md")
