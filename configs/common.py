@@ -91,6 +91,18 @@ def base_config() -> ml_collections.ConfigDict:
       # On many hosts, how often (in steps) the processes agree on a SIGTERM / SIGINT; after
       # a signal every host stops within this many steps and saves the same checkpoint.
       'stop_check_every': 10,
+      # Donate the state's buffers to the jitted step (updated in place: half the state's
+      # memory); False keeps the state passed in usable after the step (debugging).
+      'donate': True,
+      # A folder for jax's persistent compilation cache: a rerun loads the compiled step
+      # instead of compiling it again; '' = off.
+      'compilation_cache_dir': '',
+      # Flags appended to XLA_FLAGS before jax starts its backend (e.g.
+      # '--xla_gpu_enable_latency_hiding_scheduler=true'); '' = none.
+      'xla_flags': '',
+      # Peak TFLOP/s of one device for the MFU in the training log; 0 = the spec sheet of a
+      # known GPU (bigjax.train.flops.PEAK_TFLOPS), or a measured matmul on a CPU.
+      'peak_tflops': 0.0,
     }
   )
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})

@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None, *, default_config: str | None = None) ->
     for key, value in overrides:
       apply_override(config, key, value)
     config.lock()
+    from bigjax.train import runtime
+
+    runtime.apply(config.train)  # XLA_FLAGS must be set before jax starts its backend
     if args.distributed:
       import jax
 

@@ -25,7 +25,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from bigjax.data.pipeline import Data
-from bigjax.train import distill, init_from, optim, sharding
+from bigjax.train import distill, flops, init_from, optim, runtime, sharding
 from bigjax.train.checkpoint import Checkpointer, fingerprint
 from bigjax.train.report import Reporter, plot_curves
 from bigjax.train.state import TrainState, init_state
@@ -149,6 +149,8 @@ class Run:
   notes: tuple[str, ...] = ()  # logged once at the start (the init_from report)
   term_init: Callable | None = None  # the loss terms' own parameters (distillation hints)
   attach: Callable | None = None  # adds stored teacher outputs to each train batch
+  cost: flops.StepCost | None = None  # FLOPs and sizes of one step: throughput and MFU
+  peak_source: str = ''  # where the peak FLOP/s of MFU comes from
 
   def initial_state(self, train_iter) -> tuple[TrainState, int | None]:
     """(state, restored step): the latest checkpoint (data iterator included) if the
@@ -190,6 +192,7 @@ def build_run(
   is written (config.json, init_from.json)."""
   workdir = os.path.abspath(workdir)
   cfg = config.train
+  runtime.apply(cfg)  # XLA flags and the compilation cache, before anything compiles
   distill.check(config)
   distilling = bool(config.get('distill', {}).get('teacher', ''))
   if distilling and config.distill.precompute and not config.data.get('with_index', False):
@@ -242,6 +245,7 @@ def build_run(
     schedule, tx = optim.from_config(config, frozen=fine_tune.frozen)
     abstract = _abstract_state(model, tx, inputs, mesh, term_init)
   meta = fingerprint(config.model.name, abstract.params)
+  cost, peak_source = step_cost(config, model, inputs)
   meta['inputs'] = [[list(x.shape), str(x.dtype)] for x in inputs]
 
   checkpointer = Checkpointer(workdir, cfg.keep_checkpoints)
@@ -269,7 +273,7 @@ def build_run(
     ),
     in_shardings=(repl, batch_sh, repl, repl),
     out_shardings=(repl, repl),
-    donate_argnums=0,
+    donate_argnums=0 if cfg.get('donate', True) else (),  # train.donate: reuse state buffers
   )
   eval_step = jax.jit(
     make_eval_step(model, task), in_shardings=(repl, batch_sh), out_shardings=repl
@@ -294,7 +298,28 @@ def build_run(
     notes=tuple(fine_tune.notes) + (plan.notes if plan is not None else ()),
     term_init=term_init,
     attach=attach,
+    cost=cost,
+    peak_source=peak_source,
   )
+
+
+def step_cost(config, model, inputs: tuple) -> tuple[flops.StepCost, str]:
+  """(the cost of one training step, where its peak FLOP/s comes from): the model FLOPs of
+  one global batch (`flops.train_step_flops`, counted once from `inputs`' shapes), its
+  examples and tokens, and the peak of every device (`train.peak_tflops`, 0 = auto)."""
+  cfg = config.train
+  batch = int(cfg.batch_size)
+  shapes = tuple(jax.ShapeDtypeStruct((batch, *np.shape(x)[1:]), x.dtype) for x in inputs)
+  peak, source = flops.total_peak_flops(
+    cfg.get('compute_dtype', 'float32'), override_tflops=float(cfg.get('peak_tflops', 0.0))
+  )
+  cost = flops.StepCost(
+    flops=float(flops.train_step_flops(model, shapes)),
+    examples=batch,
+    tokens=batch * flops.tokens_per_example(inputs),
+    peak=peak,
+  )
+  return cost, source
 
 
 def _teacher_store(config, workdir: str, plan, data: Data, task: Task) -> Callable:
@@ -374,11 +399,17 @@ def train(run: Run, *, tty: bool | None = None) -> dict[str, float]:
   )
   for line in run.notes:
     reporter.log(line)
+  if run.cost is not None:
+    reporter.log(
+      f'{run.cost.flops / 1e12:.4g} model TFLOPs a step (3 x forward); MFU against '
+      f'{run.cost.peak / 1e12:.4g} TFLOP/s ({run.peak_source})'
+    )
 
   step_rng = run.step_rng()
   step = int(state.step)
   saved_step = latest
-  acc, t_log, s_log = None, time.perf_counter(), step
+  # Throughput is timed from the end of the first step, so compilation stays out of it.
+  acc, t_log, s_log, t_start = None, None, step, time.perf_counter()
   final = {}
   with StopSignals(cfg.get('stop_check_every', 1)) as stop:
     stopped = False
@@ -387,10 +418,15 @@ def train(run: Run, *, tty: bool | None = None) -> dict[str, float]:
       state, metrics = run.train_step(state, batch, step_rng, run.frozen)
       acc = add_metrics(acc, metrics)
       step += 1
+      if t_log is None:
+        jax.block_until_ready(metrics)
+        t_log, s_log = time.perf_counter(), step
+        reporter.log(f'first step (with compilation) took {t_log - t_start:.1f}s')
       if step % cfg.log_every == 0 or step == cfg.steps:
         summary = summarize(acc)
         now = time.perf_counter()
-        summary['examples_per_sec'] = (step - s_log) * cfg.batch_size / (now - t_log)
+        if step > s_log and run.cost is not None:
+          summary.update(run.cost.rates(step - s_log, now - t_log))
         acc, t_log, s_log = None, now, step
         reporter.write(step, 'train', summary)
         reporter.progress(step, summary)

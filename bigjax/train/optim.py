@@ -15,20 +15,17 @@ from collections.abc import Collection
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 from bigjax.layers.stack import SCAN_NAME
-from bigjax.typing import PyTree
+from bigjax.typing import Config, PyTree
 
 OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw', 'lamb')
 SCHEDULES = ('constant', 'cosine', 'linear', 'rsqrt')
 
 
-def make_schedule(
-  schedule: ml_collections.ConfigDict, lr: float, total_steps: int
-) -> optax.Schedule:
+def make_schedule(schedule: Config, lr: float, total_steps: int) -> optax.Schedule:
   """Linear warmup to `lr`, then constant / cosine / linear decay / inverse square root.
 
   rsqrt is the "Attention Is All You Need" schedule: lr * min(s / w, sqrt(w / s)), which
@@ -196,7 +193,7 @@ def freeze(
 
 
 def make_optimizer(
-  optim: ml_collections.ConfigDict,
+  optim: Config,
   schedule: optax.Schedule,
   *,
   frozen: Collection[str] = (),
@@ -217,9 +214,7 @@ def make_optimizer(
   return tx
 
 
-def _base_optimizer(
-  optim: ml_collections.ConfigDict, schedule: optax.Schedule
-) -> optax.GradientTransformation:
+def _base_optimizer(optim: Config, schedule: optax.Schedule) -> optax.GradientTransformation:
   name = optim.name
   wd = optim.get('weight_decay', 0.0)
   pattern = optim.get('decay_pattern', '') or DEFAULT_DECAY_PATTERN
@@ -245,7 +240,7 @@ def _base_optimizer(
   return optax.chain(optax.clip_by_global_norm(clip), core) if clip else core
 
 
-def from_config(config: ml_collections.ConfigDict, *, frozen: Collection[str] = ()):
+def from_config(config: Config, *, frozen: Collection[str] = ()):
   """(schedule, optimiser) for a run; the schedule spans train.steps optimiser updates;
   `frozen` names the parameters that are not trained."""
   schedule = make_schedule(config.schedule, config.optim.lr, config.train.steps)

@@ -54,13 +54,14 @@ class Reporter:
     t0, s0 = self._last
     rate = (step - s0) / max(now - t0, 1e-9)
     self._last = (now, step)
-    short = {k: metrics[k] for k in ('loss', 'accuracy') if k in metrics}
+    short = {k: f'{metrics[k]:.4f}' for k in ('loss', 'accuracy') if k in metrics}
+    short.update(speed(metrics))
     if self._bar is not None:
       self._bar.update(step - self._bar.n)
-      self._bar.set_postfix({k: f'{v:.4f}' for k, v in short.items()}, refresh=True)
+      self._bar.set_postfix(short, refresh=True)
     else:
       eta = (self.total - step) / max(rate, 1e-9)
-      parts = ' '.join(f'{k}={v:.4f}' for k, v in short.items())
+      parts = ' '.join(f'{k}={v}' for k, v in short.items())
       print(f'step {step}/{self.total} {parts} {rate:.1f} steps/s eta {eta:.0f}s', flush=True)
 
   def close(self) -> None:
@@ -70,6 +71,20 @@ class Reporter:
       self._bar.close()
     self._jsonl.close()
     self._tb.close()
+
+
+# Throughput metrics (bigjax.train.flops.StepCost.rates) and how the console shows them.
+_SPEED = {
+  'examples_per_sec': ('ex/s', '{:.4g}'),
+  'tokens_per_sec': ('tok/s', '{:.4g}'),
+  'tflops_per_sec': ('TFLOP/s', '{:.3g}'),
+  'mfu': ('MFU', '{:.1%}'),
+}
+
+
+def speed(metrics: dict[str, float]) -> dict[str, str]:
+  """The throughput part of a console line: {'ex/s': '1234', ..., 'MFU': '41.0%'}."""
+  return {label: fmt.format(metrics[k]) for k, (label, fmt) in _SPEED.items() if k in metrics}
 
 
 def plot_curves(workdir: str) -> str:

@@ -35,14 +35,13 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 from bigjax.outputs import ModelOutput, as_output
 from bigjax.train.state import TERM_PARAMS_KEY, TrainState, model_params
 from bigjax.train.tasks import Task
-from bigjax.typing import Batch, PRNGKey, PyTree
+from bigjax.typing import Batch, Config, PRNGKey, PyTree
 
 # The eval step's key for per-example values (`Task.collect`), gathered by `summarize`.
 COLLECTED = 'collected'
@@ -96,7 +95,7 @@ def split_micro_batches(batch: Batch, k: int) -> Batch:
 def make_train_step(
   model: nn.Module,
   task: Task,
-  config: ml_collections.ConfigDict,
+  config: Config,
   schedule: optax.Schedule,
   tx: optax.GradientTransformation,
   *,

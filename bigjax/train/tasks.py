@@ -43,13 +43,13 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from bigjax import losses
 from bigjax.outputs import ModelOutput, as_output
 from bigjax.train import augment as augment_lib
-from bigjax.typing import Batch, PRNGKey
+from bigjax.train.plain_config import PlainConfig
+from bigjax.typing import Batch, Config, PRNGKey
 from bigjax.vocab import PAD_ID
 
 Metrics = dict[str, tuple[jax.Array, jax.Array] | jax.Array]
@@ -126,7 +126,7 @@ def _bits_name(tokenizer) -> str:
 # --- classification -------------------------------------------------------------------
 
 
-def _label_objective(config: ml_collections.ConfigDict):
+def _label_objective(config: Config):
   """(weights, loss) of one class `label` per example [B] (or soft labels [B, C]):
   cross-entropy with train.label_smoothing, auxiliary heads weighted by
   train.aux_loss_weight; shared by image and text classification.
@@ -153,7 +153,7 @@ def _label_objective(config: ml_collections.ConfigDict):
   return weights, loss
 
 
-def classification(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
+def classification(config: Config, tokenizer=None) -> Task:
   """Image classification: `image` [B, H, W, C] -> `label` [B] (or soft labels [B, C])."""
   del tokenizer
   mixup = config.data.get('mixup_alpha', 0.0)
@@ -270,7 +270,7 @@ def _lm_inputs(batch: Batch) -> tuple[jax.Array, ...]:
   return (batch['inputs'],)
 
 
-def language_model(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
+def language_model(config: Config, tokenizer=None) -> Task:
   """Next-token prediction: `inputs` [B, T] (and `segment_ids` [B, T] for packed documents:
   k > 0 the document, 0 padding) -> logits [B, T, V] against `targets` [B, T].
 
@@ -281,7 +281,7 @@ def language_model(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
   return _token_task('lm', _lm_inputs, 'targets', config, tokenizer, pad_id=pad_id)
 
 
-def seq2seq(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
+def seq2seq(config: Config, tokenizer=None) -> Task:
   """Teacher-forced translation: (`src`, `tgt_in`) -> logits against `tgt_out` [B, T]."""
   return _token_task(
     'seq2seq', lambda b: (b['src'], b['tgt_in']), 'tgt_out', config, tokenizer, exact_match=True
@@ -295,7 +295,7 @@ def _text_inputs(batch: Batch) -> tuple[jax.Array, jax.Array]:
   return (batch['input_ids'], batch['segment_ids'])
 
 
-def masked_lm(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
+def masked_lm(config: Config, tokenizer=None) -> Task:
   """BERT pre-training (Devlin et al., 2019): (`input_ids`, `segment_ids`) -> logits
   [B, T, V], scored at the selected positions only (`mlm_labels` != -1), plus next-sentence
   prediction when the batch has `nsp_label` [B] and the model `aux_logits['nsp']` [B, 2].
@@ -380,7 +380,7 @@ def binary_scores(confusion: np.ndarray) -> dict[str, float]:
   return {'f1': f1, 'mcc': mcc}
 
 
-def text_classification(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
+def text_classification(config: Config, tokenizer=None) -> Task:
   """Sentence (pair) classification, GLUE style: (`input_ids`, `segment_ids`) -> logits
   [B, C] against `label` [B]. Loss and accuracy always; with two classes also the F1 of
   class 1 (MRPC, QQP) and Matthews' correlation (CoLA), from the confusion matrix summed
@@ -439,7 +439,7 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
   return pearson(_ranks(np.asarray(x)), _ranks(np.asarray(y))) if len(x) >= 2 else 0.0
 
 
-def regression(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
+def regression(config: Config, tokenizer=None) -> Task:
   """Sentence-pair similarity, STS-B style: (`input_ids`, `segment_ids`) -> logits [B, 1]
   against a float `label` [B]. The loss is the squared error (its mean the MSE); Pearson's
   and Spearman's correlations are over the whole eval set, from the gathered predictions."""
@@ -489,7 +489,7 @@ def regression(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
   )
 
 
-def token_classification(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
+def token_classification(config: Config, tokenizer=None) -> Task:
   """Tagging (named entities, parts of speech): (`input_ids`, `segment_ids`) -> logits
   [B, T, C] against `labels` [B, T], -1 not scored (special tokens, padding, word pieces
   after a word's first). Every scored token counts once in the loss and the accuracy."""
@@ -551,7 +551,7 @@ def span_f1(start, end, gold_start, gold_end) -> jax.Array:
   return jnp.where(overlap > 0, 2 * precision * recall / (precision + recall + 1e-12), 0.0)
 
 
-def span(config: ml_collections.ConfigDict, tokenizer=None) -> Task:
+def span(config: Config, tokenizer=None) -> Task:
   """Extractive question answering, SQuAD style: (`input_ids`, `segment_ids`) -> logits
   [B, T, 2] (start, end) against `start_position`, `end_position` [B] (end inclusive). The
   loss is the mean of the start and end cross-entropies. Exact match and token-overlap F1
@@ -605,11 +605,11 @@ TASKS: dict[str, Callable[..., Task]] = {
 }
 
 
-def _defaults() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({'train': {}, 'data': {}, 'model': {}})
+def _defaults() -> Config:
+  return PlainConfig({'train': {}, 'data': {}, 'model': {}})
 
 
-def get_task(name: str, config: ml_collections.ConfigDict | None = None, tokenizer=None) -> Task:
+def get_task(name: str, config: Config | None = None, tokenizer=None) -> Task:
   """The task `name` built from `config` (defaults: no smoothing, no mixup)."""
   if name not in TASKS:
     raise ValueError(
@@ -619,7 +619,7 @@ def get_task(name: str, config: ml_collections.ConfigDict | None = None, tokeniz
   return TASKS[name](_defaults() if config is None else config, tokenizer)
 
 
-def task_for(config: ml_collections.ConfigDict, data) -> Task:
+def task_for(config: Config, data) -> Task:
   """The task the config names, or the data set's default; metrics are named by the data
   set's tokenizer (`Data.tokenizer`, None for images)."""
   name = config.get('task', {}).get('name', '') or data.task
