@@ -1,6 +1,5 @@
 """The CNN fast path (`conv_impl`): patches convolutions and slice max-pools equal XLA's."""
 
-import functools
 import itertools
 
 import flax.linen as nn
@@ -24,32 +23,43 @@ def _patches_conv(x, w, strides, padding):
   return conv.patches_conv(x, w, strides, padding)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _value_and_grads(f, x, w, strides, padding):
-  # A fixed random cotangent, so the gradients see every output position differently.
-  def loss(x, w):
-    y = f(x, w, strides, padding)
-    return jnp.sum(y * jnp.cos(jnp.arange(y.size, dtype=y.dtype).reshape(y.shape))), y
-
-  (_, y), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(x, w)
-  return y, grads
+def _weighted_sum(y):
+  # A fixed cotangent, so the gradients see every output position differently.
+  return jnp.sum(y * jnp.cos(jnp.arange(y.size, dtype=y.dtype).reshape(y.shape)))
 
 
-@pytest.mark.parametrize('k', [1, 3, 7])
-def test_patches_conv_matches_xla(k):
-  """Values and both gradients, stride 1/2, torch-style / 'SAME' / 'VALID', odd and even."""
-  for size, s, padding in itertools.product((7, 8), (1, 2), ('torch', 'SAME', 'VALID')):
-    pad = tuple((k // 2, k // 2) for _ in range(2)) if padding == 'torch' else padding
-    kx, kw = jax.random.split(jax.random.key(size * 10 + s))
-    x = jax.random.normal(kx, (2, size, size + 1, 3))
-    w = jax.random.normal(kw, (k, k, 3, 4))
-    want, (want_dx, want_dw) = _value_and_grads(_xla_conv, x, w, (s, s), pad)
-    got, (dx, dw) = _value_and_grads(_patches_conv, x, w, (s, s), pad)
-    msg = f'k={k} size={size} stride={s} padding={padding}'
-    assert got.shape == want.shape, msg
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4, err_msg=msg)
-    np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-4, err_msg=msg)
-    np.testing.assert_allclose(dw, want_dw, rtol=1e-5, atol=1e-4, err_msg=msg)
+# The image is 7x8 (odd height, even width), so each case covers both parities.
+CONV_CASES = [
+  *itertools.product((1, 3, 7), (1, 2), ('torch', 'SAME')),
+  (3, 2, 'VALID'),
+  (7, 1, 'VALID'),
+]
+
+
+@jax.jit
+def _all_convs(x, ws):
+  """(value, dx, dw) of every case for both paths, in one compilation."""
+  out = []
+  for (k, s, padding), w in zip(CONV_CASES, ws):
+    pad = ((k // 2, k // 2),) * 2 if padding == 'torch' else padding
+    for f in (_xla_conv, _patches_conv):
+      loss = lambda x, w: _weighted_sum(f(x, w, (s, s), pad))  # noqa: E731
+      out.append((f(x, w, (s, s), pad), *jax.grad(loss, (0, 1))(x, w)))
+  return out
+
+
+def test_patches_conv_matches_xla():
+  """Values and both gradients: kernels 1/3/7, stride 1/2, torch-style / 'SAME' / 'VALID'
+  padding, odd and even sizes."""
+  x = jax.random.normal(jax.random.key(0), (2, 7, 8, 3))
+  keys = jax.random.split(jax.random.key(1), len(CONV_CASES))
+  ws = [jax.random.normal(key, (k, k, 3, 4)) for key, (k, *_) in zip(keys, CONV_CASES)]
+  out = _all_convs(x, ws)
+  for i, case in enumerate(CONV_CASES):
+    want, got = out[2 * i], out[2 * i + 1]
+    for name, a, b in zip(('value', 'dx', 'dw'), got, want):
+      assert a.shape == b.shape, (case, name)
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=f'{case} {name}')
 
 
 def test_conv_fn_is_a_drop_in_for_nn_conv():
@@ -73,33 +83,34 @@ def test_conv_fn_is_a_drop_in_for_nn_conv():
     conv.conv_general_dilated('cudnn')
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2, 3, 4))
-def _pool_grads(impl, x, window, strides, padding):
-  # ReLU before the pool, as in ResNet's stem: its zeros are ties in the pooling windows.
-  def loss(x):
-    y = conv.max_pool(jax.nn.relu(x), window, strides, padding, conv_impl=impl)
-    return jnp.sum(y * jnp.cos(jnp.arange(y.size, dtype=y.dtype).reshape(y.shape))), y
+POOL_CASES = [
+  ((3, 3), (2, 2), ((1, 1), (1, 1))),  # ResNet's stem pool, torch padding
+  ((2, 2), (2, 2), 'VALID'),  # VGG, LeNet
+  ((3, 3), (2, 2), 'SAME'),  # Inception with small_inputs
+  ((3, 3), (1, 1), 'VALID'),
+]
 
-  (_, y), dx = jax.value_and_grad(loss, has_aux=True)(x)
-  return y, dx
+
+@jax.jit
+def _all_pools(x):
+  out = []
+  for window, strides, padding in POOL_CASES:
+    for impl in ('xla', 'patches'):
+      # ReLU before the pool, as in ResNet's stem: its zeros are ties in the windows.
+      f = lambda x: conv.max_pool(jax.nn.relu(x), window, strides, padding, conv_impl=impl)  # noqa: E731,B023
+      out.append((f(x), jax.grad(lambda x: _weighted_sum(f(x)))(x)))  # noqa: B023
+  return out
 
 
 def test_max_pool_slices_match_xla():
-  cases = [
-    ((3, 3), (2, 2), ((1, 1), (1, 1))),  # ResNet's stem pool, torch padding
-    ((2, 2), (2, 2), 'VALID'),  # VGG, LeNet
-    ((3, 3), (2, 2), 'SAME'),  # Inception with small_inputs
-    ((3, 3), (1, 1), 'VALID'),
-  ]
-  for (window, strides, padding), size in itertools.product(cases, (7, 8)):
-    # Shifted so that about half the inputs are negative: many all-zero windows after ReLU.
-    x = jax.random.normal(jax.random.key(size), (2, size, size, 3)) - 0.3
-    want, want_dx = _pool_grads('xla', x, window, strides, padding)
-    got, dx = _pool_grads('patches', x, window, strides, padding)
-    msg = f'window={window} strides={strides} padding={padding} size={size}'
-    np.testing.assert_array_equal(got, want, err_msg=msg)
+  # Shifted so that about half the inputs are negative: many all-zero windows after ReLU.
+  x = jax.random.normal(jax.random.key(0), (2, 7, 8, 3)) - 0.3
+  out = _all_pools(x)
+  for i, case in enumerate(POOL_CASES):
+    (want, want_dx), (got, dx) = out[2 * i], out[2 * i + 1]
+    np.testing.assert_array_equal(got, want, err_msg=str(case))
     # Ties after ReLU are zeros, whose ReLU gradient is zero either way: equal gradients.
-    np.testing.assert_allclose(dx, want_dx, atol=1e-6, err_msg=msg)
+    np.testing.assert_allclose(dx, want_dx, atol=1e-6, err_msg=str(case))
 
 
 def test_max_pool_ties_keep_the_total_gradient():
@@ -111,8 +122,8 @@ def test_max_pool_ties_keep_the_total_gradient():
     assert float(dx[0, 0, 0, 0]) == 0.0
 
 
-def _resnet_out(conv_impl, x, variables, dtype=jnp.float32):
-  model = bigjax.create_model('resnet_test', cifar_stem=False, conv_impl=conv_impl, dtype=dtype)
+def _resnet_out(conv_impl, x, variables):
+  model = bigjax.create_model('resnet_test', cifar_stem=False, conv_impl=conv_impl)
 
   def loss(params):
     logits, updates = model.apply(
@@ -132,24 +143,28 @@ def test_resnet_conv_impls_agree():
   x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
   model = bigjax.create_model('resnet_test', cifar_stem=False, conv_impl='xla')
   variables = model.init(jax.random.key(1), x)
-  want = _resnet_out('xla', x, variables)
-  for impl in ('patches', 'auto'):
-    params = bigjax.create_model('resnet_test', cifar_stem=False, conv_impl=impl).init(
-      jax.random.key(1), x
-    )
-    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, variables)
-    got = _resnet_out(impl, x, variables)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), got, want)
+  fast = bigjax.create_model('resnet_test', cifar_stem=False, conv_impl='patches')
+  shapes = jax.eval_shape(fast.init, jax.random.key(1), x)
+  assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(jnp.shape, variables)
+  got, want = _resnet_out('patches', x, variables), _resnet_out('xla', x, variables)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), got, want)
   with pytest.raises(ValueError, match='conv_impl'):
     bigjax.create_model('resnet_test', conv_impl='fast').init(jax.random.key(1), x)
 
 
 def test_resnet_bfloat16_keeps_float32_statistics_and_logits():
   x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
-  model = bigjax.create_model('resnet_test', cifar_stem=False)
-  variables = model.init(jax.random.key(1), x)
-  logits, _, updates = _resnet_out('auto', x, variables, dtype=jnp.bfloat16)
-  want_logits, _, want_updates = _resnet_out('auto', x, variables)
+  variables = bigjax.create_model('resnet_test').init(jax.random.key(1), x)
+
+  @jax.jit
+  def forward(variables, x):
+    out = []
+    for dtype in (jnp.bfloat16, jnp.float32):
+      model = bigjax.create_model('resnet_test', dtype=dtype)
+      out.append(model.apply(variables, x, train=True, mutable=['batch_stats']))
+    return out
+
+  (logits, updates), (want_logits, want_updates) = forward(variables, x)
   assert logits.dtype == jnp.float32
   for leaf in jax.tree.leaves(updates):
     assert leaf.dtype == jnp.float32
