@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.layers import initializers
-from bigjax.layers.conv import conv_bn, torch_padding
+from bigjax.layers.conv import check_conv_impl, conv_bn, max_pool, torch_padding
 from bigjax.outputs import ModelOutput
 from bigjax.typing import Dtype
 
@@ -41,6 +41,7 @@ class ConvBN(nn.Module):
   padding: Any = 'VALID'
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -56,6 +57,7 @@ class ConvBN(nn.Module):
       epsilon=1e-3,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
+      conv_impl=self.conv_impl,
     )
     return nn.relu(x)
 
@@ -67,6 +69,8 @@ class _Block(nn.Module):
   small_inputs: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  # 'auto' | 'xla' | 'patches': how convolutions and max-pools reach XLA (layers/conv.py).
+  conv_impl: str = 'auto'
 
   @nn.nowrap
   def ch(self, c: int) -> int:
@@ -82,12 +86,20 @@ class _Block(nn.Module):
     else:
       padding = 'SAME' if self.small_inputs else 'VALID'
     return ConvBN(
-      self.ch(c), k, strides, padding, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+      self.ch(c),
+      k,
+      strides,
+      padding,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      conv_impl=self.conv_impl,
+      name=name,
     )
 
   @nn.nowrap
   def max_pool(self, x: jax.Array) -> jax.Array:
-    return nn.max_pool(x, (3, 3), (2, 2), 'SAME' if self.small_inputs else 'VALID')
+    padding = 'SAME' if self.small_inputs else 'VALID'
+    return max_pool(x, (3, 3), (2, 2), padding, conv_impl=self.conv_impl)
 
   @nn.nowrap
   def avg_pool(self, x: jax.Array) -> jax.Array:
@@ -205,7 +217,7 @@ class InceptionAux(_Block):
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       name='fc',
-    )(x)
+    )(x).astype(jnp.float32)
 
 
 class InceptionV3(_Block):
@@ -232,7 +244,9 @@ class InceptionV3(_Block):
       small_inputs=self.small_inputs,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
+      conv_impl=self.conv_impl,
     )
+    check_conv_impl(self.conv_impl)
     x = x.astype(self.dtype)
     x = self.conv('Conv2d_1a_3x3', 32, (3, 3), strides=2)(x, train=train)  # [B, 149, 149, 32]
     x = self.conv('Conv2d_2a_3x3', 32, (3, 3))(x, train=train)  # [B, 147, 147, 32]
@@ -265,7 +279,7 @@ class InceptionV3(_Block):
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       name='head',
-    )(x)
+    )(x).astype(jnp.float32)  # fp32 logits for the loss under bf16 compute
     if train and aux is not None:
       return ModelOutput(logits, aux_logits={'aux': aux})
     return logits

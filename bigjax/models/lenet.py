@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.layers.activations import activation
+from bigjax.layers.conv import check_conv_impl, conv_general_dilated, max_pool
 from bigjax.layers.heads import classifier_head
 from bigjax.typing import Dtype
 
@@ -25,11 +26,14 @@ class LeNet(nn.Module):
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  # 'auto' | 'xla' | 'patches': how convolutions and max-pools reach XLA (layers/conv.py).
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    """[B, H, W, C] images -> [B, num_classes] logits."""
+    """[B, H, W, C] images -> [B, num_classes] float32 logits."""
     chex.assert_rank(x, 4)
+    check_conv_impl(self.conv_impl)
     act = activation(self.activation)
     x = x.astype(self.dtype)
     # LeNet-5 sees 32x32 images with unpadded convolutions (32 -> 28 -> 14 -> 10 -> 5);
@@ -42,11 +46,12 @@ class LeNet(nn.Module):
         padding=padding,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
+        conv_general_dilated=conv_general_dilated(self.conv_impl),
         name=f'conv_{i}',
       )(x)
       x = act(x)
       if x.shape[1] >= 2:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))  # [B, H/2, W/2, f]
+        x = max_pool(x, (2, 2), (2, 2), conv_impl=self.conv_impl)  # [B, H/2, W/2, f]
     x = x.reshape(x.shape[0], -1)  # [B, H*W*C]
     return classifier_head(
       self,
@@ -58,7 +63,7 @@ class LeNet(nn.Module):
       train=train,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
-    )
+    ).astype(jnp.float32)  # fp32 logits for the loss under bf16 compute
 
 
 MODELS: dict[str, tuple[type[nn.Module], dict]] = {'lenet': (LeNet, {})}

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.layers import initializers
-from bigjax.layers.conv import conv_bn, torch_padding
+from bigjax.layers.conv import check_conv_impl, conv_bn, max_pool, torch_padding
 from bigjax.typing import Dtype
 
 # torchvision initialises convolutions with Kaiming normal, fan_out mode, and the
@@ -54,6 +54,7 @@ class _ResidualBlock(nn.Module):
   zero_init_residual: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = 'auto'
   expansion: ClassVar[int] = 1
   layout: ClassVar[tuple[tuple[int, bool], ...]] = ()
 
@@ -76,6 +77,7 @@ class _ResidualBlock(nn.Module):
         scale_init=last_scale if last else nn.initializers.ones,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
+        conv_impl=self.conv_impl,
       )
       if not last:
         y = nn.relu(y)
@@ -102,6 +104,7 @@ class Downsample(nn.Module):
   strides: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -115,6 +118,7 @@ class Downsample(nn.Module):
       kernel_init=conv_init,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
+      conv_impl=self.conv_impl,
     )
 
 
@@ -124,7 +128,12 @@ def _shortcut(block: nn.Module, x: jax.Array, out: int, train: bool) -> jax.Arra
     return x
   # Called inside the block's compact method, so the block becomes the parent.
   return Downsample(
-    out, block.strides, dtype=block.dtype, param_dtype=block.param_dtype, name='downsample'
+    out,
+    block.strides,
+    dtype=block.dtype,
+    param_dtype=block.param_dtype,
+    conv_impl=block.conv_impl,
+    name='downsample',
   )(x, train=train)
 
 
@@ -141,6 +150,7 @@ class Stage(nn.Module):
   zero_init_residual: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -151,6 +161,7 @@ class Stage(nn.Module):
         zero_init_residual=self.zero_init_residual,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
+        conv_impl=self.conv_impl,
         name=f'block_{j}',
       )(x, train=train)
     return x
@@ -163,6 +174,10 @@ class ResNet(nn.Module):
     bottleneck). cifar_stem: a 3x3 stride-1 stem without max-pool, for 32x32 inputs.
   zero_init_residual: the last BN of each block starts with gamma = 0 (Goyal et al., 2017),
     so every residual block starts as the identity.
+  conv_impl: 'auto' | 'xla' | 'patches', how convolutions and the stem's max-pool reach XLA
+    (see `bigjax.layers.conv`); the parameters are the same for all three.
+  dtype: compute dtype (bfloat16 for mixed precision); batch statistics and the logits stay
+    float32.
   """
 
   stage_sizes: tuple[int, ...] = (2, 2, 2, 2)
@@ -173,11 +188,13 @@ class ResNet(nn.Module):
   zero_init_residual: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    """[B, H, W, C] images -> [B, num_classes] logits."""
+    """[B, H, W, C] images -> [B, num_classes] float32 logits."""
     chex.assert_rank(x, 4)
+    check_conv_impl(self.conv_impl)
     if self.block not in BLOCKS:
       raise ValueError(f'unknown ResNet block {self.block!r}; choose one of {sorted(BLOCKS)}')
     block_cls = BLOCKS[self.block]
@@ -194,10 +211,13 @@ class ResNet(nn.Module):
       names=('stem_conv', 'stem_bn'),
       dtype=self.dtype,
       param_dtype=self.param_dtype,
+      conv_impl=self.conv_impl,
     )  # [B, H/2, W/2, C] (H, W with cifar_stem)
     x = nn.relu(x)
     if not self.cifar_stem:
-      x = nn.max_pool(x, (3, 3), (2, 2), padding=torch_padding((3, 3)))  # [B, H/4, W/4, C]
+      x = max_pool(
+        x, (3, 3), (2, 2), torch_padding((3, 3)), conv_impl=self.conv_impl
+      )  # [B, H/4, W/4, C]
     for i, n in enumerate(self.stage_sizes):
       x = Stage(
         block_cls,
@@ -207,6 +227,7 @@ class ResNet(nn.Module):
         zero_init_residual=self.zero_init_residual,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
+        conv_impl=self.conv_impl,
         name=f'stage_{i}',
       )(x, train=train)
     x = jnp.mean(x, axis=(1, 2))  # [B, C_final]
@@ -217,7 +238,7 @@ class ResNet(nn.Module):
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       name='head',
-    )(x)
+    )(x).astype(jnp.float32)  # fp32 logits for the loss under bf16 compute
 
 
 # He et al. (2016), Table 1.

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigjax.layers import initializers
-from bigjax.layers.conv import conv_bn
+from bigjax.layers.conv import check_conv_impl, conv_bn, max_pool
 from bigjax.layers.heads import classifier_head
 from bigjax.typing import Dtype
 
@@ -89,11 +89,14 @@ class VGG(nn.Module):
   dropout_rate: float = 0.5
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  # 'auto' | 'xla' | 'patches': how convolutions and max-pools reach XLA (layers/conv.py).
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    """[B, H, W, C] images (H, W >= 2**pools) -> [B, num_classes] logits."""
+    """[B, H, W, C] images (H, W >= 2**pools) -> [B, num_classes] float32 logits."""
     chex.assert_rank(x, 4)
+    check_conv_impl(self.conv_impl)
     if self.config not in CONFIGS:
       raise ValueError(f'unknown VGG config {self.config!r}; choose one of {sorted(CONFIGS)}')
     layers = CONFIGS[self.config]
@@ -107,7 +110,7 @@ class VGG(nn.Module):
     i = 0
     for v in layers:
       if v == 'M':
-        x = nn.max_pool(x, (2, 2), (2, 2))  # [B, H/2, W/2, C]
+        x = max_pool(x, (2, 2), (2, 2), conv_impl=self.conv_impl)  # [B, H/2, W/2, C]
         continue
       x = conv_bn(
         x,
@@ -121,6 +124,7 @@ class VGG(nn.Module):
         norm=self.batch_norm,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
+        conv_impl=self.conv_impl,
       )
       x = nn.relu(x)
       i += 1
@@ -137,7 +141,7 @@ class VGG(nn.Module):
       kernel_init=initializers.normal(0.01),
       dtype=self.dtype,
       param_dtype=self.param_dtype,
-    )
+    ).astype(jnp.float32)  # fp32 logits for the loss under bf16 compute
 
 
 VARIANTS: dict[str, dict[str, Any]] = {

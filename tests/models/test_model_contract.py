@@ -176,14 +176,19 @@ def gpt_row(prefix: str) -> Row:
 # Pattern (fnmatch over the registered name) -> row; the first matching pattern wins.
 ROWS: dict[str, Row] = {
   # LeNet-5 on 32x32x1, 10 classes: 156 + 2,416 + 48,120 + 10,164 + 850 (LeCun et al., 1998).
-  'lenet': Row(images(32, 1), classes, published={'lenet': 61_706}),
+  # The CNNs cast their logits to float32 (an fp32 loss under bf16 compute).
+  'lenet': Row(images(32, 1), classes, published={'lenet': 61_706}, bf16_logits=jnp.float32),
   'mlp': Row(images(8, 1), classes),
-  'vgg_test': Row(images(8), classes),
-  'vgg*': Row(images(224), classes, published=VGG_COUNTS),
-  'resnet_test': Row(images(32), classes, dropout=False),
-  'resnet*': Row(images(224), classes, published=RESNET_COUNTS, dropout=False),
-  'inception_test': Row(images(32), classes),
-  'inception_v3': Row(images(299), classes, published={'inception_v3': 27_161_264}),
+  'vgg_test': Row(images(8), classes, bf16_logits=jnp.float32),
+  'vgg*': Row(images(224), classes, published=VGG_COUNTS, bf16_logits=jnp.float32),
+  'resnet_test': Row(images(32), classes, dropout=False, bf16_logits=jnp.float32),
+  'resnet*': Row(
+    images(224), classes, published=RESNET_COUNTS, dropout=False, bf16_logits=jnp.float32
+  ),
+  'inception_test': Row(images(32), classes, bf16_logits=jnp.float32),
+  'inception_v3': Row(
+    images(299), classes, published={'inception_v3': 27_161_264}, bf16_logits=jnp.float32
+  ),
   'vit_test': Row(images(32), classes, bf16_logits=jnp.float32),
   'vit_*': Row(images(224), classes, published=VIT_COUNTS, bf16_logits=jnp.float32),
   # Recurrent cells keep their state in float32; the projections compute in bf16.
