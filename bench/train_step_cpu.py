@@ -22,30 +22,42 @@ from bigjax.train.state import init_state
 from bigjax.train.step import make_train_step
 from bigjax.train.tasks import get_task
 
+# The byte LMs at configs/lstm_pystdlib.py's shapes (vocab 256, embed 64, width 512, 128 bytes).
+RNN_LM = {'vocab_size': 256, 'embed_dim': 64, 'hidden_size': 512, 'num_layers': 1}
 CASES = {
-  # name: (model overrides, image shape, batch)
+  # name: (model overrides, example shape: image [H, W, C] or tokens [T], batch)
   'mlp': ({'depth': 2, 'width': 256}, (8, 8, 1), 128),
   'lenet': ({}, (28, 28, 1), 128),
+  'lstm_lm': (RNN_LM, (128,), 32),
+  'gru_lm': (RNN_LM, (128,), 32),
 }
 
 
-def bench_jax(name, steps):
+def _is_lm(name):
+  return len(CASES[name][1]) == 1
+
+
+def bench_jax(name, steps, overrides=None):
   kw, shape, batch = CASES[name]
-  model = bigjax.create_model(name, **kw)
+  model = bigjax.create_model(name, **kw, **(overrides or {}))
   config = ml_collections.ConfigDict(
     {'train': {'label_smoothing': 0.0}, 'data': {}, 'optim': {'grad_accum_steps': 1}, 'model': {}}
   )
   schedule = optax.constant_schedule(1e-3)
   tx = optim.make_optimizer(ml_collections.ConfigDict({'name': 'adam'}), schedule)
   rng = np.random.default_rng(0)
-  data = {
-    'image': rng.normal(size=(batch, *shape)).astype(np.float32),
-    'label': rng.integers(0, 10, batch).astype(np.int32),
-  }
-  state = init_state(model, tx, jax.random.key(0), (data['image'][:1],))
-  step = jax.jit(
-    make_train_step(model, get_task('classification'), config, schedule, tx), donate_argnums=0
-  )
+  if _is_lm(name):
+    tokens = rng.integers(1, kw['vocab_size'], (batch, shape[0] + 1)).astype(np.int32)
+    data = {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:]}
+    task, example = get_task('lm'), data['inputs'][:1]
+  else:
+    data = {
+      'image': rng.normal(size=(batch, *shape)).astype(np.float32),
+      'label': rng.integers(0, 10, batch).astype(np.int32),
+    }
+    task, example = get_task('classification'), data['image'][:1]
+  state = init_state(model, tx, jax.random.key(0), (example,))
+  step = jax.jit(make_train_step(model, task, config, schedule, tx), donate_argnums=0)
   data = jax.device_put(data)
   key = jax.random.key(1)
   for _ in range(10):
@@ -65,6 +77,8 @@ def bench_torch(name, steps):
   from torch import nn
 
   kw, shape, batch = CASES[name]
+  if _is_lm(name):
+    return _bench_torch_lm(name, steps)
   if name == 'mlp':
     d = int(np.prod(shape))
     net = nn.Sequential(
@@ -89,6 +103,48 @@ def bench_torch(name, steps):
     opt.step()
     return loss
 
+  for _ in range(10):
+    step()
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t)
+  return statistics.median(times) * 1e3
+
+
+def _bench_torch_lm(name, steps):
+  """Embedding, one torch.nn.LSTM / GRU layer (batch-first) and a linear head."""
+  import torch
+  from torch import nn
+
+  kw, (length,), batch = CASES[name]
+  v, e, h = kw['vocab_size'], kw['embed_dim'], kw['hidden_size']
+  rnn_cls = nn.LSTM if name.startswith('lstm') else nn.GRU
+  embed, rnn, head = (
+    nn.Embedding(v, e),
+    rnn_cls(e, h, kw['num_layers'], batch_first=True),
+    nn.Linear(h, v),
+  )
+  params = [*embed.parameters(), *rnn.parameters(), *head.parameters()]
+  opt = torch.optim.Adam(params, lr=1e-3)
+  rng = np.random.default_rng(0)
+  tokens = torch.tensor(rng.integers(1, v, (batch, length + 1)))
+  x, y = tokens[:, :-1], tokens[:, 1:]
+  loss_fn = nn.CrossEntropyLoss()
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    out, _ = rnn(embed(x))
+    loss = loss_fn(head(out).reshape(-1, v), y.reshape(-1))
+    loss.backward()
+    opt.step()
+    return loss
+
+  return _time_torch(step, steps)
+
+
+def _time_torch(step, steps):
   for _ in range(10):
     step()
   times = []

@@ -186,9 +186,10 @@ ROWS: dict[str, Row] = {
   'inception_v3': Row(images(299), classes, published={'inception_v3': 27_161_264}),
   'vit_test': Row(images(32), classes),
   'vit_*': Row(images(224), classes, published=VIT_COUNTS),
-  # Recurrent cells keep their state in float32; the projections compute in bf16.
-  '*_lm*': Row(tokens, vocab_per_step, decoder=lm_decoding),
-  '*_classifier*': Row(tokens, classes),
+  # Recurrent cells keep their state in float32; the projections compute in bf16 and the
+  # logits are cast to float32.
+  '*_lm*': Row(tokens, vocab_per_step, bf16_logits=jnp.float32, decoder=lm_decoding),
+  '*_classifier*': Row(tokens, classes, bf16_logits=jnp.float32),
   'seq2seq_lstm*': Row(source_and_target, vocab_per_step, decoder=seq2seq_decoding),
   'transformer_*': Row(source_and_target, vocab_per_step, decoder=seq2seq_decoding),
   # The registered BERTs have head='none': the logits are the last hidden states.
