@@ -1,6 +1,7 @@
 """Train-step throughput of bigjax against the PyTorch peer, side by side, same run.
 
   .venv/bin/python bench/train_step_cpu.py [--steps 200] [--models mlp,lenet]
+  .venv/bin/python bench/train_step_cpu.py --models lstm_lm,gru_lm --set rnn_impl=fused
 
 Same architecture, batch, optimiser (Adam) and float32 on both sides; reports median
 milliseconds per step over `steps` after warm-up (compilation excluded for JAX).
@@ -103,14 +104,7 @@ def bench_torch(name, steps):
     opt.step()
     return loss
 
-  for _ in range(10):
-    step()
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times) * 1e3
+  return _time_torch(step, steps)
 
 
 def _bench_torch_lm(name, steps):
@@ -159,7 +153,18 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--steps', type=int, default=200)
   parser.add_argument('--models', default='mlp,lenet')
+  parser.add_argument(
+    '--set',
+    action='append',
+    default=[],
+    metavar='KEY=VALUE',
+    help='bigjax model override, e.g. --set rnn_impl=fused --set scan_unroll=2',
+  )
   args = parser.parse_args()
+  overrides = {}
+  for item in args.set:
+    key, value = item.split('=', 1)
+    overrides[key] = int(value) if value.lstrip('-').isdigit() else value
   import torch
 
   print(
@@ -169,7 +174,7 @@ def main():
   print('| model | batch | bigjax ms/step | PyTorch ms/step | PyTorch / bigjax |')
   print('| --- | --- | --- | --- | --- |')
   for name in args.models.split(','):
-    j, t = bench_jax(name, args.steps), bench_torch(name, args.steps)
+    j, t = bench_jax(name, args.steps, overrides), bench_torch(name, args.steps)
     print(f'| {name} | {CASES[name][2]} | {j:.3f} | {t:.3f} | {t / j:.2f} |')
 
 

@@ -14,6 +14,10 @@ both bias vectors included, so weights copy 1:1 (`kernel = weight.T`, see
          n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); h' = (1 - z) n + z h  (Cho et al., 2014)
 A layer projects its whole input at once (`ih`, one big matmul) and scans only the
 recurrent half (`hh`) over time with `nn.scan`, so compile time does not grow with T.
+`rnn_impl='fused'` runs the same equations through `bigjax.layers.recurrence.fused_scan`,
+whose hand-written backward forms the recurrent weight gradient as one matmul over all
+steps (same parameters, same results; faster to train on a CPU); `scan_unroll` sets the
+steps per loop iteration of either.
 With a [B, T] validity mask a padded step leaves the carry unchanged and outputs zeros, so
 the backward direction (a reversed scan) starts at each sequence's last valid step.
 Carries: LSTM (c, h), Elman and GRU h, each [B, H], held in float32.
