@@ -35,6 +35,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,19 +62,24 @@ class Case:
   compile: bool = False
 
 
-# The fast paths by their config names (COMMON: model.* fields, train.* switches). The lead
-# wires the final values; a model without a field runs without it (with a printed note).
+# The fast paths by their config names (model.* fields, train.* switches); a model without a
+# field runs without it (with a printed note). attention_impl 'auto' is cuDNN's fused kernel
+# on a GPU in bf16 (causal without a mask, key padding as lengths) and XLA elsewhere.
 GPT_FAST = {
-  'attention_impl': 'cudnn',
-  'scan_layers': False,
-  'remat_policy': 'none',
+  'attention_impl': 'auto',
+  'scan_layers': False,  # unrolled: XLA schedules across the layers
+  'remat_policy': None,  # H200 memory holds every activation at these shapes
   'loss_chunk': 0,
+  'vocab_multiple': 128,  # GPT-2's 50,257 rows padded to 50,304
   'train.compute_dtype': 'bfloat16',
   'train.donate': True,
 }
-ENCODER_FAST = {'attention_impl': 'cudnn', 'train.compute_dtype': 'bfloat16', 'train.donate': True}
-CNN_FAST = {'train.compute_dtype': 'bfloat16', 'train.donate': True}
-RNN_FAST = {'rnn_impl': 'cudnn', 'train.compute_dtype': 'bfloat16', 'train.donate': True}
+# XLA flags tried in the GPU ablation (one row with them on): the latency-hiding scheduler
+# overlaps independent kernels and copies.
+GPU_XLA_FLAGS = '--xla_gpu_enable_latency_hiding_scheduler=true'
+ENCODER_FAST = {'attention_impl': 'auto', 'train.compute_dtype': 'bfloat16', 'train.donate': True}
+CNN_FAST = {'conv_impl': 'auto', 'train.compute_dtype': 'bfloat16', 'train.donate': True}
+RNN_FAST = {'train.compute_dtype': 'bfloat16', 'train.donate': True}
 CPU_FAST = {'train.donate': True}
 
 GPT2 = dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072, max_len=1024)
@@ -302,8 +308,8 @@ def split_fast(case: Case, fast: dict, fields: set) -> tuple[dict, dict, list[st
   """(model overrides, train switches, notes): the fast paths the model accepts."""
   model, train, notes = {}, {}, []
   for key, value in fast.items():
-    if key.startswith('train.'):
-      train[key[len('train.') :]] = value
+    if key.startswith(('train.', 'optim.')):
+      train[key] = value
     elif key in fields:
       model[key] = value
     else:
@@ -329,8 +335,10 @@ def run_bigjax(case: Case, steps: int, warmup: int, fast: dict) -> dict:
   cls, _ = model_spec(case.model)
   fields = set(cls.__dataclass_fields__)
   model_fast, train, notes = split_fast(case, fast, fields)
-  runtime.apply(train)
-  dtype = train.get('compute_dtype', 'float32')
+  switches = {k.split('.', 1)[1]: v for k, v in train.items() if k.startswith('train.')}
+  accum = int(train.get('optim.grad_accum_steps', 1))
+  runtime.apply(switches)
+  dtype = switches.get('compute_dtype', 'float32')
   overrides = {**case.overrides, **model_fast}
   if dtype != 'float32' and 'dtype' in fields:
     overrides['dtype'] = {'bfloat16': jnp.bfloat16, 'float16': jnp.float16}[dtype]
@@ -342,7 +350,7 @@ def run_bigjax(case: Case, steps: int, warmup: int, fast: dict) -> dict:
       'train': {'label_smoothing': 0.0},
       'data': {},
       'model': {'num_classes': classes},
-      'optim': {'grad_accum_steps': 1},
+      'optim': {'grad_accum_steps': accum},
     }
   )
   task = get_task(case.task, config)
@@ -353,7 +361,7 @@ def run_bigjax(case: Case, steps: int, warmup: int, fast: dict) -> dict:
   state = jax.jit(lambda rng: init_state(model, tx, rng, tuple(x[:1] for x in inputs)))(
     jax.random.key(0)
   )
-  donate = 0 if train.get('donate', True) else ()
+  donate = 0 if switches.get('donate', True) else ()
   step = jax.jit(make_train_step(model, task, config, schedule, tx), donate_argnums=donate)
   batch = jax.device_put(batch)
   key = jax.random.key(1)
@@ -391,7 +399,7 @@ def run_bigjax(case: Case, steps: int, warmup: int, fast: dict) -> dict:
     'device': getattr(device, 'device_kind', device.platform),
     'versions': {'jax': jax.__version__, 'flax': _version('flax'), 'optax': optax.__version__},
     'notes': notes,
-    'settings': {**overrides, **train, 'dtype': dtype},
+    'settings': {**{k: str(v) for k, v in overrides.items()}, **train, 'dtype': dtype},
   }
 
 
@@ -738,7 +746,7 @@ def measure(name: str, case: Case, args, clock: Clock) -> dict:
         continue
       runs[side].append(_spawn(side, name, args, min(args.timeout, clock.left())))
   jx, pt = _median_runs(runs['bigjax']), _median_runs(runs['torch'])
-  plain = {k: v for k, v in case.fast.items() if k.startswith('train.')}
+  plain = {k: v for k, v in case.fast.items() if k.startswith(('train.', 'optim.'))}
   if 'error' in jx and plain != case.fast and clock.left() > 5:
     # A fast path the model does not support on this device (say cuDNN attention with a
     # padding mask) must not cost the row: measure without the model-level ones.
@@ -762,11 +770,12 @@ def ablate(name: str, case: Case, args, clock: Clock) -> list[dict]:
   off_values = {
     'attention_impl': None,
     'scan_layers': not case.fast.get('scan_layers', False),
-    'remat_policy': 'none',
-    'loss_chunk': 0,
+    'remat_policy': 'dots_no_batch',
+    'loss_chunk': 2048,
     'rnn_impl': 'scan',
     'conv_impl': 'xla',
     'scan_unroll': 1,
+    'vocab_multiple': 1,
     'train.compute_dtype': 'float32',
     'train.donate': False,
   }
@@ -776,11 +785,25 @@ def ablate(name: str, case: Case, args, clock: Clock) -> list[dict]:
     off = off_values.get(key)
     if key in off_values and off != value:
       variants.append((f'{key}={off}', {**case.fast, key: off}))
-  for label, fast in variants:
-    if clock.left() < 5:
-      break
-    result = _spawn('bigjax', name, args, min(args.timeout, clock.left()), fast=fast)
-    rows.append({'variant': label, **_with_rates(result, {'batch': case.batch, **result})})
+  if not args.small and 'train.xla_flags' not in case.fast:
+    variants.append(
+      (f'train.xla_flags={GPU_XLA_FLAGS}', {**case.fast, 'train.xla_flags': GPU_XLA_FLAGS})
+    )
+  if case.batch % 2 == 0 and 'optim.grad_accum_steps' not in case.fast:
+    variants.append(('optim.grad_accum_steps=2', {**case.fast, 'optim.grad_accum_steps': 2}))
+  with tempfile.TemporaryDirectory() as cache:
+    # The persistent compilation cache: the first run fills it, the second loads from it;
+    # the row is the second (its `first_step_s` is the time to the first step, warm).
+    cached = {**case.fast, 'train.compilation_cache_dir': cache}
+    variants += [
+      ('compilation cache (cold: filling)', cached),
+      ('compilation cache (warm)', cached),
+    ]
+    for label, fast in variants:
+      if clock.left() < 5:
+        break
+      result = _spawn('bigjax', name, args, min(args.timeout, clock.left()), fast=fast)
+      rows.append({'variant': label, **_with_rates(result, {'batch': case.batch, **result})})
   return rows
 
 

@@ -14,6 +14,10 @@ both bias vectors included, so weights copy 1:1 (`kernel = weight.T`, see
          n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); h' = (1 - z) n + z h  (Cho et al., 2014)
 A layer projects its whole input at once (`ih`, one big matmul) and scans only the
 recurrent half (`hh`) over time with `nn.scan`, so compile time does not grow with T.
+`rnn_impl='fused'` runs the same equations through `bigjax.layers.recurrence.fused_scan`,
+whose hand-written backward forms the recurrent weight gradient as one matmul over all
+steps (same parameters, same results; faster to train on a CPU); `scan_unroll` sets the
+steps per loop iteration of either.
 With a [B, T] validity mask a padded step leaves the carry unchanged and outputs zeros, so
 the backward direction (a reversed scan) starts at each sequence's last valid step.
 Carries: LSTM (c, h), Elman and GRU h, each [B, H], held in float32.
@@ -25,6 +29,7 @@ Parameter names (stable):
   classifier:    embed/embedding [V, E], rnn/layer_{i}/{fwd,bwd}/..., head/{kernel, bias}
 """
 
+import functools
 from typing import Any, Callable, Sequence
 
 import chex
@@ -32,16 +37,31 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bigjax.layers.recurrence import fused_scan
 from bigjax.typing import Dtype
 from bigjax.vocab import PAD_ID
 
 GATES = {'rnn': 1, 'lstm': 4, 'gru': 3}
+# How a layer runs its loop over time (`model.rnn_impl`): 'scan' differentiates an
+# `nn.scan` of `RecurrentStep`; 'fused' is `bigjax.layers.recurrence.fused_scan`, whose
+# hand-written backward forms the recurrent weights' gradient in one matmul after the loop.
+RNN_IMPLS = ('scan', 'fused')
+DEFAULT_RNN_IMPL = 'scan'
+# Steps per loop iteration (`model.scan_unroll`, forward and backward); >= T unrolls fully.
+DEFAULT_SCAN_UNROLL = 1
 Carry = Any  # jax.Array [B, H], or (c, h) for an LSTM
 
 
 def _check_cell(cell: str) -> None:
   if cell not in GATES:
     raise ValueError(f'unknown recurrent cell {cell!r}; choose one of {sorted(GATES)}')
+
+
+def _check_impl(rnn_impl: str, scan_unroll: int) -> None:
+  if rnn_impl not in RNN_IMPLS:
+    raise ValueError(f'unknown model.rnn_impl {rnn_impl!r}; choose one of {list(RNN_IMPLS)}')
+  if scan_unroll < 1:
+    raise ValueError(f'model.scan_unroll must be at least 1, got {scan_unroll}')
 
 
 def zero_carry(cell: str, batch_size: int, hidden_size: int, dtype: Dtype = jnp.float32) -> Carry:
@@ -112,6 +132,51 @@ def _carry_dtype(dtype: Dtype) -> Dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
+def _hidden_params(module: nn.Module, cell: str, hidden_size: int, param_dtype: Dtype):
+  """Declares the recurrent half's `kernel` [H, G*H] and `bias` [G*H] in `module`."""
+  width = GATES[cell] * hidden_size
+  kernel = module.param(
+    'kernel', stacked_orthogonal(GATES[cell]), (hidden_size, width), param_dtype
+  )
+  bias = module.param('bias', nn.initializers.zeros, (width,), param_dtype)
+  return kernel, bias
+
+
+class HiddenParams(nn.Module):
+  """The parameters of `RecurrentStep` alone (same names and init), for the loops that do
+  not scan a module: `rnn_impl='fused'` and `'cudnn'`."""
+
+  cell: str
+  hidden_size: int
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self) -> tuple[jax.Array, jax.Array]:
+    return _hidden_params(self, self.cell, self.hidden_size, self.param_dtype)
+
+
+def _recurrent_matmul(cell: str, carry: Carry, kernel, bias, dtype: Dtype) -> jax.Array:
+  """hp = W_hh h + b_hh [B, G*H], in the compute dtype."""
+  h = carry_output(cell, carry)
+  return jnp.dot(h.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+
+
+def step_tail(
+  cell: str, dtype: Dtype, xp: jax.Array, hp: jax.Array, carry: Carry, valid: jax.Array
+) -> tuple[Carry, jax.Array]:
+  """The part of a step after the recurrent matmul: the cell update, then the mask.
+
+  xp, hp [B, G*H], valid [B] -> (carry, output [B, H]). A padded step keeps the old carry
+  and outputs zeros. The update runs in float32 (or wider) whatever the compute dtype.
+  """
+  cdt = _carry_dtype(dtype)
+  new = cell_update(cell, xp.astype(cdt), hp.astype(cdt), carry)
+  keep = valid[:, None]  # [B, 1]
+  new = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, carry)
+  out = jnp.where(keep, carry_output(cell, new), 0.0)
+  return new, out.astype(dtype)
+
+
 class RecurrentStep(nn.Module):
   """The recurrent half of a cell for one step: hp = W_hh h + b_hh, then the update.
 
@@ -127,22 +192,9 @@ class RecurrentStep(nn.Module):
   def __call__(self, carry: Carry, inputs: tuple[jax.Array, jax.Array]):
     """carry, (xp [B, G*H], valid [B]) -> (carry, output [B, H])."""
     xp, valid = inputs
-    width = GATES[self.cell] * self.hidden_size
-    kernel = self.param(
-      'kernel',
-      stacked_orthogonal(GATES[self.cell]),
-      (self.hidden_size, width),
-      self.param_dtype,
-    )
-    bias = self.param('bias', nn.initializers.zeros, (width,), self.param_dtype)
-    h = carry_output(self.cell, carry)
-    hp = jnp.dot(h.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
-    cdt = _carry_dtype(self.dtype)
-    new = cell_update(self.cell, xp.astype(cdt), hp.astype(cdt), carry)
-    keep = valid[:, None]  # [B, 1]
-    new = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, carry)
-    out = jnp.where(keep, carry_output(self.cell, new), 0.0)
-    return new, out.astype(self.dtype)
+    kernel, bias = _hidden_params(self, self.cell, self.hidden_size, self.param_dtype)
+    hp = _recurrent_matmul(self.cell, carry, kernel, bias, self.dtype)
+    return step_tail(self.cell, self.dtype, xp, hp, carry, valid)
 
 
 class Recurrence(nn.Module):
@@ -158,19 +210,40 @@ class Recurrence(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
+  rnn_impl: str = DEFAULT_RNN_IMPL
+  scan_unroll: int = DEFAULT_SCAN_UNROLL
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, carry: Carry) -> tuple[Carry, jax.Array]:
     """x [B, T, I], mask [B, T] bool, carry -> (final carry, outputs [B, T, H])."""
     _check_cell(self.cell)
-    xp = nn.Dense(
+    _check_impl(self.rnn_impl, self.scan_unroll)
+    ih = nn.Dense(
       GATES[self.cell] * self.hidden_size,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       kernel_init=self.kernel_init,
       bias_init=input_bias_init(self.cell, self.hidden_size),
       name='ih',
-    )(x)  # [B, T, G*H]
+    )
+    if self.rnn_impl == 'fused':
+      # Time-major from the start: the loop reads xp[t] and writes out[t] contiguously.
+      xp = ih(jnp.swapaxes(x, 0, 1))  # [T, B, G*H]
+      kernel, bias = HiddenParams(self.cell, self.hidden_size, self.param_dtype, name='hh')()
+      carry, outs = fused_scan(
+        functools.partial(step_tail, self.cell, self.dtype),
+        functools.partial(carry_output, self.cell),
+        self.dtype,
+        self.reverse,
+        self.scan_unroll,
+        kernel,
+        bias,
+        xp,
+        mask.T,
+        carry,
+      )  # outs [T, B, H]
+      return carry, jnp.swapaxes(outs, 0, 1)  # [B, T, H]
+    xp = ih(x)  # [B, T, G*H]
     scan = nn.scan(
       RecurrentStep,
       variable_broadcast='params',
@@ -178,6 +251,7 @@ class Recurrence(nn.Module):
       in_axes=1,
       out_axes=1,
       reverse=self.reverse,
+      unroll=self.scan_unroll,
     )
     step = scan(self.cell, self.hidden_size, self.dtype, self.param_dtype, name='hh')
     return step(carry, (xp, mask))
@@ -221,12 +295,19 @@ class RecurrentLayer(nn.Module):
   bidirectional: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  rnn_impl: str = DEFAULT_RNN_IMPL
+  scan_unroll: int = DEFAULT_SCAN_UNROLL
 
   @nn.compact
   def __call__(self, x, mask, carries: Sequence[Carry]) -> tuple[tuple[Carry, ...], jax.Array]:
     """x [B, T, I], mask [B, T], N carries -> (N final carries, outputs [B, T, N*H])."""
     kw = dict(
-      cell=self.cell, hidden_size=self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype
+      cell=self.cell,
+      hidden_size=self.hidden_size,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      rnn_impl=self.rnn_impl,
+      scan_unroll=self.scan_unroll,
     )
     final, outs = Recurrence(**kw, name='fwd')(x, mask, carries[0])
     if not self.bidirectional:
@@ -249,6 +330,8 @@ class RNN(nn.Module):
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  rnn_impl: str = DEFAULT_RNN_IMPL  # see RNN_IMPLS
+  scan_unroll: int = DEFAULT_SCAN_UNROLL
 
   @property
   def num_directions(self) -> int:
@@ -300,6 +383,8 @@ class RNN(nn.Module):
         self.bidirectional,
         self.dtype,
         self.param_dtype,
+        self.rnn_impl,
+        self.scan_unroll,
         name=f'layer_{i}',
       )
       final, x = layer(x, mask, initial_carry[i * n : (i + 1) * n])
@@ -320,8 +405,9 @@ def embed_and_rnn(
   the `rnn` stack to run on them (not yet applied: the LM feeds it its cached state).
 
   Called inside `model`'s compact method, so `embed` and `rnn` become its submodules; the
-  sizes are `model`'s vocab_size, embed_dim, hidden_size, num_layers, dropout_rate, dtype
-  and param_dtype. `drop` is the caller's dropout, which it may reuse further on.
+  sizes are `model`'s vocab_size, embed_dim, hidden_size, num_layers, dropout_rate, dtype,
+  param_dtype, rnn_impl and scan_unroll. `drop` is the caller's dropout, which it may reuse
+  further on.
   """
   x = nn.Embed(
     model.vocab_size,
@@ -339,6 +425,8 @@ def embed_and_rnn(
     model.dropout_rate,
     model.dtype,
     model.param_dtype,
+    model.rnn_impl,
+    model.scan_unroll,
     name='rnn',
   )
   return x, rnn
@@ -362,12 +450,14 @@ class RNNLanguageModel(nn.Module):
   decode: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  rnn_impl: str = DEFAULT_RNN_IMPL
+  scan_unroll: int = DEFAULT_SCAN_UNROLL
 
   @nn.compact
   def __call__(
     self, tokens: jax.Array, *, mask: jax.Array | None = None, train: bool = False
   ) -> jax.Array:
-    """tokens [B, T] int (mask [B, T], default all valid) -> logits [B, T, V]."""
+    """tokens [B, T] int (mask [B, T], default all valid) -> float32 logits [B, T, V]."""
     chex.assert_rank(tokens, 2)
     drop = nn.Dropout(self.dropout_rate)
     x, rnn = embed_and_rnn(self, tokens, drop, cell=self.cell, train=train)  # [B, T, E]
@@ -382,7 +472,7 @@ class RNNLanguageModel(nn.Module):
     logits = nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype, name='head')(
       y
     )  # [B, T, V]
-    return logits
+    return logits.astype(jnp.float32)  # a float32 loss under bf16 compute
 
 
 class RNNClassifier(nn.Module):
@@ -404,12 +494,14 @@ class RNNClassifier(nn.Module):
   pad_id: int = PAD_ID
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  rnn_impl: str = DEFAULT_RNN_IMPL
+  scan_unroll: int = DEFAULT_SCAN_UNROLL
 
   @nn.compact
   def __call__(
     self, tokens: jax.Array, *, mask: jax.Array | None = None, train: bool = False
   ) -> jax.Array:
-    """tokens [B, T] int (mask [B, T], default tokens != pad_id) -> logits [B, C]."""
+    """tokens [B, T] int (mask [B, T], default tokens != pad_id) -> float32 logits [B, C]."""
     if self.pooling not in ('last', 'mean'):
       raise ValueError(f"pooling must be 'last' or 'mean', got {self.pooling!r}")
     chex.assert_rank(tokens, 2)
@@ -432,7 +524,7 @@ class RNNClassifier(nn.Module):
       self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='head'
     )(feats)
     chex.assert_rank(logits, 2)
-    return logits
+    return logits.astype(jnp.float32)  # a float32 loss under bf16 compute
 
 
 # Byte-level LM sizes. 'medium' and 'large' are the two-layer word-level models of

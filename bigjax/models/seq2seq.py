@@ -31,7 +31,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigjax.models.rnn import RecurrentCell, embed_and_rnn, zero_carry
+from bigjax.models.rnn import (
+  DEFAULT_RNN_IMPL,
+  DEFAULT_SCAN_UNROLL,
+  RecurrentCell,
+  embed_and_rnn,
+  zero_carry,
+)
 from bigjax.typing import Dtype, PyTree
 from bigjax.vocab import PAD_ID
 
@@ -47,6 +53,8 @@ class Seq2SeqEncoder(nn.Module):
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  rnn_impl: str = DEFAULT_RNN_IMPL
+  scan_unroll: int = DEFAULT_SCAN_UNROLL
 
   @nn.compact
   def __call__(self, src: jax.Array, *, train: bool = False) -> PyTree:
@@ -119,6 +127,7 @@ class AttentionDecoder(nn.Module):
   decode: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  scan_unroll: int = DEFAULT_SCAN_UNROLL
 
   @nn.compact
   def __call__(self, encoded: PyTree, tgt: jax.Array, *, train: bool = False) -> jax.Array:
@@ -145,6 +154,7 @@ class AttentionDecoder(nn.Module):
       split_rngs={'params': False, 'dropout': True},
       in_axes=(1, nn.broadcast),
       out_axes=1,
+      unroll=self.scan_unroll,
     )
     step = scan(
       self.hidden_size,
@@ -185,6 +195,10 @@ class LSTMSeq2Seq(nn.Module):
   decode: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  # The encoder's recurrence (`bigjax.models.rnn.RNN_IMPLS`); the attentive decoder feeds
+  # each step a context from the previous state, so it always scans (with `scan_unroll`).
+  rnn_impl: str = DEFAULT_RNN_IMPL
+  scan_unroll: int = DEFAULT_SCAN_UNROLL
 
   def setup(self):
     kw = dict(
@@ -197,8 +211,8 @@ class LSTMSeq2Seq(nn.Module):
       dtype=self.dtype,
       param_dtype=self.param_dtype,
     )
-    self.encoder = Seq2SeqEncoder(**kw)
-    self.decoder = AttentionDecoder(**kw, decode=self.decode)
+    self.encoder = Seq2SeqEncoder(**kw, rnn_impl=self.rnn_impl, scan_unroll=self.scan_unroll)
+    self.decoder = AttentionDecoder(**kw, decode=self.decode, scan_unroll=self.scan_unroll)
 
   def encode(self, src: jax.Array, *, train: bool = False) -> PyTree:
     """[B, S] source tokens -> {'hidden': [B, S, 2H], 'keys': [B, S, A], 'mask': [B, S],
@@ -212,7 +226,7 @@ class LSTMSeq2Seq(nn.Module):
     With `decode=True` the T tokens continue the sequence held in the cache.
     """
     chex.assert_rank(tgt, 2)
-    return self.decoder(encoded, tgt, train=train)
+    return self.decoder(encoded, tgt, train=train).astype(jnp.float32)  # an fp32 loss
 
   def __call__(self, src: jax.Array, tgt_in: jax.Array, *, train: bool = False) -> jax.Array:
     """[B, S] source and [B, T] shifted target tokens -> [B, T, V] logits."""

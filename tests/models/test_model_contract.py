@@ -191,10 +191,13 @@ ROWS: dict[str, Row] = {
   ),
   'vit_test': Row(images(32), classes, bf16_logits=jnp.float32),
   'vit_*': Row(images(224), classes, published=VIT_COUNTS, bf16_logits=jnp.float32),
-  # Recurrent cells keep their state in float32; the projections compute in bf16.
-  '*_lm*': Row(tokens, vocab_per_step, decoder=lm_decoding),
-  '*_classifier*': Row(tokens, classes),
-  'seq2seq_lstm*': Row(source_and_target, vocab_per_step, decoder=seq2seq_decoding),
+  # Recurrent cells keep their state in float32; the projections compute in bf16 and the
+  # logits are cast to float32.
+  '*_lm*': Row(tokens, vocab_per_step, bf16_logits=jnp.float32, decoder=lm_decoding),
+  '*_classifier*': Row(tokens, classes, bf16_logits=jnp.float32),
+  'seq2seq_lstm*': Row(
+    source_and_target, vocab_per_step, decoder=seq2seq_decoding, bf16_logits=jnp.float32
+  ),
   'transformer_*': Row(
     source_and_target, vocab_per_step, decoder=seq2seq_decoding, bf16_logits=jnp.float32
   ),
