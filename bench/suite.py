@@ -687,6 +687,10 @@ def _spawn(side: str, name: str, args, timeout: float, fast: dict | None = None)
   env = {**os.environ, 'PYTHONPATH': os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')])}
   if args.small:
     env.setdefault('JAX_PLATFORMS', 'cpu')
+  if side == 'torch':
+    # The torch side imports bigjax's registry for the shapes: keep jax off the GPU there
+    # (it would preallocate most of the device's memory).
+    env['JAX_PLATFORMS'] = 'cpu'
   t = time.perf_counter()
   try:
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=max(timeout, 1))
