@@ -79,8 +79,20 @@ GPT_FAST = {
 GPU_XLA_FLAGS = '--xla_gpu_enable_latency_hiding_scheduler=true'
 ENCODER_FAST = {'attention_impl': 'auto', 'train.compute_dtype': 'bfloat16', 'train.donate': True}
 CNN_FAST = {'conv_impl': 'auto', 'train.compute_dtype': 'bfloat16', 'train.donate': True}
-RNN_FAST = {'train.compute_dtype': 'bfloat16', 'train.donate': True}
+RNN_FAST = {'rnn_impl': 'fused', 'train.compute_dtype': 'bfloat16', 'train.donate': True}
 CPU_FAST = {'train.donate': True}
+# On CPU (float32): what measured fastest on 2 cores; `--ablate` tries the other setting.
+CPU_GPT_FAST = {
+  'attention_impl': 'auto',
+  'scan_layers': False,
+  'remat_policy': None,
+  'loss_chunk': 0,
+  'vocab_multiple': 1,
+  **CPU_FAST,
+}
+CPU_ENCODER_FAST = {'attention_impl': 'auto', 'scan_layers': False, **CPU_FAST}
+CPU_CNN_FAST = {'conv_impl': 'auto', **CPU_FAST}
+CPU_RNN_FAST = {'rnn_impl': 'fused', 'scan_unroll': 1, **CPU_FAST}
 
 GPT2 = dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072, max_len=1024)
 LLAMA = dict(
@@ -193,7 +205,7 @@ SMALL_CASES = {
     (128,),
     'hf_gpt2',
     {},
-    CPU_FAST,
+    CPU_GPT_FAST,
   ),
   'bert': Case(
     'bert_base',
@@ -213,10 +225,10 @@ SMALL_CASES = {
     (128,),
     'hf_bert',
     {},
-    CPU_FAST,
+    CPU_ENCODER_FAST,
   ),
   'resnet18': Case(
-    'resnet18', {'num_classes': 10}, 'classification', 32, (32, 32, 3), 'resnet', {}, CPU_FAST
+    'resnet18', {'num_classes': 10}, 'classification', 32, (32, 32, 3), 'resnet', {}, CPU_CNN_FAST
   ),
   'resnet18_cifar': Case(
     'resnet18',
@@ -226,10 +238,10 @@ SMALL_CASES = {
     (32, 32, 3),
     'resnet',
     {},
-    CPU_FAST,
+    CPU_CNN_FAST,
   ),
   'resnet50': Case(
-    'resnet50', {'num_classes': 10}, 'classification', 32, (32, 32, 3), 'resnet', {}, CPU_FAST
+    'resnet50', {'num_classes': 10}, 'classification', 32, (32, 32, 3), 'resnet', {}, CPU_CNN_FAST
   ),
   'vit': Case(
     'vit_ti4',
@@ -239,7 +251,7 @@ SMALL_CASES = {
     (32, 32, 3),
     'hf_vit',
     {},
-    CPU_FAST,
+    CPU_ENCODER_FAST,
   ),
   'transformer': Case(
     'transformer_base',
@@ -258,7 +270,7 @@ SMALL_CASES = {
     (64,),
     'torch_transformer',
     {},
-    CPU_FAST,
+    CPU_ENCODER_FAST,
   ),
   'lstm': Case(
     'lstm_lm',
@@ -268,7 +280,7 @@ SMALL_CASES = {
     (128,),
     'torch_lstm',
     {},
-    CPU_FAST,
+    CPU_RNN_FAST,
   ),
 }
 DEFAULT_ABLATE = 'gpt2'
@@ -748,7 +760,8 @@ def measure(name: str, case: Case, args, clock: Clock) -> dict:
       if clock.left() < 5:
         runs[side].append({'error': 'skipped: out of the time budget'})
         continue
-      runs[side].append(_spawn(side, name, args, min(args.timeout, clock.left())))
+      fast = case.fast if side == 'bigjax' else None
+      runs[side].append(_spawn(side, name, args, min(args.timeout, clock.left()), fast=fast))
   jx, pt = _median_runs(runs['bigjax']), _median_runs(runs['torch'])
   plain = {k: v for k, v in case.fast.items() if k.startswith(('train.', 'optim.'))}
   if 'error' in jx and plain != case.fast and clock.left() > 5:
@@ -769,26 +782,31 @@ def measure(name: str, case: Case, args, clock: Clock) -> dict:
   return row
 
 
+# The other setting of each fast path in an ablation: (value in the case -> the one tried).
+ALTERNATIVES = {
+  'attention_impl': lambda v: 'xla' if v in ('auto', 'cudnn') else 'auto',
+  'scan_layers': lambda v: not v,
+  'remat_policy': lambda v: 'dots_no_batch' if v is None else None,
+  'loss_chunk': lambda v: 2048 if not v else 0,
+  'rnn_impl': lambda v: 'scan' if v == 'fused' else 'fused',
+  'conv_impl': lambda v: 'xla' if v != 'xla' else 'auto',
+  'scan_unroll': lambda v: 4 if v == 1 else 1,
+  'vocab_multiple': lambda v: 1 if v != 1 else 128,
+  'train.compute_dtype': lambda v: 'float32' if v != 'float32' else 'bfloat16',
+  'train.donate': lambda v: not v,
+}
+
+
 def ablate(name: str, case: Case, args, clock: Clock) -> list[dict]:
-  """bigjax's step with all fast paths, then with each turned off in turn."""
-  off_values = {
-    'attention_impl': None,
-    'scan_layers': not case.fast.get('scan_layers', False),
-    'remat_policy': 'dots_no_batch',
-    'loss_chunk': 2048,
-    'rnn_impl': 'scan',
-    'conv_impl': 'xla',
-    'scan_unroll': 1,
-    'vocab_multiple': 1,
-    'train.compute_dtype': 'float32',
-    'train.donate': False,
-  }
+  """bigjax's step with the case's fast-path settings, then with each switched to its other
+  setting in turn (ALTERNATIVES), then grad accumulation, XLA flags (GPU) and the persistent
+  compilation cache (cold, then warm)."""
   rows = []
-  variants = [('all fast paths', case.fast)]
+  variants = [('as configured', case.fast)]
   for key, value in case.fast.items():
-    off = off_values.get(key)
-    if key in off_values and off != value:
-      variants.append((f'{key}={off}', {**case.fast, key: off}))
+    if key in ALTERNATIVES:
+      other = ALTERNATIVES[key](value)
+      variants.append((f'{key}={other}', {**case.fast, key: other}))
   if not args.small and 'train.xla_flags' not in case.fast:
     variants.append(
       (f'train.xla_flags={GPU_XLA_FLAGS}', {**case.fast, 'train.xla_flags': GPU_XLA_FLAGS})
@@ -859,6 +877,16 @@ def ablation_table(name: str, rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
+def _setting(item: str, parser) -> tuple[str, object]:
+  key, sep, text = item.partition('=')
+  if not sep or not key:
+    parser.error(f'--set takes KEY=VALUE, got {item!r}')
+  try:
+    return key, json.loads(text)
+  except json.JSONDecodeError:
+    return key, text
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--small', action='store_true', help='CPU shapes, float32, torch eager')
@@ -871,6 +899,14 @@ def main(argv=None) -> int:
   parser.add_argument('--ablate', nargs='?', const=DEFAULT_ABLATE, default='', help='a model')
   parser.add_argument('--timeout', type=float, default=600.0, help='seconds per subprocess')
   parser.add_argument('--budget', type=float, default=0.0, help='seconds in all (0 = none)')
+  parser.add_argument(
+    '--set',
+    action='append',
+    default=[],
+    metavar='KEY=VALUE',
+    help='a fast-path setting for every bigjax row (model field or train.*/optim.* key; the '
+    'value is read as JSON, else as a string), e.g. --set conv_impl=xla',
+  )
   parser.add_argument('--worker', choices=('bigjax', 'torch'), dest='side', help=argparse.SUPPRESS)
   parser.add_argument('--name', help=argparse.SUPPRESS)
   parser.add_argument('--fast', default='', help=argparse.SUPPRESS)
@@ -879,6 +915,9 @@ def main(argv=None) -> int:
     _worker(args)
     return 0
   cases = SMALL_CASES if args.small else GPU_CASES
+  if args.set:
+    settings = dict(_setting(item, parser) for item in args.set)
+    cases = {k: dataclasses.replace(c, fast={**c.fast, **settings}) for k, c in cases.items()}
   names = [n for n in args.models.split(',') if n] or list(cases)
   unknown = [n for n in names + ([args.ablate] if args.ablate else []) if n not in cases]
   if unknown:
