@@ -5,10 +5,10 @@
 
 Same architecture, batch, optimiser (Adam) and float32 on both sides; reports median
 milliseconds per step after warm-up (compilation excluded for JAX). bigjax and PyTorch are
-timed interleaved: `rounds` rounds of `steps` steps each, alternating, so that load from other
-processes hits both alike; the median over all steps is reported. CNN cases run once per
-`conv_impl` (see bigjax/layers/conv.py). Not a test: numbers go to bench/RESULTS.md with the
-date and machine.
+timed interleaved, step by step in a rotating order (`steps * rounds` turns), so that load
+from other processes hits both alike; the median over all steps is reported. CNN cases run
+once per `conv_impl` (see bigjax/layers/conv.py). Not a test: numbers go to bench/RESULTS.md
+with the date and machine.
 """
 
 import argparse
@@ -151,14 +151,21 @@ def torch_step(name):
 
 
 def interleaved(runs, steps, rounds):
-  """Median ms/step of each closure in `runs`, timed in alternating rounds."""
+  """Median ms/step of each closure in `runs`, alternating step by step.
+
+  Each of the `steps * rounds` turns runs every closure once, in an order rotated by one per
+  turn, so that load from other processes (which comes and goes within seconds on a shared
+  machine) hits each closure alike; alternating in blocks of many steps let one side take a
+  burst of load alone and moved the ratio by up to 1.5x in a run.
+  """
   times = {k: [] for k in runs}
-  for _ in range(rounds):
-    for k, run in runs.items():
-      for _ in range(steps):
-        t = time.perf_counter()
-        run()
-        times[k].append(time.perf_counter() - t)
+  keys = list(runs)
+  for turn in range(steps * rounds):
+    r = turn % len(keys)
+    for k in keys[r:] + keys[:r]:
+      t = time.perf_counter()
+      runs[k]()
+      times[k].append(time.perf_counter() - t)
   return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 

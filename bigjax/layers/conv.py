@@ -23,6 +23,14 @@ and 64x64 inputs), and the input gradient of a stride-2 3x3 convolution from 4x4
 torch's 1.7 ms for the whole pool. Larger outputs run faster as XLA (Eigen), so 'auto' keeps
 them there. The parameters are the same `nn.Conv` kernels either way.
 
+XLA flags (jaxlib 0.10.2, 2 cores, measured 2026-11-29): XLA:CPU sends a convolution to
+YNNPACK by default (a `__ynn_fusion`). `--xla_cpu_experimental_ynn_fusion_type=` (empty: no
+YNN fusions) puts it back on Eigen, which runs an isolated 3x3 convolution 1.3-1.8x faster
+(8x8x64 forward + gradients 4.6 -> 3.1 ms, 16x16x64 19 -> 11 ms) but the whole ResNet-18
+step slower (ImageNet stem, 32x32, batch 32, 'auto': 105 -> 148 ms; 'xla': 350 ms); fast
+math, XNN graph fusion (GREEDY) and YNN/XNN dot fusions measured no better than the
+default, so no flag is recommended for the CNNs.
+
 Mixed precision: under `dtype=bfloat16` Flax's BatchNorm computes its batch statistics in
 float32 (`force_float32_reductions`) and XLA fuses the normalisation with the following ReLU
 and residual add into the convolution's consumer, so there is no separate fused-BN kernel.
