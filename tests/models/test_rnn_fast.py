@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import bigjax
-from bigjax.models.rnn import RNN
+from bigjax.models.rnn import RNN, TokenInputs
 from bigjax.train.workdir import build_model
 
 B, T, D_IN, H = 3, 7, 5, 6
@@ -115,3 +115,41 @@ def test_bad_switch_values_raise(kw):
   model = RNN('gru', H, **kw)
   with pytest.raises(ValueError, match='rnn_impl|scan_unroll'):
     model.init(jax.random.key(0), X)
+
+
+@pytest.mark.parametrize('impl', ['scan', 'fused'])
+def test_token_inputs_equal_embedded_inputs(impl):
+  """A first layer fed `TokenInputs` (project the table, gather rows) equals one fed the
+  looked-up embeddings: values and gradients, the table's included."""
+  table = jnp.asarray(RNG.normal(size=(11, D_IN)).astype(np.float32))  # [V, E]
+  ids = jnp.asarray(RNG.integers(0, 11, (B, T)))
+  model = RNN('lstm', H, num_layers=2, bidirectional=True, rnn_impl=impl)
+  params = model.init(jax.random.key(0), X)['params']
+
+  def f(params, table, lazy):
+    x = TokenInputs(table, ids) if lazy else jnp.take(table, ids, axis=0)
+    y, finals = model.apply({'params': params}, x, mask=MASK)
+    return jnp.sum(y * jnp.cos(y)) + sum(jnp.sum(jnp.sin(s)) for s in jax.tree.leaves(finals))
+
+  grad = jax.jit(jax.value_and_grad(f, argnums=(0, 1)), static_argnums=2)
+  want, want_grads = grad(params, table, False)
+  got, got_grads = grad(params, table, True)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  close = lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)  # noqa: E731
+  jax.tree.map(close, got_grads, want_grads)
+
+
+def test_lm_projects_the_table_only_where_identical():
+  """The LM takes the table path when V <= B*T and no embedding dropout is active, with the
+  logits of embedding, RNN and head applied one after the other."""
+  tokens = jax.random.randint(jax.random.key(3), (B, T), 0, 20)  # V = 20 <= 21 tokens
+  model = bigjax.create_model('lstm_lm_test', vocab_size=20)
+  params = model.init(jax.random.key(0), tokens)['params']
+  got = jax.jit(model.apply)({'params': params}, tokens)
+  rnn = RNN('lstm', model.hidden_size)
+  x = jnp.take(params['embed']['embedding'], tokens, axis=0)  # [B, T, E]
+  y, _ = rnn.apply({'params': params['rnn']}, x)
+  want = y @ params['head']['kernel'] + params['head']['bias']
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  jaxpr = str(jax.make_jaxpr(model.apply)({'params': params}, tokens))
+  assert 'f32[20,128]' in jaxpr  # the projected table [V, G*H] exists: the fast path ran
