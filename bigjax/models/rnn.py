@@ -47,6 +47,9 @@ from bigjax.typing import Dtype
 from bigjax.vocab import PAD_ID
 
 GATES = {'rnn': 1, 'lstm': 4, 'gru': 3}
+# Cells whose update reads W_ih x + b_ih and W_hh h + b_hh only through their sum (the GRU
+# scales part of the recurrent half by its reset gate).
+ADDITIVE = ('rnn', 'lstm')
 # How a layer runs its loop over time (`model.rnn_impl`): 'scan' differentiates an
 # `nn.scan` of `RecurrentStep`; 'fused' is `bigjax.layers.recurrence.fused_scan`, whose
 # hand-written backward forms the recurrent weights' gradient in one matmul after the loop.
@@ -245,11 +248,10 @@ class Recurrence(nn.Module):
       bias_init=input_bias_init(self.cell, self.hidden_size),
       name='ih',
     )
-    if isinstance(x, TokenInputs):
-      # Row ids of E W + b equal (E[ids]) W + b: V rows projected instead of T*B tokens.
-      xp = jnp.take(ih(x.table), x.ids, axis=0)  # [V, G*H] -> [T, B, G*H]
-    else:
-      xp = ih(x)  # [T, B, G*H]
+    # Rows ids of E W + b equal (E[ids]) W + b: V rows projected instead of T*B tokens
+    # (ids out of range are clipped).
+    ids = x.ids if isinstance(x, TokenInputs) else None
+    xp = ih(x.table if ids is not None else x)  # [V, G*H] or [T, B, G*H]
     if self.rnn_impl == 'fused':
       kernel, bias = HiddenParams(self.cell, self.hidden_size, self.param_dtype, name='hh')()
       return fused_scan(
@@ -258,12 +260,16 @@ class Recurrence(nn.Module):
         self.dtype,
         self.reverse,
         self.scan_unroll,
+        self.cell in ADDITIVE,
         kernel,
         bias,
-        xp,
+        xp,  # the loop gathers the table's rows itself
+        ids,
         mask,
         carry,
       )  # (carry, outputs [T, B, H])
+    if ids is not None:
+      xp = jnp.take(xp, ids, axis=0, mode='clip')  # [T, B, G*H]
     scan = nn.scan(
       RecurrentStep,
       variable_broadcast='params',
