@@ -79,7 +79,7 @@ GPT_FAST = {
 GPU_XLA_FLAGS = '--xla_gpu_enable_latency_hiding_scheduler=true'
 ENCODER_FAST = {'attention_impl': 'auto', 'train.compute_dtype': 'bfloat16', 'train.donate': True}
 CNN_FAST = {'conv_impl': 'auto', 'train.compute_dtype': 'bfloat16', 'train.donate': True}
-RNN_FAST = {'train.compute_dtype': 'bfloat16', 'train.donate': True}
+RNN_FAST = {'train.compute_dtype': 'bfloat16', 'train.donate': True, 'rnn_impl': 'fused'}
 CPU_FAST = {'train.donate': True}
 
 GPT2 = dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072, max_len=1024)
@@ -268,7 +268,7 @@ SMALL_CASES = {
     (128,),
     'torch_lstm',
     {},
-    CPU_FAST,
+    {**CPU_FAST, 'rnn_impl': 'fused'},  # the default, named so that --ablate turns it off
   ),
 }
 DEFAULT_ABLATE = 'gpt2'

@@ -1,4 +1,5 @@
-"""The recurrences' fast paths (`model.rnn_impl`, `model.scan_unroll`) against the plain scan.
+"""The recurrences' fast paths (`model.rnn_impl`, `model.scan_unroll`, the embedding-table
+input projection) against the plain scan.
 
 'fused' (bigjax.layers.recurrence.fused_scan) has a hand-written backward, so values and
 gradients (parameters, inputs and initial states) are compared with the differentiated
@@ -42,7 +43,7 @@ def _carries(model, seed):
 
 @pytest.mark.parametrize('cell', ['lstm', 'gru', 'rnn'])
 def test_fused_equals_scan_values_and_gradients(cell):
-  plain = RNN(cell, H, bidirectional=True)
+  plain = RNN(cell, H, bidirectional=True, rnn_impl='scan')
   fused = plain.clone(rnn_impl='fused', scan_unroll=3)  # 3 does not divide T = 7
   variables = plain.init(jax.random.key(0), X)
   # Same parameter names, shapes and initial values: checkpoints and converters carry over.
@@ -70,7 +71,7 @@ def test_bf16_compute_float32_logits_and_grads():
   """bf16 compute over float32 parameters: logits and parameter gradients stay float32 and
   the fused path matches the plain one within bf16 tolerance."""
   tokens = jax.random.randint(jax.random.key(2), (B, T), 1, 256)
-  plain = bigjax.create_model('lstm_lm_test', dtype=jnp.bfloat16)
+  plain = bigjax.create_model('lstm_lm_test', dtype=jnp.bfloat16, rnn_impl='scan')
   fused = plain.clone(rnn_impl='fused')
   params = plain.init(jax.random.key(0), tokens)['params']
 
@@ -95,7 +96,7 @@ def test_bf16_compute_float32_logits_and_grads():
 def test_seq2seq_encoder_fused_equals_scan():
   src = jnp.array([[3, 4, 5, 6, 2, 0, 0], [7, 8, 9, 10, 11, 12, 2]])  # one row padded
   tgt = jnp.array([[1, 6, 5, 4, 3], [1, 12, 11, 10, 9]])
-  plain = bigjax.create_model('seq2seq_lstm_test', vocab_size=14)
+  plain = bigjax.create_model('seq2seq_lstm_test', vocab_size=14, rnn_impl='scan')
   fused = plain.clone(rnn_impl='fused', scan_unroll=2)
   params = plain.init(jax.random.key(0), src, tgt)['params']
   apply = jax.jit(lambda m, p: m.apply({'params': p}, src, tgt), static_argnums=0)
@@ -117,13 +118,13 @@ def test_bad_switch_values_raise(kw):
     model.init(jax.random.key(0), X)
 
 
-@pytest.mark.parametrize('impl', ['scan', 'fused'])
-def test_token_inputs_equal_embedded_inputs(impl):
+@pytest.mark.parametrize('impl,cell', [('scan', 'lstm'), ('fused', 'lstm'), ('fused', 'gru')])
+def test_token_inputs_equal_embedded_inputs(impl, cell):
   """A first layer fed `TokenInputs` (project the table, gather rows) equals one fed the
   looked-up embeddings: values and gradients, the table's included."""
   table = jnp.asarray(RNG.normal(size=(11, D_IN)).astype(np.float32))  # [V, E]
   ids = jnp.asarray(RNG.integers(0, 11, (B, T)))
-  model = RNN('lstm', H, num_layers=2, bidirectional=True, rnn_impl=impl)
+  model = RNN(cell, H, num_layers=2, bidirectional=True, rnn_impl=impl)
   params = model.init(jax.random.key(0), X)['params']
 
   def f(params, table, lazy):
