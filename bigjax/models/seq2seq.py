@@ -63,9 +63,7 @@ class Seq2SeqEncoder(nn.Module):
       n, dtype=self.dtype, param_dtype=self.param_dtype, **kw
     )
     drop = nn.Dropout(self.dropout_rate)
-    x, rnn = embed_and_rnn(
-      self, src, drop, cell='lstm', bidirectional=True, train=train
-    )  # [B, S, E]
+    x, rnn = embed_and_rnn(self, src, drop, cell='lstm', bidirectional=True, train=train)
     hidden, finals = rnn(x, mask=valid, train=train)  # [B, S, 2H]
     top = jnp.concatenate([finals[-2][1], finals[-1][1]], axis=-1).astype(self.dtype)  # [B, 2H]
     init_h = jnp.tanh(dense(self.hidden_size, name='bridge')(top))  # [B, H]

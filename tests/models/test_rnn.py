@@ -86,7 +86,7 @@ def test_seq2seq_shapes_and_bf16(s2s):
   chex.assert_type(logits, jnp.float32)
   # the trainer's mixed precision: bf16 compute over the same float32 params
   low = jitted(model.clone(dtype=jnp.bfloat16))({'params': params}, src, tgt)
-  chex.assert_type(low, jnp.bfloat16)
+  chex.assert_type(low, jnp.float32)  # bf16 compute, float32 logits (an fp32 loss)
   np.testing.assert_allclose(low.astype(jnp.float32), logits, atol=0.1)
 
 

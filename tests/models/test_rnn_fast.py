@@ -1,4 +1,5 @@
-"""The recurrences' fast paths (`model.rnn_impl`, `model.scan_unroll`) against the plain scan.
+"""The recurrences' fast paths (`model.rnn_impl`, `model.scan_unroll`, the embedding-table
+input projection) against the plain scan.
 
 'fused' (bigjax.layers.recurrence.fused_scan) has a hand-written backward, so values and
 gradients (parameters, inputs and initial states) are compared with the differentiated
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 import bigjax
-from bigjax.models.rnn import RNN
+from bigjax.models.rnn import RNN, TokenInputs
 from bigjax.train.workdir import build_model
 
 B, T, D_IN, H = 3, 7, 5, 6
@@ -42,7 +43,7 @@ def _carries(model, seed):
 
 @pytest.mark.parametrize('cell', ['lstm', 'gru', 'rnn'])
 def test_fused_equals_scan_values_and_gradients(cell):
-  plain = RNN(cell, H, bidirectional=True)
+  plain = RNN(cell, H, bidirectional=True, rnn_impl='scan')
   fused = plain.clone(rnn_impl='fused', scan_unroll=3)  # 3 does not divide T = 7
   variables = plain.init(jax.random.key(0), X)
   # Same parameter names, shapes and initial values: checkpoints and converters carry over.
@@ -70,7 +71,7 @@ def test_bf16_compute_float32_logits_and_grads():
   """bf16 compute over float32 parameters: logits and parameter gradients stay float32 and
   the fused path matches the plain one within bf16 tolerance."""
   tokens = jax.random.randint(jax.random.key(2), (B, T), 1, 256)
-  plain = bigjax.create_model('lstm_lm_test', dtype=jnp.bfloat16)
+  plain = bigjax.create_model('lstm_lm_test', dtype=jnp.bfloat16, rnn_impl='scan')
   fused = plain.clone(rnn_impl='fused')
   params = plain.init(jax.random.key(0), tokens)['params']
 
@@ -95,7 +96,7 @@ def test_bf16_compute_float32_logits_and_grads():
 def test_seq2seq_encoder_fused_equals_scan():
   src = jnp.array([[3, 4, 5, 6, 2, 0, 0], [7, 8, 9, 10, 11, 12, 2]])  # one row padded
   tgt = jnp.array([[1, 6, 5, 4, 3], [1, 12, 11, 10, 9]])
-  plain = bigjax.create_model('seq2seq_lstm_test', vocab_size=14)
+  plain = bigjax.create_model('seq2seq_lstm_test', vocab_size=14, rnn_impl='scan')
   fused = plain.clone(rnn_impl='fused', scan_unroll=2)
   params = plain.init(jax.random.key(0), src, tgt)['params']
   apply = jax.jit(lambda m, p: m.apply({'params': p}, src, tgt), static_argnums=0)
@@ -115,3 +116,41 @@ def test_bad_switch_values_raise(kw):
   model = RNN('gru', H, **kw)
   with pytest.raises(ValueError, match='rnn_impl|scan_unroll'):
     model.init(jax.random.key(0), X)
+
+
+@pytest.mark.parametrize('impl,cell', [('scan', 'lstm'), ('fused', 'lstm'), ('fused', 'gru')])
+def test_token_inputs_equal_embedded_inputs(impl, cell):
+  """A first layer fed `TokenInputs` (project the table, gather rows) equals one fed the
+  looked-up embeddings: values and gradients, the table's included."""
+  table = jnp.asarray(RNG.normal(size=(11, D_IN)).astype(np.float32))  # [V, E]
+  ids = jnp.asarray(RNG.integers(0, 11, (B, T)))
+  model = RNN(cell, H, num_layers=2, bidirectional=True, rnn_impl=impl)
+  params = model.init(jax.random.key(0), X)['params']
+
+  def f(params, table, lazy):
+    x = TokenInputs(table, ids) if lazy else jnp.take(table, ids, axis=0)
+    y, finals = model.apply({'params': params}, x, mask=MASK)
+    return jnp.sum(y * jnp.cos(y)) + sum(jnp.sum(jnp.sin(s)) for s in jax.tree.leaves(finals))
+
+  grad = jax.jit(jax.value_and_grad(f, argnums=(0, 1)), static_argnums=2)
+  want, want_grads = grad(params, table, False)
+  got, got_grads = grad(params, table, True)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  close = lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)  # noqa: E731
+  jax.tree.map(close, got_grads, want_grads)
+
+
+def test_lm_projects_the_table_only_where_identical():
+  """The LM takes the table path when V <= B*T and no embedding dropout is active, with the
+  logits of embedding, RNN and head applied one after the other."""
+  tokens = jax.random.randint(jax.random.key(3), (B, T), 0, 20)  # V = 20 <= 21 tokens
+  model = bigjax.create_model('lstm_lm_test', vocab_size=20)
+  params = model.init(jax.random.key(0), tokens)['params']
+  got = jax.jit(model.apply)({'params': params}, tokens)
+  rnn = RNN('lstm', model.hidden_size)
+  x = jnp.take(params['embed']['embedding'], tokens, axis=0)  # [B, T, E]
+  y, _ = rnn.apply({'params': params['rnn']}, x)
+  want = y @ params['head']['kernel'] + params['head']['bias']
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  jaxpr = str(jax.make_jaxpr(model.apply)({'params': params}, tokens))
+  assert 'f32[20,128]' in jaxpr  # the projected table [V, G*H] exists: the fast path ran
