@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bigjax.layers.mlp import rows
 from bigjax.layers.positional import rotary
 from bigjax.typing import Dtype
 
@@ -140,9 +141,11 @@ class MultiHeadAttention(nn.Module):
       kernel_init=self.kernel_init,
       name=name,
     )
-    q = dense(self.num_heads, 'query')(inputs_q)  # [B, T, H, K]
-    k = dense(kv_heads, 'key')(inputs_kv)  # [B, S, G, K]
-    v = dense(kv_heads, 'value')(inputs_kv)  # [B, S, G, K]
+    flat_q, unflat_q = rows(inputs_q)  # projections as plain matmuls (see `rows`)
+    flat_kv, unflat_kv = rows(inputs_kv)
+    q = unflat_q(dense(self.num_heads, 'query')(flat_q))  # [B, T, H, K]
+    k = unflat_kv(dense(kv_heads, 'key')(flat_kv))  # [B, S, G, K]
+    v = unflat_kv(dense(kv_heads, 'value')(flat_kv))  # [B, S, G, K]
 
     caching = self.decode and self_attention
     if caching:
@@ -186,15 +189,18 @@ class MultiHeadAttention(nn.Module):
         key_value_seq_lengths=lengths,
         implementation=implementation,
       )  # [B, T, H, K]
-    return nn.DenseGeneral(
-      self.out_features or width,
-      axis=(-2, -1),
-      use_bias=self.use_bias,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      kernel_init=self.out_kernel_init or self.kernel_init,
-      name='out',
-    )(out)
+    flat_out, unflat_out = rows(out, keep=2)  # [B*T, H, K]
+    return unflat_out(
+      nn.DenseGeneral(
+        self.out_features or width,
+        axis=(-2, -1),
+        use_bias=self.use_bias,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=self.out_kernel_init or self.kernel_init,
+        name='out',
+      )(flat_out)
+    )  # [B, T, D]
 
   def _explicit_attention(self, q, k, v, mask, is_causal) -> jax.Array:
     """The fused kernel's computation written out, to sow the attention weights.
