@@ -33,8 +33,7 @@ class MlpBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    lead = x.shape[:-1]
-    x = x.reshape(-1, x.shape[-1])  # [N, D]: see `rows`
+    x, unflatten = rows(x)  # [N, D]: one plain matmul per projection (see `rows`)
     act = activation(self.activation)
     dense = lambda n, name, init=self.kernel_init: nn.Dense(  # noqa: E731
       n,
@@ -51,8 +50,7 @@ class MlpBlock(nn.Module):
       h = act(dense(self.mlp_dim, 'fc1')(x))  # [..., F]
     h = nn.Dropout(self.dropout_rate)(h, deterministic=not train)
     fc2 = dense(self.out_features or x.shape[-1], 'fc2', self.out_kernel_init or self.kernel_init)
-    y = fc2(h)  # [N, D]
-    return y.reshape(*lead, y.shape[-1])
+    return unflatten(fc2(h))  # [..., D]
 
 
 def rows(x: jax.Array, keep: int = 1) -> tuple[jax.Array, Callable[[jax.Array], jax.Array]]:
