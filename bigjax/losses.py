@@ -114,6 +114,32 @@ def cross_entropy_and_argmax(
   return softmax_cross_entropy(logits, labels), jnp.argmax(logits, -1)
 
 
+def contrastive_loss(logits: jax.Array, *, where: jax.Array | None = None) -> jax.Array:
+  """Symmetric InfoNCE (CLIP; Radford et al., 2021, Figure 3), per pair: [B, B] -> [B].
+
+  (CE(row i, i) + CE(column i, i)) / 2 = (lse_j z_ij - z_ii + lse_j z_ji - z_ii) / 2.
+  Legend: z logits, row i image i against every text j, column i text i against every
+  image; pair i matches at the diagonal, every other entry is a negative. The mean over
+  pairs is the paper's loss, (CE over images + CE over texts) / 2. With `where` [B] the
+  masked pairs (padding) are no negatives of any row or column and give 0. Under jit with
+  the batch sharded over devices, [B, B] spans the global batch: every device's pairs are
+  negatives of every other's.
+  """
+  z = logits.astype(jnp.float32)
+  n = z.shape[-1]
+  if z.ndim != 2 or z.shape[0] != n:
+    raise ValueError(f'contrastive logits must be square [B, B], got {list(z.shape)}')
+  diag = jnp.diagonal(z)  # [B]
+  rows, cols = z, z
+  if where is not None:
+    keep = where[None, :] | jnp.eye(n, dtype=bool)  # [i, j]: text j is a negative of row i
+    rows = jnp.where(keep, z, -jnp.inf)
+    cols = jnp.where(keep.T, z, -jnp.inf)  # [i, j]: image i is a negative of column j
+  image_to_text = jax.nn.logsumexp(rows, axis=1) - diag  # [B]
+  text_to_image = jax.nn.logsumexp(cols, axis=0) - diag  # [B]
+  return _masked(0.5 * (image_to_text + text_to_image), where)
+
+
 def distillation_loss(
   student_logits: jax.Array,
   teacher_logits: jax.Array,

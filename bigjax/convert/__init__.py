@@ -37,6 +37,7 @@ CONVERTERS: dict[str, str] = {
   'gpt2': 'bigjax.convert.hf_gpt',
   'llama': 'bigjax.convert.hf_gpt',
   'mixtral': 'bigjax.convert.hf_gpt',
+  'clip': 'bigjax.convert.hf_clip',
 }
 
 # bigjax model class name -> converter module whose `export` writes it (the reverse of
@@ -46,6 +47,7 @@ EXPORTERS: dict[str, str] = {
   'ResNet': 'bigjax.convert.hf_resnet',
   'Bert': 'bigjax.convert.hf_bert',
   'Gpt': 'bigjax.convert.hf_gpt',
+  'CLIP': 'bigjax.convert.hf_clip',
 }
 
 _WEIGHTS = 'model.safetensors'

@@ -134,6 +134,12 @@ def export(model: ViT, variables: PyTree) -> tuple[dict, dict[str, np.ndarray]]:
   name = type(model).__name__
   if model.pool != 'cls':
     raise ValueError(f"{name} with pool={model.pool!r} has no Hugging Face form: use pool='cls'")
+  if not model.patch_bias or model.norm_pre or model.activation not in (None, 'gelu', 'gelu_tanh'):
+    raise ValueError(
+      f'{name} with patch_bias={model.patch_bias}, norm_pre={model.norm_pre}, '
+      f'activation={model.activation!r} (a CLIP image tower) has no Hugging Face ViT form: '
+      'export the CLIP model that holds it (bigjax.models.clip)'
+    )
   params = variables['params']
   if SCAN_NAME in params:  # scanned blocks are stored stacked; HF has one entry per layer
     variables = {**variables, 'params': unstack_layers(params)}
@@ -153,7 +159,9 @@ def export(model: ViT, variables: PyTree) -> tuple[dict, dict[str, np.ndarray]]:
     'num_hidden_layers': model.num_layers,
     'num_attention_heads': model.num_heads,
     'intermediate_size': model.mlp_dim,
-    'hidden_act': 'gelu_pytorch_tanh' if model.gelu_approximate else 'gelu',
+    'hidden_act': 'gelu_pytorch_tanh'
+    if (model.activation or ('gelu_tanh' if model.gelu_approximate else 'gelu')) == 'gelu_tanh'
+    else 'gelu',
     'hidden_dropout_prob': model.dropout_rate,
     'attention_probs_dropout_prob': 0.0,  # bigjax ViT has no dropout on attention maps
     'layer_norm_eps': model.layer_norm_eps,

@@ -308,7 +308,8 @@ class Table:
     tensors: dict[str, np.ndarray] = {}
     for path, name, layout in self.rules:
       value = np.asarray(jax.device_get(leaves[path])).astype(np.float32)
-      out = np.ascontiguousarray(layout.to_torch(value), dtype=np.float32)
+      # np.array, not np.ascontiguousarray: that makes a scalar (CLIP's logit_scale) [1].
+      out = np.array(layout.to_torch(value), dtype=np.float32, order='C')
       if layout.to_flax(out).shape != value.shape:
         raise AssertionError(f'converter bug: layout {layout.name} of {path} does not invert')
       tensors[name] = out

@@ -7,7 +7,7 @@ row.
 
 import difflib
 
-from bigjax.data.sets import algorithmic, glue, images, lm1b, pystdlib, wikipedia, wmt
+from bigjax.data.sets import algorithmic, captions, glue, images, lm1b, pystdlib, wikipedia, wmt
 from bigjax.data.spec import DatasetSpec
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -27,6 +27,7 @@ DATASETS: dict[str, DatasetSpec] = {
   'wmt14_translate/de-en': wmt.WMT14_DE_EN,
   'wikipedia': wikipedia.WIKIPEDIA,  # data.tfds_name picks the dump
   'lm1b': lm1b.LM1B,
+  'coco_captions': captions.COCO_CAPTIONS,
   **{f'glue/{task}': glue.glue(task) for task in glue.TASKS},
 }
 

@@ -152,6 +152,11 @@ class Data:
     return self.spec.tokenizer(self.config) if self.spec.tokenizer else None
 
   @property
+  def class_names(self) -> list[str] | None:
+    """The label classes' names (`DatasetSpec.class_names`); None when not known."""
+    return list(self.spec.class_names(self.config)) if self.spec.class_names else None
+
+  @property
   def with_index(self) -> bool:
     return bool(self.config.get('with_index', False))
 

@@ -29,6 +29,8 @@ class DatasetSpec:
   tokenizer(data_config) -> Tokenizer, for text data; built from the config alone (a
     saved file at most), without opening or preparing the data. None for images.
   train_split, eval_split: default split names.
+  class_names(data_config) -> the names of the label classes, in label order, for data that
+    has a `label` (zero-shot prompts of the contrastive task); None when unknown.
   """
 
   task: str
@@ -37,3 +39,4 @@ class DatasetSpec:
   tokenizer: Callable[[ml_collections.ConfigDict], Tokenizer] | None = None
   train_split: str = 'train'
   eval_split: str = 'test'
+  class_names: Callable[[ml_collections.ConfigDict], list[str]] | None = None

@@ -2,7 +2,9 @@
 
 'gelu' is the exact erf form (Hendrycks & Gimpel, 2016), as in `torch.nn.GELU()`, the ViT
 paper and BERT; 'gelu_tanh' is its tanh approximation (GPT-2, `jax.nn.gelu`'s default).
-'silu' is x * sigmoid(x) (Swish; the gate of SwiGLU, Shazeer, 2020).
+'silu' is x * sigmoid(x) (Swish; the gate of SwiGLU, Shazeer, 2020). 'quick_gelu' is
+x * sigmoid(1.702 x), the sigmoid approximation of GELU (Hendrycks & Gimpel, 2016, section 2)
+that OpenAI's CLIP was trained with (Hugging Face `hidden_act='quick_gelu'`).
 """
 
 import functools
@@ -14,11 +16,17 @@ import jax.numpy as jnp
 
 Activation = Callable[[jax.Array], jax.Array]
 
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+  return x * nn.sigmoid(1.702 * x)
+
+
 ACTIVATIONS: dict[str, Activation] = {
   'gelu': functools.partial(nn.gelu, approximate=False),
   'gelu_tanh': functools.partial(nn.gelu, approximate=True),
   'relu': nn.relu,
   'silu': nn.silu,
+  'quick_gelu': quick_gelu,
   'tanh': jnp.tanh,
   'sigmoid': nn.sigmoid,
 }

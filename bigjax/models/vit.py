@@ -8,10 +8,16 @@ prepended (`pool='cls'`) or the patch tokens are averaged at the end (`pool='mea
 paper's "GAP" variant, which has no class token), learned position embeddings are added,
 and L pre-LN Transformer encoder blocks from `bigjax.layers` follow.
 
+CLIP's image tower (Radford et al., 2021; `bigjax.models.clip`) is this model with three
+options: no bias in the patch projection (`patch_bias=False`), a LayerNorm on the tokens
+before the blocks (`norm_pre=True`, Hugging Face's `pre_layrnorm`) and `activation=
+'quick_gelu'`; its pooled output is the final-norm class token, as here.
+
 Parameter names (stable; `bigjax.convert.hf_vit` maps Hugging Face checkpoints onto them):
-  patch_embed/{kernel [P, P, C, D], bias [D]}
+  patch_embed/{kernel [P, P, C, D], bias [D]}      (bias only with patch_bias)
   cls [1, 1, D]                                     (only with pool='cls')
   pos_embed/embedding [T, D]
+  norm_pre/{scale, bias}                            (only with norm_pre)
   block_{i}/attn_norm/{scale, bias}
   block_{i}/attn/{query, key, value}/{kernel [D, heads, D/heads], bias [heads, D/heads]}
   block_{i}/attn/out/{kernel [heads, D/heads, D], bias [D]}
@@ -27,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigjax.layers import BlockConfig, EncoderBlock, LearnedPositions, stack_blocks
+from bigjax.layers import ACTIVATIONS, BlockConfig, EncoderBlock, LearnedPositions, stack_blocks
 from bigjax.typing import Dtype
 
 # Table 1 of the ViT paper (Ti and S come from DeiT, Touvron et al., 2021; B, L, H from ViT).
@@ -64,6 +70,9 @@ class ViT(nn.Module):
   dropout_rate: float = 0.0
   layer_norm_eps: float = 1e-6  # big_vision; Hugging Face ViT checkpoints use 1e-12
   gelu_approximate: bool = False  # exact erf GELU, as in the paper and Hugging Face
+  activation: str | None = None  # a name in ACTIVATIONS; None: GELU per gelu_approximate
+  patch_bias: bool = True  # CLIP's patch projection has none
+  norm_pre: bool = False  # a LayerNorm on the tokens before the blocks (CLIP)
   head_zero_init: bool = True  # the paper zero-initialises the classifier
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -78,6 +87,10 @@ class ViT(nn.Module):
     chex.assert_rank(x, 4)
     if self.pool not in ('cls', 'mean'):
       raise ValueError(f"ViT pool must be 'cls' or 'mean', got {self.pool!r}")
+    if self.activation is not None and self.activation not in ACTIVATIONS:
+      raise ValueError(
+        f'unknown ViT activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}'
+      )
     batch, height, width, _ = x.shape
     p = self.patch_size
     if height % p or width % p:
@@ -90,6 +103,7 @@ class ViT(nn.Module):
       (p, p),
       strides=(p, p),
       padding='VALID',
+      use_bias=self.patch_bias,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       name='patch_embed',
@@ -100,6 +114,13 @@ class ViT(nn.Module):
       cls = jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, self.hidden_size))
       x = jnp.concatenate([cls, x], axis=1)  # [B, T, D]
     x = LearnedPositions(x.shape[1], param_dtype=self.param_dtype, name='pos_embed')(x)
+    if self.norm_pre:
+      x = nn.LayerNorm(
+        epsilon=self.layer_norm_eps,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name='norm_pre',
+      )(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
     config = BlockConfig(
@@ -108,7 +129,7 @@ class ViT(nn.Module):
       dropout_rate=self.dropout_rate,
       pre_norm=True,
       layer_norm_eps=self.layer_norm_eps,
-      activation='gelu_tanh' if self.gelu_approximate else 'gelu',
+      activation=self.activation or ('gelu_tanh' if self.gelu_approximate else 'gelu'),
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       attention_impl=self.attention_impl,

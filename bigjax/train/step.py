@@ -215,8 +215,10 @@ def make_eval_step(model: nn.Module, task: Task):
   """Returns eval_step(state, batch) -> metrics: (sum, count) pairs, raw totals and, for a
   task with `collect`, the per-example values under COLLECTED (see `eval_metrics`)."""
 
+  inputs = task.eval_inputs or task.inputs
+
   def eval_step(state: TrainState, batch: Batch):
-    outputs = model.apply(state.variables, *task.inputs(batch), train=False)
+    outputs = model.apply(state.variables, *inputs(batch), train=False)
     return eval_metrics(task, outputs, batch)
 
   return eval_step

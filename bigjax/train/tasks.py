@@ -20,6 +20,8 @@ through `bigjax.outputs.as_output` (a `ModelOutput`; a plain logits array is acc
                                 A bare array instead of a pair is a raw total (a confusion
                                 matrix): summed the same way and left to `finalize`.
   augment(batch, rng) -> batch  training only, on the whole update batch (mixup, cutmix).
+  eval_inputs(batch) -> tuple   optional: the model's inputs at evaluation, when they differ
+                                (the contrastive task adds its zero-shot prompts); None: inputs.
 
 and, optionally, for metrics that are not means over examples (F1, correlations):
 
@@ -34,10 +36,12 @@ aux_losses/<name> and each `outputs.metrics` entry (a scalar as <name>, a vector
 <name>/0 ... <name>/N-1), as means over batches (`_model_metrics`).
 
 A new objective (masked LM, contrastive, distillation) is a new `Task`, built from the config
-by a function registered in `TASKS`. Legend: B batch, T length, C classes, V vocabulary.
+by a function registered in `TASKS`. Legend: B batch, T length, C classes, V vocabulary,
+K zero-shot prompts, E embedding width, N eval set size.
 """
 
 import dataclasses
+import inspect
 import math
 from typing import Any, Callable
 
@@ -73,6 +77,7 @@ class Task:
   augment: Callable[[Batch, PRNGKey], Batch] = _no_augment
   collect: Callable[[ModelOutput, Batch], dict[str, jax.Array]] | None = None
   finalize: Callable[[Totals, Totals], dict[str, float]] | None = None
+  eval_inputs: Callable[[Batch], tuple[Any, ...]] | None = None
 
 
 def _example_mask(batch: Batch, n: int) -> jax.Array:
@@ -592,7 +597,173 @@ def span(config: Config, tokenizer=None) -> Task:
   return Task('span', _text_inputs, weights, loss, metrics)
 
 
-# name -> builder(config, tokenizer) -> Task
+# --- contrastive: CLIP ------------------------------------------------------------------
+
+RECALL_AT = (1, 5, 10)
+
+
+def _hits(similarity: np.ndarray, query_groups: np.ndarray, item_groups: np.ndarray, k: int):
+  """[Q, N] similarities -> [Q] bool: an item of the query's group is among its top k."""
+  k = min(k, similarity.shape[1])
+  top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]  # [Q, k], unordered
+  return (item_groups[top] == query_groups[:, None]).any(axis=1)
+
+
+def retrieval_recall(
+  image_embeds: np.ndarray,
+  text_embeds: np.ndarray,
+  groups: np.ndarray | None = None,
+  ks=RECALL_AT,
+  chunk: int = 1024,
+) -> dict[str, float]:
+  """Recall@k of image -> text and text -> image retrieval over a whole set of N pairs.
+
+  image_embeds, text_embeds [N, E] (unit norm: the dot product is the cosine). A query
+  scores a hit when one of its k nearest items belongs to its own pair, or, with `groups`
+  [N], to any pair of its group (the same label: many clips of one spoken word share
+  one text). Queries run `chunk` at a time, so memory stays O(chunk * N).
+  """
+  image_embeds = np.asarray(image_embeds, np.float32)
+  text_embeds = np.asarray(text_embeds, np.float32)
+  n = len(image_embeds)
+  groups = np.arange(n) if groups is None else np.asarray(groups)
+  result = {}
+  for name, queries, items in (
+    ('i2t', image_embeds, text_embeds),
+    ('t2i', text_embeds, image_embeds),
+  ):
+    hits = {k: 0 for k in ks}
+    for start in range(0, n, chunk):
+      sim = queries[start : start + chunk] @ items.T  # [chunk, N]
+      for k in ks:
+        hits[k] += int(_hits(sim, groups[start : start + chunk], groups, k).sum())
+    result.update({f'{name}_recall@{k}': hits[k] / max(n, 1) for k in ks})
+  return result
+
+
+def _prompts(config: Config, class_names) -> list[str]:
+  """The zero-shot prompts: data.class_prompts, else data.prompt_template formatted with
+  each class name; [] when neither is known."""
+  data = config.data
+  prompts = list(data.get('class_prompts', None) or [])
+  if prompts or not class_names:
+    return prompts
+  template = data.get('prompt_template', 'a photo of a {}')
+  if '{}' not in template:
+    raise ValueError(f"data.prompt_template needs a '{{}}' for the class name, got {template!r}")
+  return [template.format(name) for name in class_names]
+
+
+def contrastive(config: Config, tokenizer=None, class_names=None) -> Task:
+  """CLIP pre-training (Radford et al., 2021): (images `data.input_key` [B, H, W, C] or
+  audio [B, N], `text` [B, T]) -> logits [B, B], image i against text j, pair i at the
+  diagonal. The loss is the symmetric InfoNCE (`bigjax.losses.contrastive_loss`) per pair;
+  its mean over the batch is CLIP's. Under jit with the batch sharded over the mesh the
+  [B, B] logits span the global batch, so the negatives come from every device; padded
+  pairs (`mask`) are nobody's negatives. With gradient accumulation each micro-batch is
+  its own set of negatives.
+
+  Metrics: loss, logit_scale, i2t_accuracy and t2i_accuracy (the in-batch top-1 match). A
+  match is the pair itself, or, with task.match_key (e.g. 'label'), any pair that shares
+  that key (texts that repeat: one word spoken by many voices). At evaluation also
+  i2t_recall@k and t2i_recall@k, k in 1, 5, 10, over the whole eval set
+  (`retrieval_recall`, from the gathered embeddings), and, for data with `label` and
+  prompts (`data.class_prompts`, or `data.prompt_template` with the data set's class
+  names), zero_shot_accuracy: an image is classified by its nearest prompt (K prompts:
+  chance is 1 / K).
+  """
+  image_key = config.data.get('input_key', 'image') or 'image'
+  match_key = config.get('task', {}).get('match_key', '') or ''
+  prompts = _prompts(config, class_names)
+  prompt_ids = None
+  if prompts:
+    if tokenizer is None:
+      raise ValueError('zero-shot prompts need the data set tokenizer; this data set has none')
+    from bigjax.data.transforms.caption import encode_prompts
+
+    max_len = int(config.data.get('max_len', 0) or 0)
+    if max_len < 2:
+      raise ValueError('the contrastive task encodes its prompts to data.max_len: set it')
+    prompt_ids = encode_prompts(tokenizer, prompts, max_len)  # [K, T]
+
+  def inputs(batch):
+    return (batch[image_key], batch['text'])
+
+  def eval_inputs(batch):
+    if prompt_ids is None:
+      return inputs(batch)
+    return (*inputs(batch), jnp.asarray(prompt_ids))
+
+  def mask_of(batch):
+    return _example_mask(batch, batch['text'].shape[0])
+
+  def weights(batch):
+    return mask_of(batch).astype(jnp.float32)
+
+  def loss(outputs, batch):
+    outputs = as_output(outputs)
+    return _plus_model_losses(
+      outputs, losses.contrastive_loss(outputs.logits, where=mask_of(batch))
+    )
+
+  def groups(batch):
+    if not match_key:
+      return jnp.arange(batch['text'].shape[0])
+    if match_key not in batch:
+      raise ValueError(f'task.match_key={match_key!r}, but the batch has no {match_key!r}')
+    return batch[match_key]
+
+  def metrics(outputs, batch):
+    outputs = as_output(outputs)
+    logits = outputs.logits.astype(jnp.float32)  # [B, B]
+    mask = mask_of(batch)
+    count = mask.sum()
+    group = groups(batch)
+    text_for_image = jnp.argmax(jnp.where(mask[None, :], logits, -jnp.inf), axis=1)  # [B]
+    image_for_text = jnp.argmax(jnp.where(mask[:, None], logits, -jnp.inf), axis=0)  # [B]
+    result = {
+      'loss': (losses.contrastive_loss(logits, where=mask).sum(), count),
+      'i2t_accuracy': (((group[text_for_image] == group) & mask).sum(), count),
+      't2i_accuracy': (((group[image_for_text] == group) & mask).sum(), count),
+      **_model_metrics(outputs),
+    }
+    if 'logit_scale' in outputs.features:
+      result['logit_scale'] = (outputs.features['logit_scale'], jnp.ones((), jnp.float32))
+    if 'class_embeds' in outputs.features and 'label' in batch:
+      scores = outputs.features['image_embeds'] @ outputs.features['class_embeds'].T  # [B, K]
+      right = (jnp.argmax(scores, -1) == batch['label']) & mask
+      result['zero_shot_accuracy'] = (right.sum(), count)
+    return result
+
+  def collect(outputs, batch):
+    features = as_output(outputs).features
+    gathered = {k: features[k] for k in ('image_embeds', 'text_embeds')}
+    if match_key:
+      gathered['group'] = groups(batch)
+    return gathered
+
+  def finalize(totals, collected):
+    del totals
+    if 'image_embeds' not in collected:  # nothing gathered (not an eval)
+      return {}
+    return retrieval_recall(
+      collected['image_embeds'], collected['text_embeds'], collected.get('group')
+    )
+
+  return Task(
+    'contrastive',
+    inputs,
+    weights,
+    loss,
+    metrics,
+    collect=collect,
+    finalize=finalize,
+    eval_inputs=eval_inputs,
+  )
+
+
+# name -> builder(config, tokenizer) -> Task; a builder that also takes `class_names` gets
+# the data set's (`Data.class_names`).
 TASKS: dict[str, Callable[..., Task]] = {
   'classification': classification,
   'lm': language_model,
@@ -602,6 +773,7 @@ TASKS: dict[str, Callable[..., Task]] = {
   'regression': regression,
   'token_classification': token_classification,
   'span': span,
+  'contrastive': contrastive,
 }
 
 
@@ -609,18 +781,24 @@ def _defaults() -> Config:
   return PlainConfig({'train': {}, 'data': {}, 'model': {}})
 
 
-def get_task(name: str, config: Config | None = None, tokenizer=None) -> Task:
-  """The task `name` built from `config` (defaults: no smoothing, no mixup)."""
+def get_task(name: str, config: Config | None = None, tokenizer=None, class_names=None) -> Task:
+  """The task `name` built from `config` (defaults: no smoothing, no mixup); `class_names`
+  (the data set's label names) go to the builders that take them."""
   if name not in TASKS:
     raise ValueError(
       f'unknown task {name!r}: set --config.task.name to one of {", ".join(TASKS)} '
       f"(or '' for the data set's default)"
     )
-  return TASKS[name](_defaults() if config is None else config, tokenizer)
+  builder = TASKS[name]
+  extra = {}
+  if class_names is not None and 'class_names' in inspect.signature(builder).parameters:
+    extra['class_names'] = class_names
+  return builder(_defaults() if config is None else config, tokenizer, **extra)
 
 
 def task_for(config: Config, data) -> Task:
   """The task the config names, or the data set's default; metrics are named by the data
   set's tokenizer (`Data.tokenizer`, None for images)."""
   name = config.get('task', {}).get('name', '') or data.task
-  return get_task(name, config, getattr(data, 'tokenizer', None))
+  tokenizer = getattr(data, 'tokenizer', None)
+  return get_task(name, config, tokenizer, getattr(data, 'class_names', None))

@@ -512,7 +512,7 @@ def test_save_pretrained_refuses_and_writes_nothing(tmp_path):
     bigjax.save_pretrained(vit, {}, str(tmp_path / 'vit'))
   other = bigjax.create_model('transformer_test')
   with pytest.raises(
-    ValueError, match='cannot export Transformer models.*: Bert, Gpt, ResNet, ViT'
+    ValueError, match='cannot export Transformer models.*: Bert, CLIP, Gpt, ResNet, ViT'
   ):
     bigjax.save_pretrained(other, {}, str(tmp_path / 'other'))
   with pytest.raises(

@@ -44,8 +44,16 @@ def source_and_target(model: nn.Module) -> Inputs:
   return jax.ShapeDtypeStruct((B, S), jnp.int32), jax.ShapeDtypeStruct((B, T), jnp.int32)
 
 
+def images_and_texts(size: int) -> Callable[[nn.Module], Inputs]:
+  return lambda model: (*images(size)(model), *tokens(model))
+
+
 def classes(model: nn.Module) -> tuple[int, ...]:
   return (B, model.num_classes)  # [B, C]
+
+
+def pairs(model: nn.Module) -> tuple[int, ...]:
+  return (B, B)  # [B, B]: every image against every text
 
 
 def vocab_per_step(model: nn.Module) -> tuple[int, ...]:
@@ -156,6 +164,11 @@ GPT_COUNTS = {
 }
 
 
+# CLIP as Hugging Face's CLIPModel counts the configurations of openai/clip-vit-base-patch32
+# and -patch16 (224x224 images, 77 text positions, logit_scale included).
+CLIP_COUNTS = {'clip_vit_b32': 151_277_313, 'clip_vit_b16': 149_620_737}
+
+
 def gpt_count(model: nn.Module, params: dict) -> int:
   from bigjax.models import gpt
 
@@ -189,6 +202,9 @@ ROWS: dict[str, Row] = {
   'inception_v3': Row(
     images(299), classes, published={'inception_v3': 27_161_264}, bf16_logits=jnp.float32
   ),
+  # CLIP's logits are cosine similarities of float32 unit embeddings, times the scale.
+  'clip_test': Row(images_and_texts(16), pairs, bf16_logits=jnp.float32),
+  'clip_*': Row(images_and_texts(224), pairs, published=CLIP_COUNTS, bf16_logits=jnp.float32),
   'vit_test': Row(images(32), classes, bf16_logits=jnp.float32),
   'vit_*': Row(images(224), classes, published=VIT_COUNTS, bf16_logits=jnp.float32),
   # Recurrent cells keep their state in float32; the projections compute in bf16 and the

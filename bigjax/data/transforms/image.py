@@ -87,6 +87,15 @@ def _resize_hw(image: np.ndarray, h: int, w: int) -> np.ndarray:
   return top * (1 - wy) + bottom * wy
 
 
+def resize_shorter_side(image: np.ndarray, size: int) -> np.ndarray:
+  """Bilinear resize of a float [H, W, C] image so that its shorter side is `size`."""
+  h, w = image.shape[:2]
+  nh, nw = (
+    (size, max(size, round(w * size / h))) if h <= w else (max(size, round(h * size / w)), size)
+  )
+  return _resize_hw(image, nh, nw)
+
+
 def random_crop_box(
   h: int, w: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
 ) -> tuple[int, int, int, int]:
