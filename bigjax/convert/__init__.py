@@ -110,7 +110,9 @@ def from_pretrained(local_dir: str) -> tuple[nn.Module, PyTree]:
 
   Decoder LMs (gpt2, llama, mixtral: `bigjax.convert.hf_gpt`) take token ids and
   `segment_ids` = transformers' attention mask; their tokenizer loads with
-  `bigjax.data.tokenizers.load_tokenizer(local_dir)`.
+  `bigjax.data.tokenizers.load_tokenizer(local_dir)`. CLIP (`bigjax.convert.hf_clip`) takes
+  `(images, input_ids)` and returns a `ModelOutput` (logits_per_image, unit embeddings);
+  its BPE tokenizer loads the same way.
 
   Image layout: the returned model takes NHWC images, [B, H, W, C] float, like every bigjax
   model; Hugging Face (PyTorch) models take NCHW [B, C, H, W], so feed

@@ -29,6 +29,7 @@ DATASETS: dict[str, DatasetSpec] = {
   'pystdlib_mlm': pystdlib.PYSTDLIB_MLM,
   'pystdlib_syntax': pystdlib.PYSTDLIB_SYNTAX,
   'spoken_words': speech.SPOKEN_WORDS,
+  'spoken_words_text': captions.SPOKEN_WORDS_TEXT,  # each clip paired with its written word
   # Public TFDS data sets, prepared beforehand with `tfds build`.
   'mnist': images.public('mnist'),
   'fashion_mnist': images.public('fashion_mnist'),

@@ -86,6 +86,23 @@ VARIANTS: dict[str, dict] = {
     projection_dim=16,
     text_pool='last',
   ),
+  # The offline demonstration's towers (configs/clip_spoken_words.py: 8x8 patches of a
+  # log-mel spectrogram, a byte-level text of up to 8 tokens pooled at its last byte).
+  'tiny': dict(
+    patch_size=8,
+    vision_hidden_size=96,
+    vision_layers=2,
+    vision_heads=4,
+    vision_mlp_dim=192,
+    text_hidden_size=64,
+    text_layers=2,
+    text_heads=2,
+    text_mlp_dim=128,
+    vocab_size=256,
+    max_len=8,
+    projection_dim=64,
+    text_pool='last',
+  ),
   'vit_b32': dict(patch_size=32, **_B),
   'vit_b16': dict(patch_size=16, **_B),
 }

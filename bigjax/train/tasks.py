@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigjax import losses
+from bigjax.data.transforms.caption import encode_prompts
 from bigjax.outputs import ModelOutput, as_output
 from bigjax.train import augment as augment_lib
 from bigjax.train.plain_config import PlainConfig
@@ -606,11 +607,11 @@ def span(config: Config, tokenizer=None) -> Task:
 RECALL_AT = (1, 5, 10)
 
 
-def _hits(similarity: np.ndarray, query_groups: np.ndarray, item_groups: np.ndarray, k: int):
-  """[Q, N] similarities -> [Q] bool: an item of the query's group is among its top k."""
-  k = min(k, similarity.shape[1])
-  top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]  # [Q, k], unordered
-  return (item_groups[top] == query_groups[:, None]).any(axis=1)
+def _top_k_hits(scores: np.ndarray, right: np.ndarray, k: int) -> np.ndarray:
+  """[Q, N] scores and [Q, N] bool right answers -> [Q]: a right one is among the top k."""
+  k = min(k, scores.shape[1])
+  top = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # [Q, k], unordered
+  return np.take_along_axis(right, top, axis=1).any(axis=1)
 
 
 def retrieval_recall(
@@ -623,26 +624,32 @@ def retrieval_recall(
   """Recall@k of image -> text and text -> image retrieval over a whole set of N pairs.
 
   image_embeds, text_embeds [N, E] (unit norm: the dot product is the cosine). A query
-  scores a hit when one of its k nearest items belongs to its own pair, or, with `groups`
-  [N], to any pair of its group (the same label: many clips of one spoken word share
-  one text). Queries run `chunk` at a time, so memory stays O(chunk * N).
+  scores a hit when one of its k nearest items is its own pair's. With `groups` [N] the
+  pairs of one group share their text (every clip of one spoken word): text -> image hits
+  on any image of the query's group, and image -> text ranks the groups, each by its best
+  text, so k copies of one text do not fill the top k. Queries run `chunk` at a time, so
+  memory stays O(chunk * N).
   """
   image_embeds = np.asarray(image_embeds, np.float32)
   text_embeds = np.asarray(text_embeds, np.float32)
   n = len(image_embeds)
-  groups = np.arange(n) if groups is None else np.asarray(groups)
-  result = {}
-  for name, queries, items in (
-    ('i2t', image_embeds, text_embeds),
-    ('t2i', text_embeds, image_embeds),
-  ):
-    hits = {k: 0 for k in ks}
-    for start in range(0, n, chunk):
-      sim = queries[start : start + chunk] @ items.T  # [chunk, N]
-      for k in ks:
-        hits[k] += int(_hits(sim, groups[start : start + chunk], groups, k).sum())
-    result.update({f'{name}_recall@{k}': hits[k] / max(n, 1) for k in ks})
-  return result
+  if groups is None:
+    groups = np.arange(n)
+  names, group_of = np.unique(np.asarray(groups), return_inverse=True)  # [N] in 0 .. G - 1
+  order = np.argsort(group_of, kind='stable')
+  starts = np.flatnonzero(np.r_[True, np.diff(group_of[order]) != 0])  # each group's first
+  hits = {(d, k): 0 for d in ('i2t', 't2i') for k in ks}
+  for start in range(0, n, chunk):
+    query = slice(start, start + chunk)
+    sim = image_embeds[query] @ text_embeds.T  # [Q, N]: image queries against texts
+    by_group = np.maximum.reduceat(sim[:, order], starts, axis=1)  # [Q, G]
+    right = np.arange(len(names))[None, :] == group_of[query, None]  # [Q, G]
+    t2i = text_embeds[query] @ image_embeds.T  # [Q, N]: text queries against images
+    right_images = group_of[None, :] == group_of[query, None]  # [Q, N]
+    for k in ks:
+      hits['i2t', k] += int(_top_k_hits(by_group, right, k).sum())
+      hits['t2i', k] += int(_top_k_hits(t2i, right_images, k).sum())
+  return {f'{d}_recall@{k}': count / max(n, 1) for (d, k), count in hits.items()}
 
 
 def _prompts(config: Config, class_names) -> list[str]:
@@ -678,13 +685,19 @@ def contrastive(config: Config, tokenizer=None, class_names=None) -> Task:
   """
   image_key = config.data.get('input_key', 'image') or 'image'
   match_key = config.get('task', {}).get('match_key', '') or ''
+  model_eos = config.model.get('eos_token_id', None)
+  data_eos = getattr(tokenizer, 'eos_id', None)
+  if config.model.get('text_pool', 'eos') == 'eos' and None not in (model_eos, data_eos):
+    if model_eos != data_eos:
+      raise ValueError(
+        f'the text tower pools at eos_token_id={model_eos}, but the tokenizer ends texts '
+        f'with {data_eos}: set --config.model.eos_token_id={data_eos}'
+      )
   prompts = _prompts(config, class_names)
   prompt_ids = None
   if prompts:
     if tokenizer is None:
       raise ValueError('zero-shot prompts need the data set tokenizer; this data set has none')
-    from bigjax.data.transforms.caption import encode_prompts
-
     max_len = int(config.data.get('max_len', 0) or 0)
     if max_len < 2:
       raise ValueError('the contrastive task encodes its prompts to data.max_len: set it')

@@ -84,10 +84,15 @@ def _torch_outputs(model, pixels, ids):
 
 
 def _bigjax_outputs(model, variables, pixels, ids):
-  images = pixels.transpose(0, 2, 3, 1)  # NCHW -> NHWC
-  out = model.apply(variables, images, ids.astype(np.int32))
-  image = model.apply(variables, images, method='encode_image')
-  text = model.apply(variables, ids.astype(np.int32), method='encode_text')
+  images, ids = pixels.transpose(0, 2, 3, 1), ids.astype(np.int32)  # NCHW -> NHWC
+
+  @jax.jit
+  def run(variables):
+    out = model.apply(variables, images, ids)
+    image = model.apply(variables, images, method='encode_image')
+    return out, image, model.apply(variables, ids, method='encode_text')
+
+  out, image, text = run(variables)
   return {
     'logits': out.logits,
     'image_embeds': out.features['image_embeds'],

@@ -20,6 +20,7 @@ from bigjax.data.pipeline import Data, pad_batch
 from bigjax.data.spec import DatasetSpec
 from bigjax.data.tokenizers import AlgorithmicTokenizer, ByteTokenizer
 from bigjax.data.transforms.text import ShiftTokens
+from bigjax.train.tasks import TASKS
 
 
 def _digits_config(data_dir):
@@ -185,6 +186,7 @@ def test_the_table_lists_every_data_set():
       'algorithmic_reversed',
       'cifar10',
       'cifar100',
+      'coco_captions',
       'digits',
       'fashion_mnist',
       *[f'glue/{task}' for task in ('cola', 'mnli', 'mrpc', 'qnli', 'qqp', 'rte', 'sst2')],
@@ -196,6 +198,9 @@ def test_the_table_lists_every_data_set():
       'pystdlib',
       'pystdlib_mlm',
       'pystdlib_syntax',
+      'speech_commands',
+      'spoken_words',
+      'spoken_words_text',
       'wikipedia',
       'wmt14_translate/de-en',
     ]
@@ -207,8 +212,7 @@ def test_the_table_lists_every_data_set():
       if isinstance(value, DatasetSpec):
         assert id(value) in listed, f'bigjax.data.sets.{info.name}.{name} is not in the table'
   for spec in datasets.DATASETS.values():
-    tasks = ('classification', 'lm', 'seq2seq', 'mlm', 'text_classification', 'regression')
-    assert spec.task in tasks
+    assert spec.task in TASKS
   with pytest.raises(ValueError, match='did you mean digits'):
     datasets.dataset_spec('digit')
 

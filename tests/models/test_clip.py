@@ -1,6 +1,6 @@
 """CLIP beyond the model contract: the text pooling rules, the image tower is bigjax's ViT
-with CLIP's options, the logits are the scaled cosines of the separately encoded towers,
-the temperature is clipped at 100, and the audio front end.
+with CLIP's options, and, on the audio front end, the logits are the scaled cosines of the
+separately encoded towers with the temperature clipped at 100.
 
 Legend: B batch, T text length, N audio samples, F frames, M mel bands, E embedding width.
 """
@@ -25,36 +25,19 @@ def test_pool_positions():
   assert pool_positions(ids, 'argmax', None).tolist() == [1]  # why HF's legacy rule needs EOS last
 
 
-def test_image_tower_is_the_vit_with_clip_options_and_logits_are_scaled_cosines():
+def test_image_tower_is_the_vit_with_clip_options():
+  """Its parameters (traced abstractly, nothing compiled): no patch bias, a LayerNorm before
+  the blocks, no head; the temperature starts at 1 / 0.07."""
   model = bigjax.create_model('clip_test', vision_layers=1, text_layers=1)
-  rng = np.random.default_rng(0)
-  images = rng.normal(size=(3, 8, 8, 3)).astype(np.float32)
-  texts = np.array([[3, 4, 5, 0], [6, 7, 0, 0], [8, 9, 10, 11]], np.int32)
-  variables = jax.jit(model.init)(jax.random.key(0), images, texts)
-  vision = variables['params']['vision']
+  images, texts = np.zeros((1, 8, 8, 3), np.float32), np.zeros((1, 4), np.int32)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), images, texts)['params']
+  vision = shapes['vision']
   assert 'bias' not in vision['patch_embed'] and 'norm_pre' in vision and 'head' not in vision
-  np.testing.assert_allclose(variables['params']['logit_scale'], np.log(1 / 0.07), rtol=1e-6)
-  params = {**variables['params'], 'logit_scale': jnp.float32(10.0)}  # exp(10) > 100
-
-  @jax.jit
-  def run(params):
-    v = {'params': params}
-    out = model.apply(v, images, texts)
-    image = model.apply(v, images, method='encode_image')
-    text = model.apply(v, texts, method='encode_text')
-    moved = model.apply(v, images, jnp.asarray(texts).at[0, 3].set(3))  # a token after row 0's last
-    return out, image, text, moved
-
-  out, image, text, moved = run(params)
-  assert float(out.features['logit_scale']) == 100.0  # clipped (section 2.5)
-  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
-  np.testing.assert_allclose(out.logits, 100 * unit(image) @ unit(text).T, rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(out.features['image_embeds'], unit(image), atol=1e-6)
-  # 'last' pooling moves with the text's length; the other rows are unchanged.
-  assert not np.allclose(moved.features['text_embeds'][0], out.features['text_embeds'][0])
-  np.testing.assert_allclose(moved.features['text_embeds'][1:], out.features['text_embeds'][1:])
+  assert vision['patch_embed']['kernel'].shape == (4, 4, 3, 32)
+  assert shapes['image_proj']['kernel'].shape == (32, 16) and 'bias' not in shapes['text_proj']
+  assert shapes['logit_scale'].shape == ()
   with pytest.raises(ValueError, match='exceed the text tower max_len=16'):
-    model.apply({'params': params}, np.zeros((1, 17), np.int32), method='encode_text')
+    jax.eval_shape(model.init, jax.random.key(0), images, np.zeros((1, 17), np.int32))
 
 
 def test_audio_front_end():
@@ -78,10 +61,16 @@ def test_audio_front_end():
   @jax.jit
   def run(audio):
     variables = model.init(jax.random.key(0), audio, texts)
-    image = model.apply(variables, audio, method='audio_image')
-    return image, model.apply(variables, audio, texts)
+    v = {'params': {**variables['params'], 'logit_scale': jnp.float32(10.0)}}  # exp(10) > 100
+    image = model.apply(v, audio, method='audio_image')
+    out = model.apply(v, audio, texts)
+    sound = model.apply(v, audio, method='encode_image')
+    text = model.apply(v, texts, method='encode_text')
+    moved = model.apply(v, audio, jnp.asarray(texts).at[1, 1].set(7))  # after row 1's last
+    return variables, image, out, sound, text, moved
 
-  image, out = run(audio)
+  variables, image, out, sound, text, moved = run(audio)
+  np.testing.assert_allclose(variables['params']['logit_scale'], np.log(1 / 0.07), rtol=1e-6)
   frames = 2100 // 64 + 1  # 33 frames
   assert image.shape == (2, 36, 16, 1)  # 33 -> 36, a multiple of the patch size 4
   features = log_mel_spectrogram(audio, sample_rate=8000, n_fft=128, hop_length=64, n_mels=16)
@@ -92,4 +81,11 @@ def test_audio_front_end():
   np.testing.assert_array_equal(
     image[:, frames:, :, 0], np.repeat(image[:, frames - 1 : frames, :, 0], 3, 1)
   )
-  assert out.logits.shape == (2, 2) and np.isfinite(out.logits).all()
+  # The logits are the clipped scale (100, section 2.5) times the cosines of the towers.
+  assert float(out.features['logit_scale']) == 100.0
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+  np.testing.assert_allclose(out.logits, 100 * unit(sound) @ unit(text).T, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(out.features['text_embeds'], unit(text), atol=1e-6)
+  # 'last' pooling follows the text's length: row 1 moves, row 0 does not.
+  old, new = out.features['text_embeds'], moved.features['text_embeds']
+  assert not np.allclose(new[1], old[1]) and np.allclose(new[0], old[0], atol=1e-6)

@@ -15,9 +15,8 @@ import bigjax
 from bigjax import losses
 from bigjax.data.tokenizers import ByteTokenizer
 from bigjax.outputs import ModelOutput
-from bigjax.train import optim, sharding
-from bigjax.train.state import init_state
-from bigjax.train.step import make_eval_step, make_train_step
+from bigjax.train import sharding
+from bigjax.train.step import add_metrics, make_eval_step, summarize
 from bigjax.train.tasks import get_task, retrieval_recall
 from configs import common
 
@@ -77,51 +76,61 @@ def _batch():
   }
 
 
-def _run(mesh, model, task, config, state, batch):
-  schedule = optim.make_schedule(config.schedule, config.optim.lr, 10)
-  tx = optim.make_optimizer(config.optim, schedule)
-  step = make_train_step(model, task, config, schedule, tx)
-  repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-  jitted = jax.jit(step, in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl))
-  new, metrics = jitted(
-    jax.device_put(state, repl), sharding.global_batch(batch, mesh), jax.random.key(0)
-  )
-  return new, metrics
+def _random_params(abstract, seed: int = 0):
+  """Values for abstract parameters, drawn with numpy (no compiled init): N(0, 1 / fan_in)
+  kernels and embeddings, scales in [0.5, 1.5], biases N(0, 0.1), logit_scale log(1/0.07)."""
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    name = path[-1].key
+    if name == 'logit_scale':
+      return jnp.float32(np.log(1 / 0.07))
+    if name == 'bias':
+      return jnp.asarray(rng.normal(0, 0.1, s.shape), s.dtype)
+    if name == 'scale':
+      return jnp.asarray(rng.uniform(0.5, 1.5, s.shape), s.dtype)
+    return jnp.asarray(rng.normal(0, 1 / np.sqrt(np.prod(s.shape[:-1])), s.shape), s.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
 def test_eight_devices_give_the_global_loss_and_gradients_of_one():
   """With the batch sharded over 8 devices, the [B, B] logits still span the whole batch:
-  the loss is NumPy's over the 14 real pairs, and one SGD step moves every parameter as on
-  one device (the same gradients)."""
-  config = common.base_config()
-  config.optim.name, config.optim.lr, config.schedule.name = 'sgd', 1.0, 'constant'
+  the objective the train step optimises, sum(weights * loss) / sum(weights), is NumPy's
+  contrastive loss over the 14 real pairs, and its gradients are those of one device."""
   model = bigjax.create_model('clip_test', vision_layers=1, text_layers=1)
-  task = get_task('contrastive', config)
+  task = get_task('contrastive', common.base_config())
   batch = _batch()
-  schedule = optim.make_schedule(config.schedule, config.optim.lr, 10)
-  tx = optim.make_optimizer(config.optim, schedule)
-  inputs = (batch['image'][:1], batch['text'][:1])
-  state = jax.jit(lambda key: init_state(model, tx, key, inputs))(jax.random.key(0))
+  init = jax.eval_shape(model.init, jax.random.key(0), batch['image'][:1], batch['text'][:1])
+  params = _random_params(init['params'])
 
-  logits = jax.jit(model.apply)(state.variables, batch['image'], batch['text']).logits
-  logits = np.asarray(logits)
+  def objective(params, batch):
+    outputs = model.apply({'params': params}, *task.inputs(batch))
+    w = task.weights(batch)
+    return jnp.sum(task.loss(outputs, batch) * w) / jnp.sum(w), outputs.logits
+
+  results = []
+  for devices in (jax.devices(), jax.devices()[:1]):
+    mesh = sharding.make_mesh(ml_collections.ConfigDict({'data': -1}), devices)
+    repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    step = jax.jit(
+      jax.value_and_grad(objective, has_aux=True),
+      in_shardings=(repl, batch_sh),
+      out_shardings=repl,
+    )
+    results.append(step(params, sharding.global_batch(batch, mesh)))
+  ((loss8, logits8), grads8), ((loss1, logits1), grads1) = results
+  assert len(jax.devices()) == 8
   real = batch['mask']
+  logits = np.asarray(logits1)
+  np.testing.assert_allclose(logits8, logits, rtol=1e-5, atol=1e-5)
   expected = _np_contrastive(logits[real][:, real]).mean()
-
-  mesh8 = sharding.make_mesh(ml_collections.ConfigDict({'data': -1}))
-  mesh1 = sharding.make_mesh(ml_collections.ConfigDict({'data': -1}), jax.devices()[:1])
-  s8, m8 = _run(mesh8, model, task, config, state, batch)
-  s1, m1 = _run(mesh1, model, task, config, state, batch)
-  for metrics in (m8, m1):
-    np.testing.assert_allclose(metrics['loss'][0] / metrics['loss'][1], expected, rtol=1e-5)
-    np.testing.assert_allclose(metrics['objective'][0], expected, rtol=1e-5)
-  before = jax.tree.leaves(state.params)
-  d8 = [np.asarray(a) - b for a, b in zip(jax.tree.leaves(s8.params), before)]  # -lr * grad
-  d1 = [np.asarray(a) - b for a, b in zip(jax.tree.leaves(s1.params), before)]
-  moved = max(float(np.abs(d).max()) for d in d1)
-  for a, b in zip(d8, d1):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * moved)
-  assert moved > 1e-3  # the step did move the parameters
+  np.testing.assert_allclose(loss8, expected, rtol=1e-5)
+  np.testing.assert_allclose(loss1, expected, rtol=1e-5)
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(grads1))
+  assert scale > 1e-3
+  for a, b in zip(jax.tree.leaves(grads8), jax.tree.leaves(grads1)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_eval_step_reports_zero_shot_and_retrieval():
@@ -137,13 +146,16 @@ def test_eval_step_reports_zero_shot_and_retrieval():
   prompts = np.asarray(task.eval_inputs(batch)[2])
   assert prompts.shape == (3, T)
   assert bytes(prompts[2][prompts[2] > 0].astype(np.uint8)).decode() == 'a photo of a cat'[:T]
-  variables = jax.jit(model.init)(jax.random.key(0), batch['image'][:1], batch['text'][:1])
-  metrics, out = jax.jit(
-    lambda v, b: (
-      make_eval_step(model, task)(init_state_like(v), b),
-      model.apply(v, *task.eval_inputs(b)),
-    )
-  )(variables, batch)
+
+  init = jax.eval_shape(model.init, jax.random.key(0), batch['image'][:1], batch['text'][:1])
+  variables = {'params': _random_params(init['params'])}
+
+  @jax.jit
+  def run(variables, batch):
+    metrics = make_eval_step(model, task)(init_state_like(variables), batch)
+    return metrics, model.apply(variables, *task.eval_inputs(batch))
+
+  metrics, out = run(variables, batch)
   real = batch['mask']
   scores = np.asarray(out.features['image_embeds'] @ out.features['class_embeds'].T)
   accuracy = (scores.argmax(-1) == batch['label'])[real].mean()
@@ -152,6 +164,11 @@ def test_eval_step_reports_zero_shot_and_retrieval():
   )
   collected = metrics['collected']
   assert collected['image_embeds'].shape == (B, 16) and collected['mask'].sum() == B - 2
+  summary = summarize(add_metrics(None, metrics), task)  # what an eval reports
+  features = {k: np.asarray(out.features[k])[real] for k in ('image_embeds', 'text_embeds')}
+  expected = retrieval_recall(features['image_embeds'], features['text_embeds'])  # 14 pairs
+  assert {k: summary[k] for k in expected} == pytest.approx(expected)
+  assert summary['zero_shot_accuracy'] == pytest.approx(accuracy)
 
 
 def init_state_like(variables):
@@ -178,6 +195,13 @@ def test_retrieval_recall_by_hand():
   # text 0's nearest image (image 1).
   grouped = retrieval_recall(images, texts, groups=np.array([0, 0, 1, 2]), ks=(1,), chunk=3)
   assert grouped['i2t_recall@1'] == 0.25 and grouped['t2i_recall@1'] == 0.25
+  # Three copies of one text (group 0) do not fill image 3's top 2: groups are ranked.
+  e1, e2 = np.eye(2)
+  images = np.stack([e1, e1, e1, 0.8 * e1 + 0.6 * e2])
+  texts = np.stack([e1, e1, e1, e2])
+  got = retrieval_recall(images, texts, groups=np.array([0, 0, 0, 1]), ks=(1, 2))
+  assert got['i2t_recall@1'] == 0.75 and got['i2t_recall@2'] == 1.0
+  assert got['t2i_recall@1'] == 1.0
 
 
 def test_in_batch_accuracy_and_match_key():

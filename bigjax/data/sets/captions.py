@@ -1,4 +1,5 @@
-"""Image-text pairs for contrastive training (task 'contrastive', `bigjax.models.clip`).
+"""Paired data for contrastive training (task 'contrastive', `bigjax.models.clip`): images
+with captions, spoken words with their written word.
 
 `coco_captions`: public TFDS `coco_captions` (COCO 2014 with the Karpathy & Li splits: train
 82,783 images, val and test 5,000 each, restval 30,504; five or more captions per image).
@@ -16,7 +17,16 @@ TensorFlow) without it.
 Data config fields: data.image_size (S), data.max_len (T, text tokens), data.tokenizer (a
 Hugging Face CLIP folder or any tokenizer file; else a byte-level BPE of data.vocab_size
 learned from data.tokenizer_sample training images' captions and saved in the workdir,
-`bigjax.data.run_tokenizer`).
+`bigjax.data.run_tokenizer`, with '<pad>' 0, '</s>' (EOS) 1, '<s>' (BOS) 2).
+
+`spoken_words_text`: the offline `spoken_words` (`bigjax.data.sets.speech`, its builder,
+splits and audio transforms unchanged: test voices are never heard in training) with each
+clip paired with its written word, byte-tokenized: {'audio': float32 [N], 'text': int32
+[T], 'label', 'voice'}. Its class names are the 20 words (`WORDS`), so the contrastive task
+reports zero-shot accuracy from the words as prompts (data.prompt_template '{}'). The same
+text stands for every clip of a word: set task.match_key='label' so a clip's word counts
+as its match. Data config fields: spoken_words' (data.builder_config, data.sample_rate,
+data.audio_samples, data.time_shift) and data.max_len (T, bytes).
 """
 
 import os
@@ -26,14 +36,17 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from bigjax.data import run_tokenizer
+from bigjax.data.builders.spoken_words import WORDS
+from bigjax.data.sets import speech
 from bigjax.data.spec import DatasetSpec
-from bigjax.data.tokenizers import train_bpe
+from bigjax.data.tokenizers import ByteTokenizer, train_bpe
 from bigjax.data.transforms.caption import (
   CaptionImage,
   EncodeCaption,
   FirstCaption,
   PickCaption,
   RandomCaptionImage,
+  WordCaption,
 )
 from bigjax.data.transforms.text import as_text
 
@@ -98,7 +111,10 @@ def _open_coco(split: str, data_dir: str | None, data: ml_collections.ConfigDict
     def learn():
       index = run_tokenizer.sample_indices(len(train), data, 5_000)
       texts = (as_text(t) for i in index for t in train[int(i)]['captions']['text'])
-      return train_bpe(texts, int(data.get('vocab_size', 49408)))
+      # '</s>' takes id 1, not 2: transformers reads a CLIP eos_token_id of 2 as its legacy
+      # 'largest id' rule, so a model pooling at EOS 2 would have no Hugging Face form.
+      specials = ('<pad>', '</s>', '<s>')
+      return train_bpe(texts, int(data.get('vocab_size', 49408)), special_tokens=specials)
 
     run_tokenizer.ensure(data, COCO, learn)
   return records
@@ -122,4 +138,21 @@ COCO_CAPTIONS = DatasetSpec(
   _coco_transforms,
   lambda data: run_tokenizer.load(data, COCO),
   eval_split='val',
+)
+
+
+def _spoken_words_text_transforms(data: ml_collections.ConfigDict, train: bool) -> list:
+  max_len = data.get('max_len', 0)
+  if not max_len:
+    raise ValueError('the spoken_words_text dataset needs data.max_len (bytes per word, e.g. 8)')
+  words = [WordCaption(WORDS), EncodeCaption(ByteTokenizer(), max_len)]
+  return speech.SPOKEN_WORDS.transforms(data, train) + words
+
+
+SPOKEN_WORDS_TEXT = DatasetSpec(
+  'contrastive',
+  speech.SPOKEN_WORDS.open_split,
+  _spoken_words_text_transforms,
+  lambda data: ByteTokenizer(),
+  class_names=lambda data: list(WORDS),
 )
