@@ -6,8 +6,9 @@ The "image" tower is `bigjax.models.clip`'s ViT behind the audio front end (8 kH
 log-mel, 32 bands, 16 ms hops, standardised per clip; 8 x 8 patches of the [64, 32]
 spectrogram, 2 layers of width 96), the text tower a causal Transformer over the word's
 bytes (2 layers of width 64); 254k parameters in all (`clip_tiny`), both towers trained
-from scratch with CLIP's symmetric contrastive loss, with the temperature learned. Nothing
-tells the model which word a clip is but its pairing with a text.
+from scratch with CLIP's symmetric contrastive loss, the temperature learned, the clips
+shifted at random by up to 50 ms in training. Nothing tells the model which word a clip is
+but its pairing with a text.
 
 Evaluation is on the 1,600 clips of the test voices, whose voice variants never speak in
 training: zero-shot classification (each clip against the 20 written words as prompts;
@@ -18,8 +19,8 @@ Command: python train.py --config configs/clip_spoken_words.py --workdir DIR
 Expected (measured here, 800 steps of 128 pairs, about 17 epochs): zero-shot accuracy on
 the unseen voices 0.981 (chance 0.05; 0.949 at step 400), audio -> word recall@1 0.981 and
 @5 1.000, word -> audio recall@1 1.000.
-Time: 5 min 4 s on 2 CPU cores shared with other jobs (load average about 5; 5.1 min of
-CPU time; the first step, compilation included, took 48 s), so less on 2 idle cores.
+Time: 3 min 49 s on 2 CPU cores shared with other jobs (load average 5 to 6.5; 4.2 min of
+CPU time; the first step, compilation included, took 11 s), so less on 2 idle cores.
 """
 
 from configs import common

@@ -21,8 +21,9 @@ learned from log(1 / 0.07) and s clipped at 100 (section 2.5 of the paper).
 
 Audio instead of images (`audio=True`): raw audio [B, N] passes through the parameter-free
 `bigjax.layers.audio.LogMel` front end, is standardised per example (zero mean, unit
-variance over [F, M]) and becomes a one-channel image [B, F, M, 1]; the frames and bands
-are edge-padded to multiples of the patch size (the ViT cuts whole patches).
+variance over [F, M]: `normalize_per_utterance`, as in the speech classifiers) and becomes
+a one-channel image [B, F, M, 1]; the frames and bands are edge-padded to multiples of the
+patch size (the ViT cuts whole patches).
 
 Parameter names (stable; `bigjax.convert.hf_clip` maps Hugging Face `CLIPModel` onto them):
   vision/...                    the ViT's names (patch_embed, cls, pos_embed, norm_pre,
@@ -43,7 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.layers import BlockConfig, EncoderBlock, LearnedPositions, stack_blocks
-from bigjax.layers.audio import LogMel
+from bigjax.layers.audio import LogMel, normalize_per_utterance
 from bigjax.models.vit import ViT
 from bigjax.outputs import ModelOutput
 from bigjax.typing import Dtype
@@ -295,10 +296,7 @@ class CLIP(nn.Module):
     """Raw audio [B, N] -> standardised log-mel images [B, F', M', 1], F' and M' the frames
     and bands edge-padded to multiples of the patch size."""
     chex.assert_rank(audio, 2)
-    x = self.front_end(audio)  # [B, F, M] float32
-    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
-    std = jnp.std(x, axis=(1, 2), keepdims=True)
-    x = (x - mean) / (std + 1e-5)
+    x = normalize_per_utterance(self.front_end(audio))  # [B, F, M] float32
     p = self.patch_size
     pad = [(0, 0), (0, -x.shape[1] % p), (0, -x.shape[2] % p)]
     return jnp.pad(x, pad, mode='edge')[..., None]  # [B, F', M', 1]
