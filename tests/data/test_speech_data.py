@@ -14,6 +14,7 @@ from bigjax.data.builders.prepare import prepare_builder
 from bigjax.data.datasets import dataset_spec
 from bigjax.data.transforms.audio import AudioExample, TimeShift, audio_transforms, fit_length
 
+
 def _records(builder, split):
   source = builder.as_data_source(split)
   return sorted((source[i] for i in range(len(source))), key=lambda r: (r['voice'], r['label']))
