@@ -88,10 +88,16 @@ def test_mu_law_round_trip_error_bound():
 
 def test_spec_augment_masks_what_it_says():
   b, f, m = 3000, 50, 20
+  policy = dict(freq_masks=1, freq_width=6, time_masks=2, time_width=9, time_fraction=0.1)
   rng = jax.random.key(0)
-  time_mask, freq_mask = audio.spec_augment_masks(
-    rng, b, f, m, freq_masks=1, freq_width=6, time_masks=2, time_width=9, time_fraction=0.1
-  )
+  features = jax.random.normal(jax.random.key(1), (b, f, m))
+
+  @jax.jit
+  def run(features, rng):
+    masks = audio.spec_augment_masks(rng, b, f, m, **policy)
+    return masks, audio.spec_augment(features, rng, mask_value=-7.0, **policy)
+
+  (time_mask, freq_mask), out = run(features, rng)
   time_mask, freq_mask = np.asarray(time_mask), np.asarray(freq_mask)
   widths = freq_mask.sum(1)  # one band: its width, uniform on 0..6
   assert widths.max() == 6 and widths.min() == 0 and abs(widths.mean() - 3) < 0.15
@@ -102,11 +108,6 @@ def test_spec_augment_masks_what_it_says():
   starts = np.array([np.flatnonzero(row)[0] for row in freq_mask if row.any()])
   assert starts.min() == 0 and (starts + widths[widths > 0]).max() == m  # reaches both edges
 
-  features = jax.random.normal(jax.random.key(1), (b, f, m))
-  out = audio.spec_augment(
-    features, rng, freq_masks=1, freq_width=6, time_masks=2, time_width=9, time_fraction=0.1,
-    mask_value=-7.0,
-  )  # fmt: skip
   masked = time_mask[:, :, None] | freq_mask[:, None, :]
   out, features = np.asarray(out), np.asarray(features)
   np.testing.assert_array_equal(out[~masked], features[~masked])
@@ -117,8 +118,8 @@ def test_spec_augment_module_trains_only():
   features = jax.random.normal(jax.random.key(0), (4, 30, 16))
   module = audio.SpecAugment(freq_width=4, time_width=5)
   np.testing.assert_array_equal(module.apply({}, features, train=False), features)
-  a = module.apply({}, features, train=True, rngs={'dropout': jax.random.key(1)})
-  b = module.apply({}, features, train=True, rngs={'dropout': jax.random.key(2)})
+  train = jax.jit(lambda x, k: module.apply({}, x, train=True, rngs={'dropout': k}))
+  a, b = train(features, jax.random.key(1)), train(features, jax.random.key(2))
   assert (np.asarray(a) == 0).any() and not np.array_equal(a, b)
 
 

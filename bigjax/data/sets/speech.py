@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from bigjax.data.builders.prepare import open_prepared
-from bigjax.data.builders.spoken_words import SAMPLE_RATE, SpokenWords
+from bigjax.data.builders.spoken_words import SAMPLE_RATE, WORDS, SpokenWords
 from bigjax.data.sources import not_prepared_error
 from bigjax.data.spec import DatasetSpec
 from bigjax.data.transforms.audio import audio_transforms
@@ -40,6 +40,14 @@ SPEECH_COMMANDS_LABELS = (
   '_unknown_',
 )  # fmt: skip
 SPOKEN_WORDS_CONFIGS = tuple(c.name for c in SpokenWords.BUILDER_CONFIGS)
+LABELS = {'spoken_words': WORDS, 'speech_commands': SPEECH_COMMANDS_LABELS}
+
+
+def label_names(name: str) -> tuple[str, ...]:
+  """The class names of the speech data set `name`, in label order."""
+  if name not in LABELS:
+    raise ValueError(f'{name!r} is not a speech data set; those are {", ".join(LABELS)}')
+  return LABELS[name]
 
 
 def _spoken_words_split(split: str, data_dir: str | None, data: ml_collections.ConfigDict):
