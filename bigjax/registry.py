@@ -29,6 +29,7 @@ FAMILIES: tuple[str, ...] = (
   'transformer',
   'bert',
   'gpt',
+  'wavenet',
 )
 
 Spec = tuple[type[nn.Module], dict[str, Any]]
