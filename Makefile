@@ -1,5 +1,5 @@
 # make train: set up .venv (if needed) and train the embedded default (MLP on digits).
-# make test:  set up .venv with the test and parity extras and run the whole suite.
+# make test:  set up .venv with the test, parity and audio extras and run the whole suite.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(TEST_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test,parity]'
+	$(BIN)/pip install --quiet -e '.[test,parity,audio]'
 	touch $(STAMP) $@
 
 train: $(STAMP)

@@ -29,6 +29,7 @@ FAMILIES: tuple[str, ...] = (
   'transformer',
   'bert',
   'gpt',
+  'speech',
   'wavenet',
 )
 

@@ -38,3 +38,17 @@ def _snapshot(path):
 def snapshot():
   """`snapshot(path)`: compare before and after to show a command left a folder untouched."""
   return _snapshot
+
+
+@pytest.fixture(scope='session')
+def speech_run(tmp_path_factory, data_dir):
+  """A tiny trained speech classifier: configs/speech_cnn_spoken_words.py:test (6 steps on
+  the 'small' spoken_words, prepared in the session's data_dir). Needs the `audio` extra."""
+  pytest.importorskip('espeakng_loader')
+  from bigjax.train import cli
+
+  workdir = str(tmp_path_factory.mktemp('speech_run'))
+  config = os.path.join(ROOT, 'configs', 'speech_cnn_spoken_words.py')
+  argv = ['--config', f'{config}:test', '--workdir', workdir, f'--config.data.data_dir={data_dir}']
+  assert cli.main(argv) == 0
+  return workdir

@@ -7,7 +7,7 @@ row.
 
 import difflib
 
-from bigjax.data.sets import algorithmic, glue, images, lm1b, pystdlib, wikipedia, wmt
+from bigjax.data.sets import algorithmic, glue, images, lm1b, pystdlib, speech, wikipedia, wmt
 from bigjax.data.spec import DatasetSpec
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -18,6 +18,7 @@ DATASETS: dict[str, DatasetSpec] = {
   'pystdlib': pystdlib.PYSTDLIB,
   'pystdlib_mlm': pystdlib.PYSTDLIB_MLM,
   'pystdlib_syntax': pystdlib.PYSTDLIB_SYNTAX,
+  'spoken_words': speech.SPOKEN_WORDS,
   # Public TFDS data sets, prepared beforehand with `tfds build`.
   'mnist': images.public('mnist'),
   'fashion_mnist': images.public('fashion_mnist'),
@@ -27,6 +28,7 @@ DATASETS: dict[str, DatasetSpec] = {
   'wmt14_translate/de-en': wmt.WMT14_DE_EN,
   'wikipedia': wikipedia.WIKIPEDIA,  # data.tfds_name picks the dump
   'lm1b': lm1b.LM1B,
+  'speech_commands': speech.SPEECH_COMMANDS,
   **{f'glue/{task}': glue.glue(task) for task in glue.TASKS},
 }
 

@@ -28,16 +28,19 @@ def open_public(name: str, split: str, data_dir: str | None, manual: str = '') -
     tfds.core.registered.DatasetNotFoundError,
   ) as e:
     where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
-    first = (
-      f'put {manual} in {where}/downloads/manual/, then '
-      if manual
-      else ('on a machine with network ')
-    )
-    raise FileNotFoundError(
-      f'dataset {name!r} is not prepared in {where}: {first}run '
-      f'`tfds build {name} --data_dir={where} --file_format=array_record` (or copy a '
-      f'prepared copy there), then pass --config.data.data_dir={where} ({type(e).__name__})'
-    ) from None
+    raise not_prepared_error(name, where, manual, e) from None
+
+
+def not_prepared_error(name: str, where: str, manual: str, e: Exception) -> FileNotFoundError:
+  """The one-line error for a public data set that is not prepared in `where`."""
+  first = (
+    f'put {manual} in {where}/downloads/manual/, then ' if manual else 'on a machine with network '
+  )
+  return FileNotFoundError(
+    f'dataset {name!r} is not prepared in {where}: {first}run '
+    f'`tfds build {name} --data_dir={where} --file_format=array_record` (or copy a '
+    f'prepared copy there), then pass --config.data.data_dir={where} ({type(e).__name__})'
+  )
 
 
 class WindowSource:

@@ -11,6 +11,12 @@ Legend: B batch, N samples, F frames, S = n_fft // 2 + 1 frequency bins, M mel b
   center=True), a triangular filterbank on the HTK mel scale (m = 2595 log10(1 + f / 700),
   no area normalisation, as torchaudio's default), and log(power + eps). All in JAX, jit-able.
 - `LogMel`: the same as a parameter-free Linen module, so a model can take raw audio.
+- `spec_augment` / `SpecAugment`: SpecAugment's frequency and time masking (Park et al.,
+  2019, section 2): each of `freq_masks` bands of f ~ U{0..freq_width} consecutive mel
+  bands from f0 ~ U{0..M - f}, and each of `time_masks` bands of t ~ U{0..T'} frames,
+  T' = min(time_width, floor(time_fraction * F)), set to `mask_value`; drawn per example.
+  Time warping (the paper's third policy, which it found the least useful) is left out.
+- `normalize_per_utterance`: zero mean, unit variance over each example's [F, M].
 """
 
 import math
@@ -110,3 +116,101 @@ class LogMel(nn.Module):
       hop_length=self.hop_length,
       n_mels=self.n_mels,
     )
+
+
+def _band_mask(rng: jax.Array, batch: int, size: int, count: int, max_width: int) -> jax.Array:
+  """[B, size] bool: the union of `count` bands per row, each of a width drawn uniformly
+  from 0..max_width (at most `size`) at a start drawn uniformly from 0..size - width."""
+  if count == 0 or max_width == 0:
+    return jnp.zeros((batch, size), bool)
+  k_width, k_start = jax.random.split(rng)
+  width = jax.random.randint(k_width, (batch, count), 0, min(max_width, size) + 1)  # [B, n]
+  u = jax.random.uniform(k_start, (batch, count))
+  start = jnp.floor(u * (size - width + 1)).astype(jnp.int32)  # [B, n], in 0..size - width
+  index = jnp.arange(size)  # [size]
+  inside = (index >= start[..., None]) & (index < (start + width)[..., None])  # [B, n, size]
+  return inside.any(axis=1)
+
+
+def spec_augment_masks(
+  rng: jax.Array,
+  batch: int,
+  frames: int,
+  mels: int,
+  *,
+  freq_masks: int = 2,
+  freq_width: int = 8,
+  time_masks: int = 2,
+  time_width: int = 10,
+  time_fraction: float = 1.0,
+) -> tuple[jax.Array, jax.Array]:
+  """(time mask [B, F], frequency mask [B, M]), bool, True where masked (module docstring)."""
+  k_time, k_freq = jax.random.split(rng)
+  widest = min(time_width, int(math.floor(time_fraction * frames)))
+  return (
+    _band_mask(k_time, batch, frames, time_masks, widest),
+    _band_mask(k_freq, batch, mels, freq_masks, freq_width),
+  )
+
+
+def spec_augment(
+  features: jax.Array,
+  rng: jax.Array,
+  *,
+  freq_masks: int = 2,
+  freq_width: int = 8,
+  time_masks: int = 2,
+  time_width: int = 10,
+  time_fraction: float = 1.0,
+  mask_value: float = 0.0,
+) -> jax.Array:
+  """features [B, F, M] -> the same with SpecAugment's time and frequency bands set to
+  `mask_value` (0: the mean of features normalised per utterance)."""
+  batch, frames, mels = features.shape
+  time_mask, freq_mask = spec_augment_masks(
+    rng,
+    batch,
+    frames,
+    mels,
+    freq_masks=freq_masks,
+    freq_width=freq_width,
+    time_masks=time_masks,
+    time_width=time_width,
+    time_fraction=time_fraction,
+  )
+  masked = time_mask[:, :, None] | freq_mask[:, None, :]  # [B, F, M]
+  return jnp.where(masked, jnp.asarray(mask_value, features.dtype), features)
+
+
+class SpecAugment(nn.Module):
+  """`spec_augment` in training (rng stream 'dropout'), the identity in evaluation."""
+
+  freq_masks: int = 2
+  freq_width: int = 8
+  time_masks: int = 2
+  time_width: int = 10
+  time_fraction: float = 1.0
+  mask_value: float = 0.0
+
+  def __call__(self, features: jax.Array, *, train: bool = False) -> jax.Array:
+    """features [B, F, M] -> [B, F, M]."""
+    if not train or not (self.freq_masks or self.time_masks):
+      return features
+    return spec_augment(
+      features,
+      self.make_rng('dropout'),
+      freq_masks=self.freq_masks,
+      freq_width=self.freq_width,
+      time_masks=self.time_masks,
+      time_width=self.time_width,
+      time_fraction=self.time_fraction,
+      mask_value=self.mask_value,
+    )
+
+
+def normalize_per_utterance(features: jax.Array, eps: float = 1e-5) -> jax.Array:
+  """features [B, F, M] -> zero mean and unit variance over each example's [F, M]."""
+  x = features.astype(jnp.float32)
+  mean = x.mean(axis=(1, 2), keepdims=True)
+  std = x.std(axis=(1, 2), keepdims=True)
+  return (x - mean) / (std + eps)

@@ -155,10 +155,14 @@ def _label_objective(config: Config):
 
 
 def classification(config: Config, tokenizer=None) -> Task:
-  """Image classification: `image` [B, H, W, C] -> `label` [B] (or soft labels [B, C])."""
+  """Classification of `data.input_key` (default 'image' [B, H, W, C]; 'audio' [B, N] for
+  speech) -> `label` [B] (or soft labels [B, C]). Mixup and cutmix need images."""
   del tokenizer
+  key = config.data.get('input_key', 'image')
   mixup = config.data.get('mixup_alpha', 0.0)
   cutmix = config.data.get('cutmix_alpha', 0.0)
+  if (mixup or cutmix) and key != 'image':
+    raise ValueError(f'data.mixup_alpha and data.cutmix_alpha need images, not {key!r}: set 0')
   num_classes = config.model.get('num_classes', 1000)
   weights, loss = _label_objective(config)
 
@@ -181,12 +185,12 @@ def classification(config: Config, tokenizer=None) -> Task:
     if not (mixup or cutmix):
       return batch
     onehot = jax.nn.one_hot(batch['label'], num_classes)
-    images, labels = augment_lib.mixup_cutmix(
-      batch['image'], onehot, rng, mixup_alpha=mixup, cutmix_alpha=cutmix
+    inputs, labels = augment_lib.mixup_cutmix(
+      batch[key], onehot, rng, mixup_alpha=mixup, cutmix_alpha=cutmix
     )
-    return {**batch, 'image': images, 'label': labels}
+    return {**batch, key: inputs, 'label': labels}
 
-  return Task('classification', lambda b: (b['image'],), weights, loss, metrics, augment)
+  return Task('classification', lambda b: (b[key],), weights, loss, metrics, augment)
 
 
 # --- token-level tasks: language modelling, sequence to sequence ------------------------

@@ -36,6 +36,10 @@ def images(size: int, channels: int = 3) -> Callable[[nn.Module], Inputs]:
   return lambda model: (jax.ShapeDtypeStruct((B, size, size, channels), jnp.float32),)
 
 
+def audio(model: nn.Module) -> Inputs:
+  return (jax.ShapeDtypeStruct((B, model.sample_rate // 4), jnp.float32),)  # [B, N], 0.25 s
+
+
 def tokens(model: nn.Module) -> Inputs:
   return (jax.ShapeDtypeStruct((B, T), jnp.int32),)
 
@@ -207,6 +211,11 @@ ROWS: dict[str, Row] = {
   'gpt2_*': gpt_row('gpt2_'),
   'llama*': gpt_row('llama'),
   'mixtral_*': gpt_row('mixtral_'),
+  # Speech classifiers on raw audio (N(0, 1) noise is audio enough): log-mel, SpecAugment
+  # in training (so even the ResNet backbone, which has no dropout, differs), a backbone;
+  # float32 logits under bf16 compute.
+  'speech_resnet*': Row(audio, classes, dropout=False, bf16_logits=jnp.float32),
+  'speech_*': Row(audio, classes, bf16_logits=jnp.float32),
   # WaveNet reads mu-law codes [B, T] and predicts the next one [B, T, 256]; no dropout.
   # The registered variants are unconditioned (conditioning: tests/models/test_wavenet.py).
   'wavenet_*': Row(
