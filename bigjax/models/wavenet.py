@@ -70,6 +70,7 @@ import jax.numpy as jnp
 
 from bigjax import losses
 from bigjax.layers.audio import MU_LAW_CHANNELS, LogMel
+from bigjax.layers.mlp import rows
 from bigjax.outputs import ModelOutput
 from bigjax.typing import Dtype
 
@@ -81,10 +82,10 @@ class CausalConv(nn.Module):
   """A causal dilated 1-D convolution: y[t] = b + sum_j W_j x[t - (K - 1 - j) d].
 
   x [B, T, C] -> y [B, T, features]. The kernel is [K, C, features], tap j reading
-  x[t - (K - 1 - j) d] (`nn.Conv`'s layout with left padding (K - 1) d). The taps are
-  concatenated on channels and multiplied once ([B, T, K C] @ [K C, features]) in training
-  and in decoding alike. With `decode`, `index` is the position of x[:, 0] and the past
-  comes from the ring buffer `cache/queue` (see the module docstring).
+  x[t - (K - 1 - j) d] (`nn.Conv`'s layout with left padding (K - 1) d). In training it is
+  one dilated `lax.conv_general_dilated`; with `decode`, `index` is the position of x[:, 0],
+  the past taps come from the ring buffer `cache/queue` (see the module docstring) and the
+  K taps are concatenated on channels and multiplied once ([B, T, K C] @ [K C, features]).
   """
 
   features: int
@@ -103,17 +104,20 @@ class CausalConv(nn.Module):
       'kernel', nn.initializers.lecun_normal(), (k, channels, self.features), self.param_dtype
     )
     bias = self.param('bias', nn.initializers.zeros, (self.features,), self.param_dtype)
-    x = x.astype(self.dtype)
-    if span == 0:
-      taps = [x]
-    elif not self.decode:
-      padded = jnp.pad(x, ((0, 0), (span, 0), (0, 0)))  # [B, span + T, C]
-      taps = [padded[:, j * d : j * d + x.shape[1]] for j in range(k)]  # K x [B, T, C]
-    else:
-      taps = self._queued_taps(x, index, span)
+    x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+    if not self.decode:  # XLA's convolution: on 2 CPU cores 2.7x the speed of the taps'
+      y = jax.lax.conv_general_dilated(  # concatenation and one matmul, forward + backward
+        x,
+        kernel,
+        window_strides=(1,),
+        padding=[(span, 0)],
+        rhs_dilation=(d,),
+        dimension_numbers=('NWC', 'WIO', 'NWC'),
+      )  # [B, T, features]
+      return y + bias
+    taps = self._queued_taps(x, index, span) if span else [x]
     stacked = jnp.concatenate(taps, axis=-1)  # [B, T, K C]
-    w = kernel.reshape(k * channels, self.features).astype(self.dtype)  # [K C, features]
-    return stacked @ w + bias.astype(self.dtype)  # [B, T, features]
+    return stacked @ kernel.reshape(k * channels, self.features) + bias  # [B, T, features]
 
   def _queued_taps(self, x: jax.Array, index: jax.Array, span: int) -> list[jax.Array]:
     """The K taps of x [B, T, C] at positions index .. index + T - 1, the past read from
@@ -201,10 +205,10 @@ class ResidualBlock(nn.Module):
     if local is not None:
       h = h + nn.Dense(width, name='local', **kw)(local)  # [B, T, 2R]
     f, g = jnp.split(h, 2, axis=-1)  # [B, T, R] each
-    z = jnp.tanh(f) * jax.nn.sigmoid(g)  # the gated activation unit (eq. 2)
-    skip = nn.Dense(self.skip_channels, name='skip', **kw)(z)  # [B, T, S]
+    z, unflatten = rows(jnp.tanh(f) * jax.nn.sigmoid(g))  # [B T, R]: the gated unit (eq. 2)
+    skip = unflatten(nn.Dense(self.skip_channels, name='skip', **kw)(z))  # [B, T, S]
     if not self.last:
-      x = x + nn.Dense(self.hidden_size, name='residual', **kw)(z)
+      x = x + unflatten(nn.Dense(self.hidden_size, name='residual', **kw)(z))
     return x, skip
 
 
@@ -313,11 +317,13 @@ class WaveNet(nn.Module):
       skip = skip + s  # [B, T, S]
 
     dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    out = nn.relu(nn.Dense(self.skip_channels, name='head_hidden', **dense)(nn.relu(skip)))
+    out, unflatten = rows(nn.relu(skip))  # [B T, S]
+    out = nn.relu(nn.Dense(self.skip_channels, name='head_hidden', **dense)(out))
     if self.output == 'categorical':
-      return nn.Dense(self.vocab_size, name='head_out', **dense)(out).astype(jnp.float32)
+      logits = nn.Dense(self.vocab_size, name='head_out', **dense)(out)  # [B T, V]
+      return unflatten(logits).astype(jnp.float32)  # [B, T, V]
     mixture = nn.Dense(3 * self.num_mixtures, name='head_out', **dense)(out)
-    mixture = mixture.astype(jnp.float32)  # [B, T, P]
+    mixture = unflatten(mixture).astype(jnp.float32)  # [B, T, P]
     logits = losses.discretized_logistic_mixture_log_probs(mixture, self.vocab_size)
     return ModelOutput(logits=logits, features={'mixture': mixture})  # [B, T, V]
 

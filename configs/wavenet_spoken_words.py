@@ -1,0 +1,34 @@
+"""WaveNet on the offline spoken words, conditioned on the word (global conditioning).
+
+20 words (zero..nine, yes, no, up, down, left, right, on, off, stop, go) spoken by eSpeak NG
+voices: 6,080 training utterances; the 1,600 test utterances come from voices never heard
+in training. Audio resampled to 8 kHz and fitted to 0.6 s (4,800 samples; a shorter clip is
+zero-padded at the end, a longer one keeps its centre), 8-bit mu-law codes. wavenet_small:
+2 cycles of dilations 1..128, 32 residual and 64 skip channels, a receptive field of 512
+samples (64 ms), trained on random 0.25 s crops; evaluation scores every sample of every
+test clip.
+
+Command: python train.py --config configs/wavenet_spoken_words.py --workdir /tmp/wavenet
+Then:    python -m bigjax.generate --workdir /tmp/wavenet --word yes --out yes.wav --seconds 0.6
+Baselines: PYTHONPATH=. python bench/wavenet_baselines.py --workdir /tmp/wavenet
+Expected: held-out bits per sample TBD.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  c = common.base_config()
+  c.model.update(name='wavenet_small', num_labels=20, sample_rate=8000)
+  c.task.update(name='audio_lm', label_key='label')
+  c.data.update(name='spoken_words', builder_config='full')
+  c.data.update(sample_rate=8000, audio_samples=4800, crop_samples=2000)
+  c.optim.update(name='adam', lr=2e-3, clip_norm=1.0)
+  c.schedule.update(name='cosine', warmup_steps=50, end_factor=0.05)
+  c.train.update(steps=1500, batch_size=16, eval_batch_size=100)
+  c.train.update(log_every=50, eval_every=0, checkpoint_every=500)
+  if common.is_test(arg):
+    common.shrink_for_test(c)
+    c.model.update(name='wavenet_test')
+    c.data.update(builder_config='small', audio_samples=800, crop_samples=200)
+  return c
