@@ -14,7 +14,8 @@ a step function only needs the third argument when it is given ragged prompts.
 zoo's contract:
   - a decoder-only LM with a `decode: bool` attribute, `__call__(tokens, *, train)`, and,
     for ragged prompts, `__call__(tokens, segment_ids, *, train)` (1 = real, 0 = padding:
-    the padding is cached as invalid keys and does not advance the row's position);
+    the padding is cached as invalid keys and does not advance the row's position); a
+    conditional one (WaveNet) also takes keyword inputs, `lm_decoder(..., conditioning=)`;
   - an encoder-decoder with a `decode: bool` attribute and methods `encode(src)` and
     `decode_targets(encoded, tgt)`,
 and with the decoding clone keeping its state in the `cache` collection. A model may

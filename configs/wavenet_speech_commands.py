@@ -32,6 +32,6 @@ def get_config(arg=None):
   c.train.update(log_every=100, eval_every=5000, checkpoint_every=5000)
   if common.is_test(arg):
     common.shrink_for_test(c)
-    c.model.update(name='wavenet_test')
+    c.model.update(name='wavenet_test', dilation_cycles=1)
     c.data.update(audio_samples=800, crop_samples=200)
   return c

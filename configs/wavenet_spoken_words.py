@@ -23,12 +23,12 @@ def get_config(arg=None):
   c.task.update(name='audio_lm', label_key='label')
   c.data.update(name='spoken_words', builder_config='full')
   c.data.update(sample_rate=8000, audio_samples=4800, crop_samples=2000)
-  c.optim.update(name='adam', lr=2e-3, clip_norm=1.0)
+  c.optim.update(name='adam', lr=4e-3, clip_norm=1.0)
   c.schedule.update(name='cosine', warmup_steps=50, end_factor=0.05)
-  c.train.update(steps=1500, batch_size=16, eval_batch_size=100)
+  c.train.update(steps=1200, batch_size=16, eval_batch_size=100)
   c.train.update(log_every=50, eval_every=0, checkpoint_every=500)
   if common.is_test(arg):
     common.shrink_for_test(c)
-    c.model.update(name='wavenet_test')
+    c.model.update(name='wavenet_test', dilation_cycles=1)
     c.data.update(builder_config='small', audio_samples=800, crop_samples=200)
   return c

@@ -105,8 +105,10 @@ class CausalConv(nn.Module):
     )
     bias = self.param('bias', nn.initializers.zeros, (self.features,), self.param_dtype)
     x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
-    if not self.decode:  # XLA's convolution: on 2 CPU cores 2.7x the speed of the taps'
-      y = jax.lax.conv_general_dilated(  # concatenation and one matmul, forward + backward
+    if not self.decode:
+      # XLA's dilated convolution: forward + backward of a [16, 2000, 32] -> 64 layer took
+      # 15 ms against 39 ms for the taps' concatenation and one matmul (2 loaded CPU cores).
+      y = jax.lax.conv_general_dilated(
         x,
         kernel,
         window_strides=(1,),

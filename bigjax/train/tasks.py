@@ -313,8 +313,10 @@ def audio_lm(config: Config, tokenizer=None) -> Task:
   categorical output, accuracy (the likeliest code is the next one).
 
   data.crop_samples > 0: each training example is a random window of that many samples of
-  its clip (cheaper steps; the receptive field should fit well inside it); evaluation reads
-  whole clips.
+  its clip (cheaper steps; the receptive field should fit well inside it), starting
+  uniformly at random among the windows that end before the zeros padding the clip's end
+  (the first window when the speech is shorter than the crop); evaluation reads whole
+  clips.
   """
   del tokenizer
   levels = int(config.model.get('vocab_size', 256))
@@ -371,7 +373,13 @@ def audio_lm(config: Config, tokenizer=None) -> Task:
     audio = batch['audio']  # [B, N]
     if not crop or crop >= audio.shape[1]:
       return batch
-    starts = jax.random.randint(rng, (audio.shape[0],), 0, audio.shape[1] - crop + 1)
+    n = audio.shape[1]
+    # One past each clip's last non-zero sample (n for a silent clip): the zeros padding a
+    # short clip at the end are no speech, so a window ends before them when it can.
+    end = n - jnp.argmax(audio[:, ::-1] != 0, axis=1)  # [B]
+    end = jnp.where((audio != 0).any(axis=1), end, n)
+    latest = jnp.clip(end - crop, 0, n - crop)  # [B]: the last start that avoids the padding
+    starts = jnp.floor(jax.random.uniform(rng, latest.shape) * (latest + 1)).astype(jnp.int32)
     window = jax.vmap(lambda a, s: jax.lax.dynamic_slice(a, (s,), (crop,)))(audio, starts)
     return {**batch, 'audio': window}  # [B, crop]
 

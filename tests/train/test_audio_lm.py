@@ -75,6 +75,14 @@ def test_training_crops_are_windows_of_each_clip():
   for clip, window in zip(batch['audio'], np.asarray(cropped['audio'])):
     starts = [s for s in range(25) if np.array_equal(clip[s : s + 16], window)]
     assert starts, 'a crop is not a window of its clip'
+  # A clip padded with zeros after 20 samples: its windows end before the padding.
+  padded = {**batch, 'audio': np.where(np.arange(40) < 20, batch['audio'], 0.0)}
+  padded['audio'][1] = 0.0  # a silent clip: any window
+  starts, augment = [], jax.jit(task.augment)
+  for seed in range(8):
+    window = np.asarray(augment(padded, jax.random.key(seed))['audio'][0])
+    starts += [s for s in range(25) if np.array_equal(padded['audio'][0, s : s + 16], window)]
+  assert set(starts) <= set(range(5)) and len(set(starts)) > 1
   assert get_task('audio_lm', _config()).augment(batch, jax.random.key(0)) is batch
   with pytest.raises(ValueError, match='crop_samples'):
     get_task('audio_lm', _config(data={'crop_samples': 1}))
