@@ -41,6 +41,12 @@ class Classifier:
       raise ValueError(
         f'the model has {num_classes} classes but {config.data.name!r} has {len(self.labels)}'
       )
+    model_rate = getattr(model, 'sample_rate', self.sample_rate)
+    if model_rate != self.sample_rate:
+      raise ValueError(
+        f'the model computes features at {model_rate} Hz but the run feeds it '
+        f'{self.sample_rate} Hz audio: retrain with model.sample_rate = data.sample_rate'
+      )
     self._forward = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False)))
     self.variables = variables
 

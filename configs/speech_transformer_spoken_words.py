@@ -3,10 +3,13 @@
 The data and front end of speech_cnn_spoken_words (20 words, test voices unseen in
 training; log-mel, per-utterance normalisation, SpecAugment), then pairs of 10 ms frames
 stacked into 50 tokens, a linear embedding, learned positions and 4 pre-LN encoder blocks
-of width 128 from `bigjax.layers` (as ViT), mean-pooled.
+of width 128 from `bigjax.layers` (as ViT), mean-pooled (575,892 parameters).
 
 Command: python train.py --config configs/speech_transformer_spoken_words.py
-Expected: TBD
+Expected: held-out accuracy 0.965 on the 1,600 utterances of the 80 unseen voices (measured
+at step 1500; 0.904 at step 500, 0.948 at step 1000), below the CNN's 0.984 at 2.3 times its
+FLOPs. Measured under load: 17.3 min on 2 CPU cores shared with other jobs (load average
+about 9; 68 to 128 examples/s); roughly 8 to 10 min on 2 idle cores (an estimate).
 """
 
 from configs import common

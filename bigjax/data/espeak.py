@@ -4,16 +4,20 @@ The library and its voice data come from the `espeakng-loader` wheel (`pip insta
 'bigjax[audio]'`), or else from a system `libespeak-ng` (Debian's `espeak-ng` package). eSpeak
 NG is GPL-3.0-or-later; bigjax only calls it, in a separate process, to build a data set.
 
-eSpeak keeps state across utterances inside the library (a static pitch-flutter phase in its
-wave generator, echo buffers), so the same call gives slightly different audio depending on
-what was spoken before, and no API call resets it. `synthesise` therefore speaks each fixed
-chunk of requests in a fresh Python process running this file (which imports nothing from
-bigjax): the audio is a function of the request list alone, whatever the number of cores.
+Two things make eSpeak's output vary from run to run, and both are pinned here: it seeds its
+noise generator from the clock (each utterance's seed is set to its index in the chunk with
+`espeak_ng_SetRandSeed`, eSpeak NG 1.52+), and it keeps state across utterances inside the
+library (a static pitch-flutter phase in its wave generator, echo buffers), so the same call
+gives slightly different audio depending on what was spoken before, and no API call resets
+it. `synthesise` therefore speaks each fixed chunk of requests in a fresh Python process
+running this file (which imports nothing from bigjax): the audio is a function of the request
+list alone, whatever the number of cores.
 
 A request is (text, voice, rate, pitch): `voice` is an eSpeak voice name with an optional
 variant ('en-us+m3', the `!v/` files), `rate` words per minute (80..450, default 175), `pitch`
 the base pitch 0..100 (default 50). Output is int16 at eSpeak's rate (22,050 Hz), resampled
-to the requested rate with a polyphase filter, silence trimmed.
+to the requested rate with a polyphase filter, silence trimmed (40 dB below the peak, 10 ms
+kept either side) and the peak set to a fixed level (eSpeak's loudness varies by voice).
 """
 
 import ctypes

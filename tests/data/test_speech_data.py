@@ -14,8 +14,6 @@ from bigjax.data.builders.prepare import prepare_builder
 from bigjax.data.datasets import dataset_spec
 from bigjax.data.transforms.audio import AudioExample, TimeShift, audio_transforms, fit_length
 
-pytest.importorskip('espeakng_loader')  # the `audio` extra
-
 
 def _records(builder, split):
   source = builder.as_data_source(split)
@@ -25,6 +23,7 @@ def _records(builder, split):
 @pytest.fixture(scope='module')
 def small(data_dir):
   """The 'small' config prepared in the session's data_dir (other tests reuse it)."""
+  pytest.importorskip('espeakng_loader')  # the `audio` extra
   return prepare_builder(spoken_words.SpokenWords, data_dir, config='small')
 
 

@@ -247,3 +247,15 @@ def test_every_task_reports_the_models_metrics_as_means_over_batches(name):
   with_metrics = jnp.sum(task.loss(outputs, batch) * w)
   without = jnp.sum(task.loss(ModelOutput(logits, aux_losses=outputs.aux_losses), batch) * w)
   np.testing.assert_allclose(with_metrics, without)
+
+
+def test_classification_reads_the_configured_input():
+  config = common.base_config()
+  config.data.input_key = 'audio'
+  task = get_task('classification', config)
+  batch = {'audio': np.ones((2, 16), np.float32), 'label': np.array([0, 1], np.int32)}
+  (inputs,) = task.inputs(batch)
+  assert inputs is batch['audio'] and task.augment(batch, jax.random.key(0)) is batch
+  config.data.mixup_alpha = 0.2
+  with pytest.raises(ValueError, match='need images'):
+    get_task('classification', config)
