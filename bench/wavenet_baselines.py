@@ -2,6 +2,7 @@
 
   PYTHONPATH=. python bench/wavenet_baselines.py --config configs/wavenet_spoken_words.py
       [--data_dir DIR] [--workdir RUN] [--classifier SPEECH_RUN] [--per_word 3]
+      [--temperature 1.0 ...]
 
 Reads the config's data exactly as training does (its sample rate and clip length,
 `bigjax.data.transforms.audio`; no crops, no shifts), turns every clip into 8-bit mu-law
@@ -14,10 +15,11 @@ positions the audio_lm task scores) with models fitted on the train split:
             (add-0.1 smoothing), i.e. the best "like the last sample" predictor.
 
 With --workdir (a trained wavenet_spoken_words run) it also evaluates that run on the same
-positions, and with --classifier (a trained speech classifier run, e.g.
-configs/speech_cnn_spoken_words.py) it generates --per_word clips of every word with the
-WaveNet and reports the classifier's accuracy on them (chance: 1 / 20), the proxy for how
-the words sound. Prints one JSON object. Not a test: it reads the whole data set.
+positions, and with --classifier (a trained speech classifier run at the WaveNet's rate,
+e.g. configs/speech_cnn_spoken_words.py:8k) it generates --per_word clips of every word
+with the WaveNet (a clip's length, at each --temperature) and reports the classifier's
+accuracy on them (chance: 1 / 20), the proxy for how the words sound. Prints one JSON
+object. Not a test: it reads the whole data set.
 """
 
 import argparse
@@ -93,8 +95,10 @@ def wavenet_bits(workdir: str, test_audio: np.ndarray, test_labels: np.ndarray) 
   return total / count / math.log(2)
 
 
-def generated_accuracy(workdir: str, classifier: str, per_word: int) -> dict:
-  """Generates per_word clips of every word and classifies them."""
+def generated_accuracy(
+  workdir: str, classifier: str, per_word: int, seconds: float, temperature: float
+) -> dict:
+  """Generates per_word clips of every word (one batched call) and classifies them."""
   from bigjax.classify import Classifier
   from bigjax.data.sets.speech import label_names
   from bigjax.generate import generate_audio
@@ -103,14 +107,19 @@ def generated_accuracy(workdir: str, classifier: str, per_word: int) -> dict:
   config, _, _ = restore_from_workdir(workdir)
   judge = Classifier.from_workdir(classifier)
   words = label_names(config.data.name)
-  right, predictions = 0, {}
-  for label, word in enumerate(words):
-    for seed in range(per_word):
-      audio, rate = generate_audio(workdir, word, seed=seed)
-      guess = int(np.argmax(judge.probabilities([audio], rate)[0]))
-      predictions.setdefault(word, []).append(judge.labels[guess])
-      right += guess == label
-  return {'generated_accuracy': right / (per_word * len(words)), 'predictions': predictions}
+  asked = [w for w in words for _ in range(per_word)]
+  audio, rate = generate_audio(workdir, asked, seconds=seconds, temperature=temperature)
+  guesses = np.argmax(judge.probabilities(list(audio), rate), axis=-1)  # [len(asked)]
+  predictions = {}
+  for word, guess in zip(asked, guesses):
+    predictions.setdefault(word, []).append(judge.labels[int(guess)])
+  right = np.mean([judge.labels[int(g)] == w for w, g in zip(asked, guesses)])
+  return {
+    'temperature': temperature,
+    'generated_accuracy': float(right),
+    'chance': 1 / len(words),
+    'predictions': predictions,
+  }
 
 
 def main() -> None:
@@ -120,6 +129,7 @@ def main() -> None:
   p.add_argument('--workdir', default=None, help='a trained WaveNet run to score too')
   p.add_argument('--classifier', default=None, help='a speech classifier run')
   p.add_argument('--per_word', type=int, default=3)
+  p.add_argument('--temperature', type=float, action='append', help='repeatable; default 1.0')
   args = p.parse_args()
   data = load_config(args.config).data
   train, _ = clips(data, 'train', args.data_dir)
@@ -134,7 +144,11 @@ def main() -> None:
   if args.workdir:
     result['wavenet_bits'] = wavenet_bits(args.workdir, test, labels)
     if args.classifier:
-      result.update(generated_accuracy(args.workdir, args.classifier, args.per_word))
+      seconds = int(data.audio_samples) / int(data.sample_rate)  # a clip's length
+      result['generated'] = [
+        generated_accuracy(args.workdir, args.classifier, args.per_word, seconds, t)
+        for t in args.temperature or [1.0]
+      ]
   print(json.dumps(result, indent=2))
 
 

@@ -237,10 +237,20 @@ def generate(
 
 
 def generate_audio(
-  workdir: str, word: str, *, seconds: float = 1.0, temperature: float = 1.0, seed: int = 0
+  workdir: str,
+  word: str | Sequence[str],
+  *,
+  seconds: float = 1.0,
+  temperature: float = 1.0,
+  seed: int = 0,
 ) -> tuple[np.ndarray, int]:
   """Loads the WaveNet run in `workdir` and says `word`: (audio float32 [N] in [-1, 1],
-  sample rate); N = seconds x the run's data.sample_rate. See the module docstring."""
+  sample rate); N = seconds x the run's data.sample_rate. A list of words is said in one
+  batched call, each row with its own random key: audio [len(words), N]. See the module
+  docstring."""
+  words_asked = [word] if isinstance(word, str) else list(word)
+  if not words_asked:
+    raise ValueError('no word: give at least one')
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f'workdir {workdir!r} does not exist')
   if not seconds > 0:
@@ -270,11 +280,14 @@ def generate_audio(
       'it needs conditioning audio, not only a word'
     )
   words = label_names(config.data.name)
-  if word not in words:
-    raise ValueError(f'unknown word {word!r}: the {config.data.name} words are {", ".join(words)}')
+  for w in words_asked:
+    if w not in words:
+      raise ValueError(f'unknown word {w!r}: the {config.data.name} words are {", ".join(words)}')
+  labels = np.array([words.index(w) for w in words_asked], np.int32)  # [B]
   rate = int(config.data.get('sample_rate', 16000))
   n = max(1, round(seconds * rate))
-  silence = np.asarray(mu_law_encode(np.zeros((1, 1), np.float32), model.vocab_size))  # [1, 1]
+  silence = np.zeros((len(labels), 1), np.float32)
+  silence = np.asarray(mu_law_encode(silence, model.vocab_size))  # [B, 1]: the first sample
   codes = decode.generate_lm(
     model,
     variables,
@@ -284,9 +297,10 @@ def generate_audio(
     rng=jax.random.key(seed),
     pad_id=None,  # every code is a sample value
     temperature=temperature,
-    conditioning={'label': np.array([words.index(word)], np.int32)},
+    conditioning={'label': labels},
   )
-  return mu_law_decode(np.asarray(codes[0]), model.vocab_size), rate
+  audio = mu_law_decode(np.asarray(codes), model.vocab_size)  # [B, N]
+  return (audio[0] if isinstance(word, str) else audio), rate
 
 
 def _say(args) -> int:
