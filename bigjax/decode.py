@@ -4,7 +4,9 @@ Legend: B batch, P prompt length, N new tokens, V vocabulary, W beam width.
 
 Everything works on a step function `step(cache, tokens [B, L]) -> (logits [B, L, V],
 cache)` and its initial `cache` (any pytree). The prompt is fed once (prefill), then one
-token per step inside a jitted `jax.lax.while_loop`, so no prefix is ever recomputed.
+token per step inside one jitted loop (a `jax.lax.while_loop` that ends once every row has
+stopped; a `jax.lax.scan` of N steps when there is no stop id, as for audio), so no prefix
+is ever recomputed.
 Ragged prompts are left-padded to a common length P; the prefill then calls
 `step(cache, tokens, valid [B, P] bool)` (True = a real token, False = left padding), so
 a step function only needs the third argument when it is given ragged prompts.
@@ -12,7 +14,8 @@ a step function only needs the third argument when it is given ragged prompts.
 zoo's contract:
   - a decoder-only LM with a `decode: bool` attribute, `__call__(tokens, *, train)`, and,
     for ragged prompts, `__call__(tokens, segment_ids, *, train)` (1 = real, 0 = padding:
-    the padding is cached as invalid keys and does not advance the row's position);
+    the padding is cached as invalid keys and does not advance the row's position); a
+    conditional one (WaveNet) also takes keyword inputs, `lm_decoder(..., conditioning=)`;
   - an encoder-decoder with a `decode: bool` attribute and methods `encode(src)` and
     `decode_targets(encoded, tgt)`,
 and with the decoding clone keeping its state in the `cache` collection. A model may
@@ -298,6 +301,8 @@ def _sample_loop(
     return i + 1, token, finished, out, cache, seen
 
   state = (jnp.array(1, jnp.int32), token, finished, out, cache, seen)
+  if not stops:  # no row can stop early: N - 1 steps, one lax.scan (fori_loop, static bounds)
+    return jax.lax.fori_loop(1, max_new_tokens, lambda _, s: body(s), state)[3]
   return jax.lax.while_loop(cond, body, state)[3]
 
 
@@ -674,6 +679,20 @@ class _LMStep(_Step):
     return logits_of(out), mutated['cache']
 
 
+class _ConditionedLMStep(_Step):
+  """step(variables, (cache, conditioning), tokens[, valid]) for a decoder-only model that
+  reads keyword inputs at every step (`conditioning`: name -> [B, ...], e.g. WaveNet's
+  label). They ride in the decoding state, so beam search reorders them with the cache."""
+
+  def __call__(self, variables, state, tokens, valid=None):
+    cache, conditioning = state
+    extra = () if valid is None else (valid.astype(jnp.int32),)
+    out, mutated = self.model.apply(
+      {**variables, 'cache': cache}, tokens, *extra, **conditioning, mutable=['cache']
+    )
+    return logits_of(out), (mutated['cache'], conditioning)
+
+
 class _Seq2SeqStep(_Step):
   """step(variables, (cache, encoded), tokens) for an encoder-decoder."""
 
@@ -686,9 +705,9 @@ class _Seq2SeqStep(_Step):
 
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=('method',))
-def _init_cache(model, *args, method=None):
+def _init_cache(model, *args, method=None, **kwargs):
   # Only the cache is returned, so XLA drops the parameter initialisers and the forward.
-  return model.init(jax.random.key(0), *args, method=method)['cache']
+  return model.init(jax.random.key(0), *args, method=method, **kwargs)['cache']
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -697,13 +716,40 @@ def _encode(model, variables, src):
 
 
 def lm_decoder(
-  model: nn.Module, variables: PyTree, batch_size: int, max_len: int
+  model: nn.Module,
+  variables: PyTree,
+  batch_size: int,
+  max_len: int,
+  conditioning: dict[str, jax.Array] | None = None,
 ) -> tuple[jax.tree_util.Partial, PyTree]:
-  """(step, cache) for a decoder-only model, with room for max_len = P + N tokens."""
+  """(step, cache) for a decoder-only model, with room for max_len = P + N tokens.
+
+  conditioning: keyword inputs of the model, name -> [B, ...] (WaveNet's `label` and
+  `audio`), given to the call that creates the cache and to every step; the state is then
+  (cache, conditioning)."""
   model = _decoding_clone(model, encoder_decoder=False)
-  make = lambda b: _init_cache(model, jnp.zeros((b, max_len), jnp.int32))  # noqa: E731
-  axes = _Axes.of(cache_batch_axes(make))
-  return jax.tree_util.Partial(_LMStep(model, axes), _without_cache(variables)), make(batch_size)
+  if not conditioning:
+    make = lambda b: _init_cache(model, jnp.zeros((b, max_len), jnp.int32))  # noqa: E731
+    axes = _Axes.of(cache_batch_axes(make))
+    step = jax.tree_util.Partial(_LMStep(model, axes), _without_cache(variables))
+    return step, make(batch_size)
+  conditioning = {k: jnp.asarray(v) for k, v in conditioning.items()}
+  for name, value in conditioning.items():
+    if value.ndim < 1 or value.shape[0] != batch_size:
+      raise ValueError(
+        f'conditioning {name!r} must have the batch ({batch_size}) first, got {value.shape}'
+      )
+
+  def state(cond):  # (cache, cond): the cache is created from the conditioning
+    b = next(iter(cond.values())).shape[0]
+    return _init_cache(model, jnp.zeros((b, max_len), jnp.int32), **cond), cond
+
+  def resized(b):
+    return {k: jnp.zeros((b, *v.shape[1:]), v.dtype) for k, v in conditioning.items()}
+
+  axes = _Axes.of(cache_batch_axes(lambda b: state(resized(b))))
+  step = jax.tree_util.Partial(_ConditionedLMStep(model, axes), _without_cache(variables))
+  return step, state(conditioning)
 
 
 def seq2seq_decoder(
@@ -825,6 +871,7 @@ def generate_lm(
   banned_ids: tuple[int, ...] = (),
   repetition_penalty: float = 1.0,
   on_token: TokenCallback | None = None,
+  conditioning: dict[str, jax.Array] | None = None,
   **options: Any,
 ) -> jax.Array:
   """Continues prompts with an LM -> [B, N] tokens (the fill id after a stop id).
@@ -836,7 +883,9 @@ def generate_lm(
   returned). eos_id: a stop id or a tuple of them. pad_id and banned_ids (e.g. the
   tokenizer's `reserved_ids`) are never generated; pad_id=None bans nothing. Only the
   model's first `vocab_size` logits (if it has that attribute) are candidates.
-  on_token: called with the [B] numpy tokens of each step (see the module docstring)."""
+  on_token: called with the [B] numpy tokens of each step (see the module docstring).
+  conditioning: the model's keyword inputs, name -> [B, ...], fed at every step (see
+  `lm_decoder`)."""
   prompt, valid = left_pad(prompts)
   _check_prompt(prompt, max_new_tokens)
   if valid is not None and not _takes_segment_ids(model):
@@ -845,7 +894,9 @@ def generate_lm(
       'give prompts of one length'
     )
   vocab_size = getattr(model, 'vocab_size', None)
-  step, cache = lm_decoder(model, variables, prompt.shape[0], prompt.shape[1] + max_new_tokens)
+  step, cache = lm_decoder(
+    model, variables, prompt.shape[0], prompt.shape[1] + max_new_tokens, conditioning
+  )
   return _run(
     step,
     cache,

@@ -1,10 +1,21 @@
-"""Generate text with a trained LM or sequence-to-sequence model, or a pretrained LM.
+"""Generate text with a trained LM or sequence-to-sequence model, or a pretrained LM; or
+a spoken word with a trained WaveNet.
 
   python -m bigjax.generate --workdir DIR --prompt 'def main(' [--max_new_tokens 200]
   python -m bigjax.generate --pretrained HF_FOLDER --prompt 'Once upon' [--prompt 'The']
       [--method greedy|sample|beam] [--temperature 0.8] [--top_k 40] [--top_p 0.95]
       [--repetition_penalty 1.2] [--stop TEXT ...] [--beam_size 4] [--alpha 0.6]
       [--seed 0] [--no_stream]
+  python -m bigjax.generate --workdir DIR --word yes --out yes.wav [--seconds 1.0]
+      [--temperature 1.0] [--seed 0]
+
+--word: the run must be a WaveNet trained with task audio_lm and conditioned on the word
+(model.num_labels > 0, task.label_key 'label'); the word is looked up in its data set's
+word list (`bigjax.data.sets.speech.label_names`). `generate_audio` samples --seconds of
+audio at the run's data.sample_rate, one mu-law code at a time after a silent first sample,
+through `bigjax.decode` (the model's per-layer queues, one jitted scan), at --temperature
+(0 = greedy); the codes are decoded (`mu_law_decode`) and written as a 16-bit wav
+(`bigjax.data.wav.write_wav`).
 
 --workdir: the run's config and latest checkpoint come from
 `bigjax.train.loop.restore_from_workdir` and the prompt becomes tokens through the run's
@@ -225,17 +236,96 @@ def generate(
   return results[0] if isinstance(prompt, str) else results
 
 
+def generate_audio(
+  workdir: str,
+  word: str | Sequence[str],
+  *,
+  seconds: float = 1.0,
+  temperature: float = 1.0,
+  seed: int = 0,
+) -> tuple[np.ndarray, int]:
+  """Loads the WaveNet run in `workdir` and says `word`: (audio float32 [N] in [-1, 1],
+  sample rate); N = seconds x the run's data.sample_rate. A list of words is said in one
+  batched call, each row with its own random key: audio [len(words), N]. See the module
+  docstring."""
+  words_asked = [word] if isinstance(word, str) else list(word)
+  if not words_asked:
+    raise ValueError('no word: give at least one')
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f'workdir {workdir!r} does not exist')
+  if not seconds > 0:
+    raise ValueError(f'--seconds must be positive, got {seconds}')
+  if temperature < 0:
+    raise ValueError(f'--temperature must be >= 0 (0 = greedy), got {temperature}')
+  from bigjax.data.sets.speech import label_names
+  from bigjax.layers.audio import mu_law_decode, mu_law_encode
+  from bigjax.train.loop import restore_from_workdir  # the trainer, only when generating
+
+  config, model, variables = restore_from_workdir(workdir)
+  task = config.get('task', {}).get('name', '')
+  if task != 'audio_lm':
+    raise ValueError(
+      f'{workdir!r} holds a {task or "non-audio"} run: --word needs a WaveNet run (task audio_lm)'
+    )
+  key = config.task.get('label_key', 'label') or 'label'
+  if not getattr(model, 'num_labels', 0) or key != 'label':
+    raise ValueError(
+      f'the WaveNet in {workdir!r} is not conditioned on the word (model.num_labels='
+      f'{getattr(model, "num_labels", 0)}, task.label_key={key!r}): train one with '
+      "model.num_labels > 0 and task.label_key='label' to ask it for a word"
+    )
+  if getattr(model, 'mel_bands', 0):
+    raise ValueError(
+      f'the WaveNet in {workdir!r} is locally conditioned on a log-mel (model.mel_bands > 0): '
+      'it needs conditioning audio, not only a word'
+    )
+  words = label_names(config.data.name)
+  for w in words_asked:
+    if w not in words:
+      raise ValueError(f'unknown word {w!r}: the {config.data.name} words are {", ".join(words)}')
+  labels = np.array([words.index(w) for w in words_asked], np.int32)  # [B]
+  rate = int(config.data.get('sample_rate', 16000))
+  n = max(1, round(seconds * rate))
+  silence = np.zeros((len(labels), 1), np.float32)
+  silence = np.asarray(mu_law_encode(silence, model.vocab_size))  # [B, 1]: the first sample
+  codes = decode.generate_lm(
+    model,
+    variables,
+    silence,
+    max_new_tokens=n,
+    method='sample' if temperature > 0 else 'greedy',
+    rng=jax.random.key(seed),
+    pad_id=None,  # every code is a sample value
+    temperature=temperature,
+    conditioning={'label': labels},
+  )
+  audio = mu_law_decode(np.asarray(codes), model.vocab_size)  # [B, N]
+  return (audio[0] if isinstance(word, str) else audio), rate
+
+
+def _say(args) -> int:
+  """The --word path of `main`."""
+  from bigjax.data.wav import write_wav
+
+  if args.pretrained is not None or args.out is None or args.word is None:
+    raise ValueError('--word needs --workdir (a WaveNet run) and --out FILE.wav')
+  audio, rate = generate_audio(
+    args.workdir, args.word, seconds=args.seconds, temperature=args.temperature, seed=args.seed
+  )
+  write_wav(args.out, audio, rate)
+  print(f'wrote {args.out}: {args.word!r}, {len(audio) / rate:.2f} s at {rate} Hz')
+  return 0
+
+
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog='python -m bigjax.generate', description=__doc__.split('\n')[0])
   source = p.add_mutually_exclusive_group(required=True)
   source.add_argument('--workdir', help='a training run folder with checkpoints')
   source.add_argument('--pretrained', help='a Hugging Face model folder (weights + tokenizer)')
-  p.add_argument(
-    '--prompt',
-    action='append',
-    required=True,
-    help='text to continue (LM) or translate; repeatable',
-  )
+  p.add_argument('--prompt', action='append', help='text to continue (LM) or translate; repeatable')
+  p.add_argument('--word', help='a word for a WaveNet run to say (with --out)')
+  p.add_argument('--out', help='the .wav file --word writes')
+  p.add_argument('--seconds', type=float, default=1.0, help='length of the generated audio')
   p.add_argument('--max_new_tokens', type=int, default=100)
   p.add_argument('--method', choices=('greedy', 'sample', 'beam'), default='greedy')
   p.add_argument('--temperature', type=float, default=1.0)
@@ -251,8 +341,23 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
+def _first_line(e: Exception) -> str:
+  return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-  args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+  parser = _parser()
+  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  if (args.word is None and args.out is None) == (args.prompt is None):
+    parser.error('give --prompt (text), or --word and --out (audio from a WaveNet run)')
+  if args.prompt is None:
+    try:
+      return _say(args)
+    except (ValueError, OSError) as e:
+      if args.verbose:
+        raise
+      print(f'error: {_first_line(e)}', file=sys.stderr)
+      return 2
   options = dict(
     temperature=args.temperature,
     top_k=args.top_k,
@@ -277,8 +382,7 @@ def main(argv: list[str] | None = None) -> int:
   except (ValueError, OSError) as e:
     if args.verbose:
       raise
-    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    print(f'error: {message}', file=sys.stderr)
+    print(f'error: {_first_line(e)}', file=sys.stderr)
     return 2
   for i, text in enumerate(texts):
     if stream is None or i > 0:  # the first was streamed

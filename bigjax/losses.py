@@ -140,6 +140,63 @@ def contrastive_loss(logits: jax.Array, *, where: jax.Array | None = None) -> ja
   return _masked(0.5 * (image_to_text + text_to_image), where)
 
 
+# PixelCNN++'s floor on a logistic's log-scale, and the bin mass under which its log is read
+# from the density at the bin centre instead (the difference of two CDFs loses precision).
+LOGISTIC_MIN_LOG_SCALE = -7.0
+LOGISTIC_MIN_BIN_MASS = 1e-5
+
+
+def _logistic_mixture_bin_log_prob(mixture: jax.Array, bins: jax.Array, num_bins: int):
+  """log P(bin) [...] for mixture parameters [..., 3K] and integer bins [...] (broadcast)."""
+  mixture = mixture.astype(jnp.float32)
+  logit_probs, means, log_scales = jnp.split(mixture, 3, axis=-1)  # [..., K] each
+  log_scales = jnp.maximum(log_scales, LOGISTIC_MIN_LOG_SCALE)
+  half = 1.0 / (num_bins - 1)  # half a bin on [-1, 1]
+  bins = jnp.asarray(bins)
+  x = (2.0 * bins.astype(jnp.float32) / (num_bins - 1) - 1.0)[..., None]  # [..., 1]
+  centred = x - means  # [..., K]
+  inv_scale = jnp.exp(-log_scales)
+  plus_in = inv_scale * (centred + half)
+  min_in = inv_scale * (centred - half)
+  log_cdf_plus = plus_in - jax.nn.softplus(plus_in)  # log sigmoid: the bin from -inf (bin 0)
+  log_sf_min = -jax.nn.softplus(min_in)  # log(1 - sigmoid): the bin to +inf (the last)
+  mass = jax.nn.sigmoid(plus_in) - jax.nn.sigmoid(min_in)
+  mid_in = inv_scale * centred
+  log_density_mid = mid_in - log_scales - 2.0 * jax.nn.softplus(mid_in) + jnp.log(2.0 * half)
+  inner = jnp.where(
+    mass > LOGISTIC_MIN_BIN_MASS, jnp.log(jnp.maximum(mass, 1e-12)), log_density_mid
+  )
+  first, last = (bins == 0)[..., None], (bins == num_bins - 1)[..., None]
+  log_p = jnp.where(first, log_cdf_plus, jnp.where(last, log_sf_min, inner))  # [..., K]
+  return jax.nn.logsumexp(log_p + jax.nn.log_softmax(logit_probs, axis=-1), axis=-1)
+
+
+def discretized_logistic_mixture_log_probs(mixture: jax.Array, num_bins: int = 256) -> jax.Array:
+  """The log-probabilities [..., V] of the V = num_bins levels under a discretised mixture
+  of logistics (Salimans et al., 2017, PixelCNN++, eq. 2), from its parameters [..., 3K]:
+  K mixture logits, K means and K log-scales (floored at -7), on [-1, 1] where level v sits
+  at 2v / (V - 1) - 1. Level v gets the mixture's mass over its bin, +-1 / (V - 1) around
+  it; the first and the last bins reach to -inf and +inf, so the V masses sum to 1. A bin
+  with under 1e-5 of a component's mass reads that component's density at the bin centre
+  times the bin width (PixelCNN++'s guard against cancellation)."""
+  bins = jnp.arange(num_bins)  # [V]
+  expanded = mixture[..., None, :]  # [..., 1, 3K]: broadcast over the levels
+  return _logistic_mixture_bin_log_prob(expanded, bins, num_bins)
+
+
+def discretized_logistic_mixture_nll(
+  mixture: jax.Array,
+  targets: jax.Array,
+  *,
+  num_bins: int = 256,
+  where: jax.Array | None = None,
+) -> jax.Array:
+  """Per-sample negative log-likelihood (nats) of integer `targets` [...] in [0, num_bins)
+  under the discretised logistic mixture with parameters `mixture` [..., 3K] (see
+  `discretized_logistic_mixture_log_probs`, whose entry at the target it equals) -> [...]."""
+  return _masked(-_logistic_mixture_bin_log_prob(mixture, targets, num_bins), where)
+
+
 def distillation_loss(
   student_logits: jax.Array,
   teacher_logits: jax.Array,

@@ -31,6 +31,7 @@ FAMILIES: tuple[str, ...] = (
   'gpt',
   'speech',
   'clip',
+  'wavenet',
 )
 
 Spec = tuple[type[nn.Module], dict[str, Any]]

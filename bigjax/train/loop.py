@@ -397,7 +397,8 @@ def train(run: Run, *, tty: bool | None = None) -> dict[str, float]:
     f'{config.model.name} ({n_params:,} parameters) on {run.data.config.name} '
     f'[{run.task.name}], {jax.device_count()} device(s), workdir {run.workdir}'
   )
-  for line in run.notes:
+  model_line = getattr(run.model, 'summary', None)  # WaveNet: its receptive field
+  for line in ((model_line(),) if callable(model_line) else ()) + tuple(run.notes):
     reporter.log(line)
   if run.cost is not None:
     reporter.log(

@@ -51,6 +51,7 @@ import numpy as np
 
 from bigjax import losses
 from bigjax.data.transforms.caption import encode_prompts
+from bigjax.layers.audio import mu_law_encode
 from bigjax.outputs import ModelOutput, as_output
 from bigjax.train import augment as augment_lib
 from bigjax.train.plain_config import PlainConfig
@@ -296,6 +297,99 @@ def seq2seq(config: Config, tokenizer=None) -> Task:
   return _token_task(
     'seq2seq', lambda b: (b['src'], b['tgt_in']), 'tgt_out', config, tokenizer, exact_match=True
   )
+
+
+# --- raw audio: next-sample prediction (WaveNet) ----------------------------------------
+
+
+def audio_lm(config: Config, tokenizer=None) -> Task:
+  """Next-sample prediction on raw audio (WaveNet, van den Oord et al., 2016): `audio`
+  [B, N] in [-1, 1] -> 8-bit mu-law codes c [B, N] (`bigjax.layers.audio.mu_law_encode`,
+  model.vocab_size levels); the model reads c[:, :-1] and its logits [B, N - 1, V] are
+  scored against c[:, 1:]. Its other inputs follow the model's options: the label
+  batch[task.label_key] [B] ('label', the word, by default; 'voice' for the speaker) when
+  model.num_labels > 0, then the audio itself (for its log-mel) when model.mel_bands > 0;
+  a model with local but no global conditioning still gets the label second (it ignores
+  it), so its inputs stay positional.
+
+  Every sample counts once (examples with mask False not at all). A model whose output is
+  a discretised logistic mixture (`features['mixture']`) is scored by its NLL
+  (`losses.discretized_logistic_mixture_nll`), a categorical one by cross-entropy. Metrics:
+  loss (nats per sample), bits_per_sample (loss / ln 2; 8 is a uniform guess) and, for a
+  categorical output, accuracy (the likeliest code is the next one).
+
+  data.crop_samples > 0: each training example is a random window of that many samples of
+  its clip (cheaper steps; the receptive field should fit well inside it), starting
+  uniformly at random among the windows that end before the zeros padding the clip's end
+  (the first window when the speech is shorter than the crop); evaluation reads whole
+  clips.
+  """
+  del tokenizer
+  levels = int(config.model.get('vocab_size', 256))
+  global_ = int(config.model.get('num_labels', 0)) > 0
+  local = int(config.model.get('mel_bands', 0)) > 0
+  label_key = config.get('task', {}).get('label_key', 'label') or 'label'
+  crop = int(config.data.get('crop_samples', 0))
+  if crop < 0 or crop == 1:
+    raise ValueError(f'data.crop_samples must be 0 (whole clips) or >= 2, got {crop}')
+
+  def codes(batch):  # [B, N]
+    return mu_law_encode(batch['audio'], levels)
+
+  def inputs(batch):
+    c = codes(batch)[:, :-1]  # [B, N - 1]
+    if not (global_ or local):
+      return (c,)
+    label = batch[label_key].astype(jnp.int32)  # [B]
+    return (c, label, batch['audio']) if local else (c, label)
+
+  def weights(batch):
+    audio = batch['audio']
+    w = jnp.ones((audio.shape[0], audio.shape[1] - 1), jnp.float32)  # [B, N - 1]
+    return w * batch['mask'][:, None] if 'mask' in batch else w
+
+  def nll(outputs, batch):  # [B, N - 1] nats
+    targets = codes(batch)[:, 1:]
+    if 'mixture' in outputs.features:
+      return losses.discretized_logistic_mixture_nll(
+        outputs.features['mixture'], targets, num_bins=levels
+      )
+    return losses.softmax_cross_entropy(outputs.logits, targets)
+
+  def loss(outputs, batch):
+    outputs = as_output(outputs)
+    return _plus_model_losses(outputs, nll(outputs, batch))
+
+  def metrics(outputs, batch):
+    outputs = as_output(outputs)
+    w = weights(batch) > 0
+    count = w.sum()
+    total = jnp.where(w, nll(outputs, batch), 0.0).sum()
+    result = {
+      'loss': (total, count),
+      'bits_per_sample': (total / math.log(2), count),
+      **_model_metrics(outputs),
+    }
+    if 'mixture' not in outputs.features:
+      right = (jnp.argmax(outputs.logits, -1) == codes(batch)[:, 1:]) & w
+      result['accuracy'] = (right.sum(), count)
+    return result
+
+  def augment(batch, rng):
+    audio = batch['audio']  # [B, N]
+    if not crop or crop >= audio.shape[1]:
+      return batch
+    n = audio.shape[1]
+    # One past each clip's last non-zero sample (n for a silent clip): the zeros padding a
+    # short clip at the end are no speech, so a window ends before them when it can.
+    end = n - jnp.argmax(audio[:, ::-1] != 0, axis=1)  # [B]
+    end = jnp.where((audio != 0).any(axis=1), end, n)
+    latest = jnp.clip(end - crop, 0, n - crop)  # [B]: the last start that avoids the padding
+    starts = jnp.floor(jax.random.uniform(rng, latest.shape) * (latest + 1)).astype(jnp.int32)
+    window = jax.vmap(lambda a, s: jax.lax.dynamic_slice(a, (s,), (crop,)))(audio, starts)
+    return {**batch, 'audio': window}  # [B, crop]
+
+  return Task('audio_lm', inputs, weights, loss, metrics, augment)
 
 
 # --- text encoders: masked LM, sentence (pair) classification and regression, tagging, spans
@@ -791,6 +885,7 @@ TASKS: dict[str, Callable[..., Task]] = {
   'token_classification': token_classification,
   'span': span,
   'contrastive': contrastive,
+  'audio_lm': audio_lm,
 }
 
 

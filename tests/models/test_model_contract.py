@@ -232,6 +232,11 @@ ROWS: dict[str, Row] = {
   # float32 logits under bf16 compute.
   'speech_resnet*': Row(audio, classes, dropout=False, bf16_logits=jnp.float32),
   'speech_*': Row(audio, classes, bf16_logits=jnp.float32),
+  # WaveNet reads mu-law codes [B, T] and predicts the next one [B, T, 256]; no dropout.
+  # The registered variants are unconditioned (conditioning: tests/models/test_wavenet.py).
+  'wavenet_*': Row(
+    tokens, vocab_per_step, dropout=False, bf16_logits=jnp.float32, decoder=lm_decoding
+  ),
 }
 
 NAMES = bigjax.list_models()
@@ -414,7 +419,7 @@ def test_dropout_in_training(name):
 def test_cached_decoding_equals_the_full_forward_pass(name):
   row = row_of(name)
   model, variables, inputs = tiny(name)
-  model = model.clone(dtype=jnp.float32, dropout_rate=0.0)
+  model = model.clone(dtype=jnp.float32, **({'dropout_rate': 0.0} if row.dropout else {}))
   full = logits_of(jax.jit(model.apply)(variables, *inputs))  # [B, T, V]
   step, cache, fed = row.decoder(model, variables, inputs)
 
