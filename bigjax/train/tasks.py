@@ -50,7 +50,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigjax import losses
-from bigjax.data.transforms.caption import encode_prompts
 from bigjax.layers.audio import mu_law_encode
 from bigjax.outputs import ModelOutput, as_output
 from bigjax.train import augment as augment_lib
@@ -795,6 +794,9 @@ def contrastive(config: Config, tokenizer=None, class_names=None) -> Task:
     max_len = int(config.data.get('max_len', 0) or 0)
     if max_len < 2:
       raise ValueError('the contrastive task encodes its prompts to data.max_len: set it')
+    # Imported here: the data side needs grain, which the train step itself does not.
+    from bigjax.data.transforms.caption import encode_prompts
+
     prompt_ids = encode_prompts(tokenizer, prompts, max_len)  # [K, T]
 
   def inputs(batch):
