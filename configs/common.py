@@ -105,7 +105,11 @@ def base_config() -> ml_collections.ConfigDict:
       'peak_tflops': 0.0,
     }
   )
-  c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
+  # Mesh axis sizes (data=-1 takes the devices the others leave) and the sharding rules
+  # preset (bigjax.layers.partitioning.PRESETS; 'auto' shards over every axis of size > 1).
+  c.mesh = ml_collections.ConfigDict(
+    {'data': -1, 'fsdp': 1, 'expert': 1, 'tensor': 1, 'rules': 'auto'}
+  )
   return c
 
 

@@ -1,5 +1,5 @@
-"""One device mesh for the run: axes ('data', 'fsdp', 'tensor'); the batch is sharded
-over data x fsdp, parameters are replicated (FSDP / tensor rules come later)."""
+"""One device mesh for the run: axes ('data', 'fsdp', 'expert', 'tensor'); the batch is
+sharded over data x fsdp x expert."""
 
 import jax
 import ml_collections
@@ -9,27 +9,34 @@ from jax.sharding import PartitionSpec as P
 
 from bigjax.typing import Batch, PyTree
 
-AXES = ('data', 'fsdp', 'tensor')
+AXES = ('data', 'fsdp', 'expert', 'tensor')
+BATCH_AXES = ('data', 'fsdp', 'expert')
 
 
 def make_mesh(mesh: ml_collections.ConfigDict, devices=None) -> Mesh:
   """Builds the mesh; `data=-1` takes every device the other axes leave."""
   devices = np.asarray(jax.devices() if devices is None else devices)
-  fsdp, tensor = int(mesh.get('fsdp', 1)), int(mesh.get('tensor', 1))
+  sizes = {axis: int(mesh.get(axis, 1)) for axis in AXES[1:]}
+  others = int(np.prod(list(sizes.values())))
   data = int(mesh.get('data', -1))
-  if data == -1:
-    data = devices.size // (fsdp * tensor)
-  if data * fsdp * tensor != devices.size:
+  if min(sizes.values()) < 1 or data == 0 or data < -1:
     raise ValueError(
-      f'mesh data={data} x fsdp={fsdp} x tensor={tensor} does not cover the '
-      f'{devices.size} devices: set --config.mesh.data=-1 or sizes whose product is '
-      f'{devices.size}'
+      f'mesh sizes must be positive (data may be -1): got data={data}, '
+      + ', '.join(f'{k}={v}' for k, v in sizes.items())
     )
-  return Mesh(devices.reshape(data, fsdp, tensor), AXES)
+  if data == -1:
+    data = devices.size // others
+  if data * others != devices.size:
+    shape = ' x '.join(f'{k}={v}' for k, v in {'data': data, **sizes}.items())
+    raise ValueError(
+      f'mesh {shape} does not cover the {devices.size} devices: set --config.mesh.data=-1 '
+      f'or sizes whose product is {devices.size}'
+    )
+  return Mesh(devices.reshape(data, *sizes.values()), AXES)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(('data', 'fsdp')))
+  return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -37,7 +44,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_shards(mesh: Mesh) -> int:
-  return mesh.shape['data'] * mesh.shape['fsdp']
+  return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = 'train.batch_size') -> None:
