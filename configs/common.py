@@ -103,6 +103,10 @@ def base_config() -> ml_collections.ConfigDict:
       # Peak TFLOP/s of one device for the MFU in the training log; 0 = the spec sheet of a
       # known GPU (bigjax.train.flops.PEAK_TFLOPS), or a measured matmul on a CPU.
       'peak_tflops': 0.0,
+      # Memory of one device in GB for the "will it fit" check before the first step
+      # (bigjax.train.memory); 0 = what the device reports (its bytes_limit), on a CPU the
+      # host's memory shared by its local devices.
+      'device_memory_gb': 0.0,
     }
   )
   # Mesh axis sizes (data=-1 takes the devices the others leave) and the sharding rules

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -25,7 +26,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from bigjax.data.pipeline import Data
-from bigjax.train import distill, flops, init_from, optim, runtime, sharding
+from bigjax.train import distill, flops, init_from, memory, optim, runtime, sharding
 from bigjax.train.checkpoint import Checkpointer, fingerprint
 from bigjax.train.report import Reporter, plot_curves
 from bigjax.train.state import TrainState, init_state
@@ -151,6 +152,7 @@ class Run:
   attach: Callable | None = None  # adds stored teacher outputs to each train batch
   cost: flops.StepCost | None = None  # FLOPs and sizes of one step: throughput and MFU
   peak_source: str = ''  # where the peak FLOP/s of MFU comes from
+  discard: Callable[[], None] = lambda: None  # undoes what build_run wrote (see _undo_writes)
 
   def initial_state(self, train_iter) -> tuple[TrainState, int | None]:
     """(state, restored step): the latest checkpoint (data iterator included) if the
@@ -158,13 +160,19 @@ class Run:
     latest = self.checkpointer.latest_step()
     if latest is not None:
       return self.checkpointer.restore(latest, self.abstract, train_iter), latest
-    model, tx, inputs, term_init = self.model, self.tx, self.inputs, self.term_init
-    init = jax.jit(
-      lambda rng: init_state(model, tx, rng, inputs, term_init),
-      out_shardings=sharding.replicated(self.mesh),
-    )
     init_rng, _ = jax.random.split(jax.random.key(self.config.seed))
-    return self.on_init(init(init_rng), self), None
+    return self.on_init(self.init_fn(init_rng), self), None
+
+  @functools.cached_property
+  def init_fn(self) -> Callable[[PRNGKey], TrainState]:
+    """The jitted initialisation of a fresh state, into `abstract`'s shardings; one object,
+    so the memory check's ahead-of-time compilation of it (bigjax.train.memory) is the one
+    `initial_state` runs."""
+    model, tx, inputs, term_init = self.model, self.tx, self.inputs, self.term_init
+    return jax.jit(
+      lambda rng: init_state(model, tx, rng, inputs, term_init),
+      out_shardings=jax.tree.map(lambda x: x.sharding, self.abstract),
+    )
 
   def step_rng(self) -> PRNGKey:
     return jax.random.split(jax.random.key(self.config.seed))[1]
@@ -252,6 +260,7 @@ def build_run(
   latest = checkpointer.latest_step()
   if latest is not None:
     checkpointer.check_compatible(latest, meta)  # before anything is written
+  discard = _undo_writes(workdir, existing, created)  # before the first write
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=2))
   fine_tune.write(workdir)
@@ -300,7 +309,36 @@ def build_run(
     attach=attach,
     cost=cost,
     peak_source=peak_source,
+    discard=discard,
   )
+
+
+def _undo_writes(workdir: str, existing: set[str], created: bool) -> Callable[[], None]:
+  """A function that takes back what build_run writes from here on, for a run that stops
+  before its first step (it would not fit): new files and folders go (an empty checkpoints
+  folder, config.json, init_from.json, a tokenizer), a config.json that was there gets its
+  old text back, and a workdir made for this run goes when empty. Checkpoints already
+  there are untouched, and so is a teacher store (a pass of the teacher over the train
+  split, valid for the next attempt)."""
+  path = os.path.join(workdir, 'config.json')
+  old_config = open(path).read() if os.path.isfile(path) else None
+
+  def undo() -> None:
+    for name in set(os.listdir(workdir)) - existing - {distill.STORE_DIR}:
+      full = os.path.join(workdir, name)
+      with contextlib.suppress(FileNotFoundError):  # another process removed it
+        if os.path.isdir(full):
+          shutil.rmtree(full)
+        else:
+          os.remove(full)
+    if old_config is not None:
+      with open(path, 'w') as f:
+        f.write(old_config)
+    if created and not os.listdir(workdir):
+      with contextlib.suppress(OSError):
+        os.rmdir(workdir)
+
+  return undo
 
 
 def step_cost(config, model, inputs: tuple) -> tuple[flops.StepCost, str]:
@@ -388,6 +426,8 @@ def train(run: Run, *, tty: bool | None = None) -> dict[str, float]:
   config, cfg, checkpointer = run.config, run.config.train, run.checkpointer
   attach = {'attach': run.attach} if run.attach is not None else {}
   train_iter = run.data.train_iter(cfg.batch_size, config.seed, **attach)
+  # The train step compiled ahead of time, and whether it fits, before any state exists.
+  train_step, memory_report = memory.prepare(run, train_iter, on_fail=run.discard)
   state, latest = run.initial_state(train_iter)
   reporter = Reporter(run.workdir, cfg.steps, latest or 0, tty=tty)
   if latest is not None:
@@ -405,6 +445,8 @@ def train(run: Run, *, tty: bool | None = None) -> dict[str, float]:
       f'{run.cost.flops / 1e12:.4g} model TFLOPs a step (3 x forward); MFU against '
       f'{run.cost.peak / 1e12:.4g} TFLOP/s ({run.peak_source})'
     )
+  for line in memory_report.lines():
+    reporter.log(line)
 
   step_rng = run.step_rng()
   step = int(state.step)
@@ -416,13 +458,14 @@ def train(run: Run, *, tty: bool | None = None) -> dict[str, float]:
     stopped = False
     while step < cfg.steps and not stopped:
       batch = sharding.global_batch(next(train_iter), run.mesh)
-      state, metrics = run.train_step(state, batch, step_rng, run.frozen)
+      state, metrics = train_step(state, batch, step_rng, run.frozen)
       acc = add_metrics(acc, metrics)
       step += 1
       if t_log is None:
         jax.block_until_ready(metrics)
         t_log, s_log = time.perf_counter(), step
-        reporter.log(f'first step (with compilation) took {t_log - t_start:.1f}s')
+        first = t_log - t_start + memory_report.compile_s
+        reporter.log(f'first step (with compilation) took {first:.1f}s')
       if step % cfg.log_every == 0 or step == cfg.steps:
         summary = summarize(acc)
         now = time.perf_counter()
