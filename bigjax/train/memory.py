@@ -10,28 +10,36 @@ same on every device) gives its argument, output, aliased and temporary bytes; t
 splits the arguments into parameters, optimiser state, model state and batch from the
 shardings (`leaf.sharding.shard_shape`), and sets the total against the device's memory.
 
-The estimate of the peak on one device:
+The estimate of the peak on one device is the larger of the step's
 
   arguments + outputs - aliased + temporaries + generated code
 
-A donated state (train.donate) is updated in place: its outputs alias its inputs and count
-once. Temporaries are XLA's buffer assignment for activations, gradients and the
-optimiser's intermediate values; on a GPU add the few hundred MB the runtime itself takes.
-On a CPU, measured as the growth of the process's peak resident memory while the state is
-created and two steps run, the estimate is within 10% for an MLP, a ResNet and a GPT
-(tests/train/test_plan.py).
+and, for a fresh state (no checkpoint to resume), its initialisation's outputs plus
+temporaries (`Run.init_fn` compiled ahead of time too, the same executable
+`Run.initial_state` then runs; the initialisers' random numbers can outweigh a small
+step). A donated state (train.donate) is updated in place: its outputs alias its inputs and
+count once. Temporaries are XLA's buffer assignment for activations, gradients and the
+optimiser's intermediate values. On a CPU, measured as the growth of the process's peak
+resident memory while the state is created and two steps run, the estimate is within 10%
+for an MLP, a ResNet-18 and a GPT (tests/train/test_plan.py). Evaluation (forward only,
+train.eval_batch_size) is not part of it.
 
 The device's memory: `device.memory_stats()['bytes_limit']` where the backend reports it
-(GPU, TPU); on a CPU the host's physical memory shared by its local devices; or
-`train.device_memory_gb` when set (> 0). A run whose estimate exceeds it stops before the
-first step (and before anything is saved) with a one-line ValueError that names the
-estimate, the limit and a change that would fit, computed from the same analysis:
-  mesh.fsdp=N          parameters and optimiser state are sharded N ways (the batch per
-                       device stays: data shrinks as fsdp grows)
-  grad_accum_steps=k   the activations of one micro-batch of train.batch_size / k; their
-                       size per example comes from compiling the step once more at half
-                       the batch (only when the run does not fit)
+(GPU, TPU: the pool XLA's allocator may use, on a GPU 75% of the card unless
+XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise); on a CPU the host's physical memory shared
+by its local devices; or `train.device_memory_gb` when set (> 0). A run whose estimate
+exceeds it stops before the first step (before any state exists or anything is saved) with
+a one-line ValueError that names the estimate, the limit and the changes that would fit,
+computed from the same analysis (`changes`; savings of two kinds add up):
+  mesh.fsdp=N          parameters and optimiser state sharded N ways (the batch per device
+                       stays: data shrinks as fsdp grows); offered while fsdp is 1
+  grad_accum_steps=k   the activations of a micro-batch of train.batch_size / k (plus the
+                       gradient sum it carries); bytes per example from the step compiled
+                       once more at half (or twice) the batch
   train.batch_size=b   the same, with a smaller update batch
+  model.remat=True     for models with that option: the step compiled once more with it
+Those compilations happen only for a run that does not fit. The least change of each kind
+that fits alone is offered; else the least pair with fsdp; else the closest.
 """
 
 import dataclasses
@@ -107,6 +115,7 @@ class MemoryReport:
   devices: int
   compile_s: float = 0.0
   init_peak: int = 0  # a fresh state's initialisation (0 when resuming from a checkpoint)
+  analysed: bool = True  # False: the backend gave no memory analysis (nothing is checked)
 
   @property
   def step_peak(self) -> int:
@@ -118,10 +127,12 @@ class MemoryReport:
 
   @property
   def fits(self) -> bool:
-    return self.total <= self.limit
+    return not self.analysed or self.total <= self.limit
 
   def lines(self) -> list[str]:
     """The report, a few lines for the log."""
+    if not self.analysed:
+      return ['memory per device: this backend gives no memory analysis of the train step']
     state = _human(self.params) + ' parameters, ' + _human(self.opt_state) + ' optimizer state'
     if self.model_state:
       state += ', ' + _human(self.model_state) + ' model state'
@@ -171,6 +182,8 @@ def init_peak(run) -> int:
   the random numbers of the initialisers): `run.init_fn` compiled ahead of time, which
   `Run.initial_state` then reuses from jax's cache."""
   stats = run.init_fn.lower(jax.random.key(0)).compile().memory_analysis()
+  if stats is None:
+    return 0
   return int(
     stats.argument_size_in_bytes
     + stats.output_size_in_bytes
@@ -179,12 +192,31 @@ def init_peak(run) -> int:
   )
 
 
+_NO_STATS = type(
+  'NoStats',
+  (),
+  dict.fromkeys(
+    [
+      'argument_size_in_bytes',
+      'output_size_in_bytes',
+      'alias_size_in_bytes',
+      'temp_size_in_bytes',
+      'generated_code_size_in_bytes',
+    ],
+    0,
+  ),
+)
+
+
 def analyse(
   run, compiled, batch: PyTree, compile_s: float = 0.0, *, fresh: bool = True
 ) -> MemoryReport:
   """The report of `compiled` (run.train_step compiled for `batch`); `fresh`: the state
   will be initialised (not restored), so initialisation's peak counts too."""
   stats = compiled.memory_analysis()
+  analysed = stats is not None
+  if not analysed:
+    stats = _NO_STATS
   limit, source = device_memory(
     run.mesh.local_devices, float(run.config.train.get('device_memory_gb', 0.0) or 0.0)
   )
@@ -204,7 +236,8 @@ def analyse(
     limit_source=source,
     devices=run.mesh.devices.size,
     compile_s=compile_s,
-    init_peak=init_peak(run) if fresh else 0,
+    init_peak=init_peak(run) if fresh and analysed else 0,
+    analysed=analysed,
   )
 
 
