@@ -34,12 +34,15 @@ computed from the same analysis (`changes`; savings of two kinds add up):
   mesh.fsdp=N          parameters and optimiser state sharded N ways (the batch per device
                        stays: data shrinks as fsdp grows); offered while fsdp is 1
   grad_accum_steps=k   the activations of a micro-batch of train.batch_size / k (plus the
-                       gradient sum it carries); bytes per example from the step compiled
-                       once more at half (or twice) the batch
+                       gradient sum it carries)
   train.batch_size=b   the same, with a smaller update batch
   model.remat=True     for models with that option: the step compiled once more with it
+Bytes per example of the activations come from the step compiled once more at half (or
+twice) the batch; that line picks the candidates, and each grad_accum_steps or batch_size
+candidate offered alone is then checked by compiling the step at the batch it implies.
 Those compilations happen only for a run that does not fit. The least change of each kind
-that fits alone is offered; else the least pair with fsdp; else the closest.
+that fits alone is offered; else the least pair with fsdp (from the line, unchecked); else
+the closest. Under fsdp the estimate assumes the sharding rules shard every parameter.
 """
 
 import dataclasses
@@ -370,6 +373,21 @@ def changes(run, local_batch: PyTree, report: MemoryReport) -> dict[str, list[Ch
   return found
 
 
+def _compiled_change(run, local_batch: PyTree, report: MemoryReport, change: Change) -> Change:
+  """`change` (grad_accum_steps=k or batch_size=b) with its saving from the step compiled
+  at the batch it implies: b, or train.batch_size / k per micro-batch."""
+  size = int(run.config.train.batch_size)
+  accum = int(run.config.optim.get('grad_accum_steps', 1))
+  value = int(change.setting.rpartition('=')[2])
+  if change.setting.startswith('--config.train.batch_size='):
+    temp = _temp_at(run, local_batch, value)
+    return Change(change.setting, report.temp - temp + report.batch * (size - value) / size)
+  # k micro-batches of size / k: the step at a batch of size * accum / k runs micro-batches
+  # of that size under the current accum; from 1 to k add the gradient sum the scan carries.
+  temp = _temp_at(run, local_batch, size * accum // value)
+  return Change(change.setting, report.temp - temp - (report.params if accum == 1 else 0))
+
+
 def suggestions(
   run, local_batch: PyTree, report: MemoryReport
 ) -> tuple[list[tuple[str, int]], bool]:
@@ -379,8 +397,13 @@ def suggestions(
   found = changes(run, local_batch, report)
   fits = lambda cs: estimate(report, cs) <= report.limit  # noqa: E731
   singles = []
-  for options in found.values():
-    first = next((c for c in options if fits((c,))), None)
+  for kind, options in found.items():
+    # The linear model of the activations picks the candidates; a batch-size change is then
+    # checked by compiling the step at its batch (a few candidates at most).
+    candidates = [c for c in options if fits((c,))]
+    if kind in ('grad_accum_steps', 'batch_size'):
+      candidates = [_compiled_change(run, local_batch, report, c) for c in candidates[:3]]
+    first = next((c for c in candidates if fits((c,))), None)
     if first is not None:
       singles.append((first.setting, estimate(report, (first,))))
   if singles:
