@@ -252,8 +252,9 @@ def build_run(
   latest = checkpointer.latest_step()
   if latest is not None:
     checkpointer.check_compatible(latest, meta)  # before anything is written
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
+  if jax.process_index() == 0:  # one writer on a shared workdir; nothing reads it back
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
   fine_tune.write(workdir)
   attach = None
   if plan is not None and config.distill.precompute:
