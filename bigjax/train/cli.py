@@ -232,8 +232,19 @@ def distributed_args(args) -> tuple[dict, str] | None:
       )
     return None
   name = getattr(env, 'name', '') or env.__name__
-  count = env.get_process_count()
-  if count <= 1 and not (args.distributed or args.coordinator_address):
+  forced = args.distributed or args.coordinator_address
+  try:
+    count = env.get_process_count()
+  except Exception as e:  # noqa: BLE001 - e.g. a Kubernetes pod that is not part of a job
+    if forced:
+      raise
+    print(
+      f'warning: a {name} environment, but no process count ({type(e).__name__}: {e}); '
+      'running as one process (--distributed or --num_processes to join a job)',
+      file=sys.stderr,
+    )
+    return None
+  if count <= 1 and not forced:
     return None  # e.g. a SLURM job of one task: nothing to join
   if kwargs['coordinator_address'] is None and not os.environ.get('JAX_COORDINATOR_ADDRESS'):
     kwargs['coordinator_address'] = env.get_coordinator_address(

@@ -101,6 +101,14 @@ def test_slurm_job_of_two_tasks_initialises_with_what_slurm_says(cluster, capsys
   assert calls == []
 
 
+def test_cluster_without_a_process_count_runs_one_process(cluster, capsys):
+  calls = cluster(**{**_slurm(2), 'SLURM_NTASKS': 'unknown'})
+  assert not _start()
+  assert calls == [] and 'running as one process' in capsys.readouterr().err
+  with pytest.raises(ValueError):  # unless asked to join
+    _start('--distributed')
+
+
 def test_open_mpi_job_initialises(cluster):
   calls = cluster(
     OMPI_MCA_orte_hnp_uri='1531576320.0;tcp://10.96.0.1,10.148.0.1:34911',
