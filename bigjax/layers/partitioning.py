@@ -85,7 +85,7 @@ RULES: tuple[tuple[str, Axes], ...] = (
   (r'mlp/fc2/kernel$', ('experts', 'mlp', 'embed')),
   (r'mlp/fc2/bias$', ('experts', 'embed')),
   # norms [D]
-  (r'(^|/)\w*norm/(scale|bias)$', ('embed',)),
+  (r'(^|/)\w*norm\w*/(scale|bias)$', ('embed',)),
   # token embeddings [V, D], untied output [D, V], learned positions [T, D]
   (r'(^|/)(embed|src_embed|tgt_embed)/embedding$', ('vocab', 'embed')),
   (r'(^|/)(logits|lm_head)/kernel$', ('embed', 'vocab')),
@@ -94,9 +94,15 @@ RULES: tuple[tuple[str, Axes], ...] = (
   # ViT: patch convolution [P, P, C, D], class token [1, 1, D], classifier [D, K]
   (r'(^|/)patch_embed/kernel$', (None, None, None, 'embed')),
   (r'(^|/)patch_embed/bias$', ('embed',)),
-  (r'^cls$', (None, None, 'embed')),
+  (r'(^|/)cls$', (None, None, 'embed')),
   (r'(^|/)head/kernel$', ('embed', 'classes')),
   (r'(^|/)head/bias$', ('classes',)),
+  # CLIP (`bigjax.models.clip`): projections into the joint space [D, E], the temperature
+  (r'(^|/)(image|text)_proj/kernel$', ('embed', None)),
+  (r'^logit_scale$', ()),
+  # speech Transformer: frames [F, D] -> width
+  (r'(^|/)frame_embed/kernel$', (None, 'embed')),
+  (r'(^|/)frame_embed/bias$', ('embed',)),
   # BERT (`bigjax.models.bert`): embeddings, pooler, heads (the MLM decoder is tied)
   (r'(^|/)embeddings/word/embedding$', ('vocab', 'embed')),
   (r'(^|/)embeddings/position/embedding$', ('position', 'embed')),
