@@ -20,6 +20,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from bigjax.layers.partitioning import constrain
+
 
 @flax.struct.dataclass
 class ModelOutput:
@@ -104,7 +106,8 @@ class LazyLogits:
 
   def materialize(self) -> jax.Array:
     """The full logits [..., V'] (float32): what the model returns with loss_chunk=0."""
-    return self.logits(self.hidden)
+    logits = self.logits(self.hidden)
+    return constrain(logits, ('batch',) + (None,) * (logits.ndim - 2) + ('act_vocab',))
 
   def map_chunks(self, fn: Callable[..., Any], *per_token: jax.Array) -> Any:
     """fn(logits [C, V'], *per_token chunks [C, ...]) -> a pytree of [C, ...] per token,

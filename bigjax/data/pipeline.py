@@ -3,11 +3,12 @@
 Built on `grain.MapDataset` (random access, index-based shuffling), whose iterator state is
 a single index: it is saved with each checkpoint, so a resumed run sees the same batches.
 
-Each process reads its own shard of the records and yields host-local batches of
-global_batch / process_count examples; `bigjax.train.sharding` assembles global arrays.
-Training shards are trimmed to equal sizes (an epoch may skip up to process_count - 1
-records); evaluation is padded instead (`mask == False`), so every eval example is scored
-exactly once on any number of processes.
+Each process yields host-local batches of global_batch / process_count examples;
+`bigjax.train.sharding` assembles global arrays. Training: one shuffled stream of the whole
+split, cut into local batches that the processes take in turn, so the global batches (and
+the trained parameters) do not depend on the process count. Evaluation: process p reads the
+records p, p + P, ..., padded (`mask == False`), so every eval example is scored exactly
+once on any number of processes.
 
 Read-ahead: a training iterator prepares up to `data.prefetch` batches (default 16) on
 Grain's thread pool while the model trains.
@@ -15,8 +16,8 @@ Grain's thread pool while the model trains.
 Example index (`data.with_index`): each record is paired with its index in its split's
 source before anything else (before `.seed()`, so shuffling and augmentation draw exactly
 what they draw without it), every transform sees the record alone and the pair is kept
-around it, and the final example gains `index` (int32; eval padding rows 0). Process p of
-P reads the records p, p + P, ..., so `index` is always the global one. The iterator state
+around it, and the final example gains `index` (int32; eval padding rows 0), always the
+record's index in the whole split. The iterator state
 is still one position in the shuffled stream: a resumed run sees the same indices.
 
 Few labelled examples (`data.labelled_examples = N`, 0 = all): a fixed subset of N train
@@ -123,14 +124,14 @@ def _records(source, carried: bool) -> grain.MapDataset:
   return ds.map_with_index(_Pair(len(source))) if carried else ds
 
 
-def _train_shard(source, carried: bool = False) -> grain.MapDataset:
-  """This process's training records: every process_count-th, equal counts everywhere.
-  With `carried`, (global index, record) pairs: the index is taken before sharding."""
-  ds = _records(source, carried)
+def _process_batches(batches: grain.MapDataset) -> grain.MapDataset:
+  """This process's batches of an endless stream of host-local batches: with P processes,
+  process p takes batches p, p + P, ... Together they form global batches whose rows are
+  those of one process's stream cut into local batches, in process order (as
+  `jax.make_array_from_process_local_data` lays them out), so a run sees the same global
+  batches, and ends with the same parameters, on any number of processes."""
   count = jax.process_count()
-  if count > 1:
-    ds = ds[: len(ds) // count * count][jax.process_index() :: count]
-  return ds
+  return batches[jax.process_index() :: count] if count > 1 else batches
 
 
 class Data:
@@ -202,11 +203,13 @@ class Data:
     carried = self.with_index or labelled is not None
     # Pairs are made before `.seed()`: Grain derives each random step's seed from its
     # depth below the seed, so shuffling and augmentation are the same with or without.
-    ds = _train_shard(self.train_source, carried).seed(seed).shuffle().repeat(None)
+    # One shuffled stream of the whole split (indices are lazy: each process reads only the
+    # records of its own batches), so the order does not depend on the process count.
+    ds = _records(self.train_source, carried).seed(seed).shuffle().repeat(None)
     ds = _apply(ds, self.spec.transforms(self.config, True), carried)
     if carried:
       ds = ds.map(_Expose(self.with_index, labelled))
-    ds = ds.batch(local, drop_remainder=True)
+    ds = _process_batches(ds.batch(local, drop_remainder=True))
     if attach is not None:
       ds = ds.map(attach)
     # Grain's default read-ahead is 500 elements, here batches, on 16 threads: on a 2-core

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.layers.mlp import rows
+from bigjax.layers.partitioning import constrain
 from bigjax.layers.positional import rotary
 from bigjax.typing import Dtype
 
@@ -143,9 +144,10 @@ class MultiHeadAttention(nn.Module):
     )
     flat_q, unflat_q = rows(inputs_q)  # projections as plain matmuls (see `rows`)
     flat_kv, unflat_kv = rows(inputs_kv)
-    q = unflat_q(dense(self.num_heads, 'query')(flat_q))  # [B, T, H, K]
-    k = unflat_kv(dense(kv_heads, 'key')(flat_kv))  # [B, S, G, K]
-    v = unflat_kv(dense(kv_heads, 'value')(flat_kv))  # [B, S, G, K]
+    heads = ('batch', 'length', 'act_heads', 'act_kv')  # logical axes (partitioning)
+    q = constrain(unflat_q(dense(self.num_heads, 'query')(flat_q)), heads)  # [B, T, H, K]
+    k = constrain(unflat_kv(dense(kv_heads, 'key')(flat_kv)), heads)  # [B, S, G, K]
+    v = constrain(unflat_kv(dense(kv_heads, 'value')(flat_kv)), heads)  # [B, S, G, K]
 
     caching = self.decode and self_attention
     if caching:

@@ -33,6 +33,7 @@ from bigjax.layers.attention import IMPLEMENTATIONS, POSITIONS, MultiHeadAttenti
 from bigjax.layers.mlp import MlpBlock
 from bigjax.layers.moe import MoeBlock
 from bigjax.layers.norms import check_norm, make_norm
+from bigjax.layers.partitioning import constrain
 from bigjax.typing import Dtype
 
 
@@ -168,6 +169,17 @@ def _mlp_residual(config: BlockConfig, x: jax.Array, valid, train: bool):
   return _residual(config, 'mlp_norm', x, f, train), aux
 
 
+# The logical axes of a block's input and output (`bigjax.layers.partitioning`).
+ACTIVATION = ('batch', 'length', 'act_embed')
+
+
+def _constrained(out):
+  """A block's output [B, T, D], or ([B, T, D], aux), with its logical axes."""
+  if isinstance(out, tuple):
+    return constrain(out[0], ACTIVATION), out[1]
+  return constrain(out, ACTIVATION)
+
+
 class EncoderBlock(nn.Module):
   """Self-attention then MLP, each in a residual branch. [B, T, D] -> [B, T, D].
 
@@ -194,8 +206,8 @@ class EncoderBlock(nn.Module):
     c = self.config
     attn = c.attention('attn', decode=self.decode)
     f = lambda h: attn(h, mask=mask, key_valid=key_valid, causal=causal, positions=positions)  # noqa: E731
-    x = _residual(c, 'attn_norm', x, f, train)
-    return _mlp_residual(c, x, key_valid, train)
+    x = _residual(c, 'attn_norm', constrain(x, ACTIVATION), f, train)
+    return _constrained(_mlp_residual(c, x, key_valid, train))
 
 
 class DecoderBlock(nn.Module):
@@ -223,10 +235,14 @@ class DecoderBlock(nn.Module):
     c = self.config
     self_attn = c.attention('self_attn', decode=self.decode)
     x = _residual(
-      c, 'self_norm', x, lambda h: self_attn(h, key_valid=key_valid, causal=True), train
+      c,
+      'self_norm',
+      constrain(x, ACTIVATION),
+      lambda h: self_attn(h, key_valid=key_valid, causal=True),
+      train,
     )
     cross_attn = c.attention('cross_attn', rotary=False)
     x = _residual(
       c, 'cross_norm', x, lambda h: cross_attn(h, encoded, key_valid=encoded_valid), train
     )
-    return _mlp_residual(c, x, key_valid, train)
+    return _constrained(_mlp_residual(c, x, key_valid, train))

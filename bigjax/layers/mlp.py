@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.layers.activations import Activation, activation
+from bigjax.layers.partitioning import constrain
 from bigjax.typing import Dtype
 
 
@@ -48,6 +49,7 @@ class MlpBlock(nn.Module):
       h = act(dense(self.mlp_dim, 'gate')(x)) * dense(self.mlp_dim, 'fc1')(x)  # [..., F]
     else:
       h = act(dense(self.mlp_dim, 'fc1')(x))  # [..., F]
+    h = constrain(h, ('batch', 'act_mlp'))  # [N, F]: rows of the batch's tokens
     h = nn.Dropout(self.dropout_rate)(h, deterministic=not train)
     fc2 = dense(self.out_features or x.shape[-1], 'fc2', self.out_kernel_init or self.kernel_init)
     return unflatten(fc2(h))  # [..., D]

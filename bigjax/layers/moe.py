@@ -40,7 +40,12 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.layers.activations import Activation, activation
+from bigjax.layers.partitioning import constrain
 from bigjax.typing import Dtype
+
+# The logical axes of the capacity mode's expert buffers (`bigjax.layers.partitioning`):
+# with the experts over a mesh axis, the dispatch and combine einsums become all-to-alls.
+BUFFER = ('batch', 'act_experts', None, 'act_embed')
 
 
 def _per_expert(init: Callable[..., Any], num_experts: int) -> Callable[..., Any]:
@@ -197,11 +202,12 @@ class MoeBlock(nn.Module):
     dispatch = slots.sum(1)  # [B, T, E, C] (a token's k experts are distinct)
     combine = jnp.einsum('bktec,btk->btec', slots, weights.astype(x.dtype))  # [B, T, E, C]
     buffers = jnp.einsum('btec,btd->becd', dispatch, x.astype(self.dtype))  # [B, E, C, D]
+    buffers = constrain(buffers, BUFFER)
 
     def matmul(h, params):
       kernel, bias = params
       y = jnp.einsum('becd,edf->becf', h, kernel.astype(self.dtype))  # [B, E, C, out]
       return y if bias is None else y + bias.astype(self.dtype)[None, :, None]
 
-    out = mlp(buffers, matmul)  # [B, E, C, D]
+    out = constrain(mlp(buffers, matmul), BUFFER)  # [B, E, C, D]
     return jnp.einsum('btec,becd->btd', combine.astype(self.dtype), out)  # [B, T, D]

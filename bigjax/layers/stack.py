@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.layers.blocks import BlockConfig
+from bigjax.layers.partitioning import SCAN_NAME
 from bigjax.typing import PyTree
 
-SCAN_NAME = 'layers'
 # What a rematerialised block keeps from its forward pass (`jax.checkpoint_policies`):
 #   full           nothing but its input; the backward pass reruns the whole block (least memory)
 #   dots           every matmul output; only the elementwise ops are recomputed

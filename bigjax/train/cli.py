@@ -1,6 +1,11 @@
 """Command line: `train.py --config configs/X.py[:arg] --workdir DIR [--config.key=value]`.
 
 Bad input ends with a one-line message and exit code 2 (the traceback with --verbose).
+
+Many hosts: `jax.distributed.initialize()` runs before anything touches a device when
+`--coordinator_address/--num_processes/--process_id` are given, when `--distributed` asks
+for it, or when jax's own cluster detection (`jax._src.clusters`: SLURM, Open MPI, Cloud
+TPU pods, Kubernetes) finds a job of more than one process. `--single_process` opts out.
 """
 
 import argparse
@@ -14,7 +19,8 @@ import ml_collections
 
 USAGE = (
   'train.py [--config configs/X.py[:arg]] [--workdir DIR] [--config.key=value ...] '
-  '[--verbose] [--distributed [--coordinator_address H:P --num_processes N --process_id I]]'
+  '[--verbose] [--distributed | --single_process] '
+  '[--coordinator_address H:P --num_processes N --process_id I]'
 )
 
 
@@ -109,13 +115,26 @@ def parse_args(argv: list[str], default_config: str | None):
   parser.add_argument(
     '--distributed',
     action='store_true',
-    help='call jax.distributed.initialize() (multi-host runs); on SLURM, Open MPI and '
-    'cloud TPU the next three flags are detected',
+    help='call jax.distributed.initialize() even where no cluster of several processes is '
+    'detected (default: only on a detected cluster or with the next three flags)',
+  )
+  parser.add_argument(
+    '--single_process',
+    '--no_distributed',
+    dest='single_process',
+    action='store_true',
+    help='never call jax.distributed.initialize(), even inside a detected cluster',
   )
   parser.add_argument('--coordinator_address', default=None, help='host:port of process 0')
   parser.add_argument('--num_processes', type=int, default=None)
   parser.add_argument('--process_id', type=int, default=None)
+  parser.add_argument(
+    '--cluster',
+    default=None,
+    help="jax's cluster_detection_method, for the opt-in ones (e.g. mpi4py); implies --distributed",
+  )
   args, rest = parser.parse_known_args(argv)
+  check_distributed_flags(args)
   overrides = []
   i = 0
   while i < len(rest):
@@ -136,6 +155,126 @@ def parse_args(argv: list[str], default_config: str | None):
   return args, overrides
 
 
+def check_distributed_flags(args) -> None:
+  """Refuses contradictory or incomplete multi-host flags (a UsageError, exit code 2)."""
+  names = ('coordinator_address', 'num_processes', 'process_id')
+  explicit = [f'--{k}' for k in names if getattr(args, k) is not None]
+  if args.single_process and (explicit or args.distributed or args.cluster):
+    other = ', '.join(
+      explicit + ['--distributed'] * args.distributed + ['--cluster'] * bool(args.cluster)
+    )
+    raise UsageError(
+      f'--single_process (--no_distributed) contradicts {other}: pass one or the other'
+    )
+  if (args.num_processes is None) != (args.process_id is None):
+    given, missing = (
+      ('--num_processes', '--process_id')
+      if args.process_id is None
+      else ('--process_id', '--num_processes')
+    )
+    raise UsageError(f'{given} needs {missing} too (and --coordinator_address H:P)')
+  if args.num_processes is not None:
+    if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
+      raise UsageError(
+        f'--process_id={args.process_id} --num_processes={args.num_processes}: the ids of '
+        f'N processes are 0 ... N-1'
+      )
+    if args.coordinator_address is None and not os.environ.get('JAX_COORDINATOR_ADDRESS'):
+      raise UsageError('--num_processes and --process_id need --coordinator_address H:P too')
+  if args.coordinator_address is not None and ':' not in args.coordinator_address:
+    raise UsageError(
+      f'--coordinator_address={args.coordinator_address!r} needs a port: host:port of process 0'
+    )
+
+
+def detect_cluster():
+  """The cluster environment `jax.distributed.initialize()` would detect, or None: jax's own
+  `jax._src.clusters.ClusterEnv` classes (SLURM, Open MPI, Cloud TPU on GCE and GKE,
+  Kubernetes) in jax's order, the opt-in ones (mpi4py) aside, as jax does."""
+  try:
+    from jax._src import clusters
+  except ImportError:  # pragma: no cover - a jax that moved it: detect nothing
+    return None
+  for env in clusters.ClusterEnv._cluster_types:
+    if getattr(env, 'opt_in_only_method', False):
+      continue
+    try:
+      present = env.is_env_present()
+    except Exception:  # noqa: BLE001 - a probe that fails (metadata server, k8s API) is absent
+      present = False
+    if present:
+      return env
+  return None
+
+
+def distributed_args(args) -> tuple[dict, str] | None:
+  """(the arguments for `jax.distributed.initialize`, where they came from), or None for a
+  single-process run. Explicit flags win; values they leave out come from the detected
+  cluster, whose job must span more than one process unless --distributed forces it."""
+  if args.single_process:
+    return None
+  kwargs = {
+    'coordinator_address': args.coordinator_address,
+    'num_processes': args.num_processes,
+    'process_id': args.process_id,
+  }
+  if args.cluster:
+    kwargs['cluster_detection_method'] = args.cluster
+    return kwargs, f'the {args.cluster} cluster (--cluster)'
+  if args.num_processes is not None:
+    return kwargs, 'the command line'
+  env = detect_cluster()
+  if env is None:
+    if args.distributed or args.coordinator_address:
+      raise UsageError(
+        'no cluster detected (SLURM, Open MPI, Cloud TPU, Kubernetes) to say how many '
+        'processes there are: pass --coordinator_address H:P --num_processes N --process_id I'
+      )
+    return None
+  name = getattr(env, 'name', '') or env.__name__
+  forced = args.distributed or args.coordinator_address
+  try:
+    count = env.get_process_count()
+  except Exception as e:  # noqa: BLE001 - e.g. a Kubernetes pod that is not part of a job
+    if forced:
+      raise
+    print(
+      f'warning: a {name} environment, but no process count ({type(e).__name__}: {e}); '
+      'running as one process (--distributed or --num_processes to join a job)',
+      file=sys.stderr,
+    )
+    return None
+  if count <= 1 and not forced:
+    return None  # e.g. a SLURM job of one task: nothing to join
+  if kwargs['coordinator_address'] is None and not os.environ.get('JAX_COORDINATOR_ADDRESS'):
+    kwargs['coordinator_address'] = env.get_coordinator_address(
+      timeout_secs=300, override_coordinator_port=os.environ.get('JAX_COORDINATOR_PORT')
+    )
+  kwargs.update(num_processes=count, process_id=env.get_process_id())
+  return kwargs, f'the {name} cluster ({env.__name__})'
+
+
+def start_distributed(args) -> bool:
+  """Calls `jax.distributed.initialize()` when `distributed_args` says so (process 0 says
+  which cluster and how many processes); True when it did."""
+  found = distributed_args(args)
+  if found is None:
+    return False
+  kwargs, source = found
+  import jax
+
+  # local_device_ids stay jax's choice: on SLURM and Open MPI GPUs, the GPU of the process's
+  # local rank (one process per GPU); on TPU and CPU, every local device.
+  jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
+  if jax.process_index() == 0:
+    print(
+      f'distributed: {jax.process_count()} processes from {source}, coordinator '
+      f'{kwargs.get("coordinator_address") or os.environ.get("JAX_COORDINATOR_ADDRESS")}',
+      flush=True,
+    )
+  return True
+
+
 def main(argv: list[str] | None = None, *, default_config: str | None = None) -> int:
   """Runs training from command-line arguments; returns the process exit code."""
   argv = sys.argv[1:] if argv is None else argv
@@ -149,14 +288,7 @@ def main(argv: list[str] | None = None, *, default_config: str | None = None) ->
     from bigjax.train import runtime
 
     runtime.apply(config.train)  # XLA_FLAGS must be set before jax starts its backend
-    if args.distributed:
-      import jax
-
-      jax.distributed.initialize(
-        coordinator_address=args.coordinator_address,
-        num_processes=args.num_processes,
-        process_id=args.process_id,
-      )
+    start_distributed(args)  # before anything touches a device
     from bigjax.train.loop import train_and_evaluate
 
     workdir = args.workdir or os.path.join('runs', name)

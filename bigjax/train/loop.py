@@ -26,6 +26,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from bigjax.data.pipeline import Data
+from bigjax.layers import partitioning
 from bigjax.train import distill, flops, init_from, memory, optim, runtime, sharding
 from bigjax.train.checkpoint import Checkpointer, fingerprint
 from bigjax.train.report import Reporter, plot_curves
@@ -56,13 +57,22 @@ def check_workdir(workdir: str) -> None:
     ) from None
 
 
-def _abstract_state(model, tx, inputs, mesh, term_init=None) -> TrainState:
-  """Shapes, dtypes and (replicated) shardings of the state, without allocating it."""
+def _abstract_state(model, tx, inputs, mesh, term_init=None, rules='auto') -> TrainState:
+  """Shapes, dtypes and shardings of the state, without allocating it: every leaf a
+  ShapeDtypeStruct whose sharding is the one the rules preset `rules` (config.mesh.rules)
+  gives it (`sharding.state_shardings`)."""
   shapes = jax.eval_shape(
     lambda rng: init_state(model, tx, rng, inputs, term_init), jax.random.key(0)
   )
-  repl = sharding.replicated(mesh)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
+  shardings = sharding.state_shardings(shapes, mesh, partitioning.rules(rules))
+  return jax.tree.map(
+    lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, shardings
+  )
+
+
+def state_shardings(abstract: TrainState) -> TrainState:
+  """The shardings of an abstract state's leaves, as a tree like it."""
+  return jax.tree.map(lambda x: x.sharding, abstract)
 
 
 class StopSignals:
@@ -207,6 +217,8 @@ def build_run(
     with config.unlocked():
       config.data.with_index = True  # the store is read by example index
   mesh = sharding.make_mesh(config.mesh)
+  rules = config.mesh.get('rules', 'auto')
+  table = partitioning.rules(rules)  # an unknown preset fails before anything is written
   sharding.check_batch_size(cfg.batch_size, mesh, 'train.batch_size')
   sharding.check_batch_size(cfg.eval_batch_size, mesh, 'train.eval_batch_size')
   check_accumulation(cfg.batch_size, int(config.optim.get('grad_accum_steps', 1)), mesh)
@@ -236,7 +248,7 @@ def build_run(
       frozen, frozen_forward = plan.frozen, plan.frozen_forward
     if any(t.init is not None for t in loss_terms):
       term_init = functools.partial(init_term_params, loss_terms)
-    abstract = _abstract_state(model, tx, inputs, mesh, term_init)
+    abstract = _abstract_state(model, tx, inputs, mesh, term_init, rules)
     fine_tune.match(abstract.params, abstract.model_state)
   except (ValueError, FileNotFoundError):
     # Leave no trace of a run that never started: not even the tokenizer its data set
@@ -251,7 +263,7 @@ def build_run(
     raise
   if fine_tune.frozen:
     schedule, tx = optim.from_config(config, frozen=fine_tune.frozen)
-    abstract = _abstract_state(model, tx, inputs, mesh, term_init)
+    abstract = _abstract_state(model, tx, inputs, mesh, term_init, rules)
   meta = fingerprint(config.model.name, abstract.params)
   cost, peak_source = step_cost(config, model, inputs)
   meta['inputs'] = [[list(x.shape), str(x.dtype)] for x in inputs]
@@ -261,31 +273,39 @@ def build_run(
   if latest is not None:
     checkpointer.check_compatible(latest, meta)  # before anything is written
   discard = _undo_writes(workdir, existing, created)  # before the first write
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
+  if jax.process_index() == 0:  # one writer on a shared workdir; nothing reads it back
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
   fine_tune.write(workdir)
   attach = None
   if plan is not None and config.distill.precompute:
     attach = _teacher_store(config, workdir, plan, data, task)
 
   repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  state_sh = state_shardings(abstract)  # the teacher (`frozen`) stays replicated
   train_step = jax.jit(
-    make_train_step(
-      model,
-      task,
-      config,
-      schedule,
-      tx,
-      loss_terms=loss_terms,
-      frozen_forward=frozen_forward,
-      task_weight=plan.task_weight if plan is not None else 1.0,
+    sharding.under_rules(
+      make_train_step(
+        model,
+        task,
+        config,
+        schedule,
+        tx,
+        loss_terms=loss_terms,
+        frozen_forward=frozen_forward,
+        task_weight=plan.task_weight if plan is not None else 1.0,
+      ),
+      mesh,
+      table,
     ),
-    in_shardings=(repl, batch_sh, repl, repl),
-    out_shardings=(repl, repl),
+    in_shardings=(state_sh, batch_sh, repl, repl),
+    out_shardings=(state_sh, repl),
     donate_argnums=0 if cfg.get('donate', True) else (),  # train.donate: reuse state buffers
   )
   eval_step = jax.jit(
-    make_eval_step(model, task), in_shardings=(repl, batch_sh), out_shardings=repl
+    sharding.under_rules(make_eval_step(model, task), mesh, table),
+    in_shardings=(state_sh, batch_sh),
+    out_shardings=repl,
   )
   return Run(
     config=config,

@@ -1,12 +1,25 @@
 """One device mesh for the run: axes ('data', 'fsdp', 'expert', 'tensor'); the batch is
-sharded over data x fsdp x expert."""
+sharded over data x fsdp x expert.
 
+The train state's shardings come from the logical axis names of the parameters and the
+rules preset `config.mesh.rules` (`bigjax.layers.partitioning`): `state_shardings` gives
+the parameters their rule shardings, every optimiser-state leaf the sharding of the
+parameter it mirrors, and the step, `batch_stats` and everything else a replicated one.
+`under_rules(fn, mesh, table)` is what the steps are traced with, so that the activation
+constraints of the models (`partitioning.constrain`) apply.
+"""
+
+import contextlib
+import functools
+
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from bigjax.layers import partitioning
 from bigjax.typing import Batch, PyTree
 
 AXES = ('data', 'fsdp', 'expert', 'tensor')
@@ -62,3 +75,65 @@ def global_batch(local: Batch, mesh: Mesh) -> PyTree:
   return jax.tree.map(
     lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local
   )
+
+
+def _keys(path) -> tuple[str, ...]:
+  """The dict keys of a tree path (optax states add attributes and indices around them)."""
+  return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def param_shardings(params: PyTree, mesh: Mesh, table: partitioning.Rules) -> PyTree:
+  """NamedShardings of `params` (arrays or ShapeDtypeStructs) under the rules `table`."""
+  axes = partitioning.logical_axes(params, strict=False)
+  names = jax.tree.leaves(axes, is_leaf=lambda a: isinstance(a, tuple))
+  leaves, treedef = jax.tree.flatten(params)
+  return treedef.unflatten(
+    [
+      NamedSharding(mesh, partitioning.spec_of(n, x.shape, table, mesh.shape))
+      for n, x in zip(names, leaves, strict=True)
+    ]
+  )
+
+
+def state_shardings(state, mesh: Mesh, table: partitioning.Rules):
+  """Shardings of a TrainState (of arrays or ShapeDtypeStructs), as a tree like it: params
+  by the rules, optimiser-state leaves as the parameter they mirror (the longest parameter
+  path that ends their dict keys, same shape: Adam's moments, a masked or multi-transform
+  inner state, MultiSteps' accumulated gradients), everything else replicated."""
+  repl = replicated(mesh)
+  params = param_shardings(state.params, mesh, table)
+  by_path = {
+    _keys(path): (x.shape, sh)
+    for (path, x), sh in zip(
+      jax.tree_util.tree_leaves_with_path(state.params), jax.tree.leaves(params)
+    )
+  }
+
+  def mirror(path, x):
+    keys = _keys(path)
+    for start in range(len(keys)):
+      found = by_path.get(keys[start:])
+      if found is not None and found[0] == tuple(x.shape):
+        return found[1]
+    return repl
+
+  return state.replace(
+    step=repl,
+    params=params,
+    opt_state=jax.tree_util.tree_map_with_path(mirror, state.opt_state),
+    model_state=jax.tree.map(lambda _: repl, state.model_state),
+  )
+
+
+def under_rules(fn, mesh: Mesh, table: partitioning.Rules):
+  """`fn` traced with the mesh and the logical axis rules in context, so that the models'
+  activation constraints (`partitioning.constrain`) apply inside a jitted `fn`."""
+
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    with contextlib.ExitStack() as stack:
+      stack.enter_context(jax.sharding.use_abstract_mesh(mesh.abstract_mesh))
+      stack.enter_context(nn.logical_axis_rules(table))
+      return fn(*args, **kwargs)
+
+  return traced

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from bigjax import losses
-from bigjax.data import pipeline
 from bigjax.data.pipeline import Data
 from bigjax.outputs import ModelOutput
 from bigjax.train.tasks import get_task
@@ -90,23 +89,26 @@ def test_resume_continues_with_the_same_indices(data_dir):
 
 
 @pytest.mark.parametrize('count', [1, 3])
-def test_sharded_train_index_is_the_global_record_index(data_dir, monkeypatch, count):
+def test_train_batches_do_not_depend_on_the_process_count(data_dir, monkeypatch, count):
+  """P processes take turns at the one stream of local batches: process p's batches, laid
+  side by side in process order, are the global batches of a single process, and `index`
+  is the global record index."""
   data = Data(_config(data_dir, with_index=True))
+  single = data.train_iter(4 * count, seed=0)
+  expected = [next(single) for _ in range(3)]
   monkeypatch.setattr(jax, 'process_count', lambda: count)
-  seen = []
+  local = []
   for process in range(count):
     monkeypatch.setattr(jax, 'process_index', lambda process=process: process)
-    shard = pipeline._train_shard(data.train_source, carried=True)
-    indices = np.array([shard[i][0] for i in range(len(shard))])
-    assert (indices % count == process).all()  # process p reads p, p + P, ...
-    for i in (0, len(shard) - 1):  # and the record is the one at that index
-      index, record = shard[i]
-      np.testing.assert_array_equal(record['image'], data.train_source[int(index)]['image'])
-    batch = next(data.train_iter(4 * count, seed=0))
-    assert (batch['index'] % count == process).all()
-    seen.append(indices)
-  seen = np.concatenate(seen)
-  np.testing.assert_array_equal(np.sort(seen), np.arange(NUM_TRAIN // count * count))
+    it = data.train_iter(4 * count, seed=0)
+    local.append([next(it) for _ in range(3)])
+  for step, batch in enumerate(expected):
+    for key in ('index', 'image'):
+      joined = np.concatenate([local[p][step][key] for p in range(count)])
+      np.testing.assert_array_equal(joined, batch[key])
+    for row in (0, len(batch['index']) - 1):  # the record is the one at that index
+      image = _record_image(data, data.train_source, batch['index'][row])
+      np.testing.assert_array_equal(batch['image'][row], image)
 
 
 def test_eval_batches_carry_the_index(data_dir, monkeypatch):
