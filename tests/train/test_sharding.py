@@ -356,3 +356,14 @@ def test_the_default_mesh_is_bit_identical_to_replicated_data_parallelism():
     jax.random.key(1),
   )
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(new), jax.device_get(old))
+
+
+def test_an_unknown_preset_stops_train_py_before_the_workdir_is_touched(tmp_path, capsys):
+  from bigjax.train.cli import main
+
+  config = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'mlp_digits.py')
+  workdir = tmp_path / 'run'
+  args = ['--config', config + ':test', '--workdir', str(workdir), '--config.mesh.rules=tp']
+  assert main(args) == 2
+  assert 'is not a preset: use one of auto, data, fsdp' in capsys.readouterr().err
+  assert not workdir.exists()
