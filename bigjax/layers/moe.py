@@ -44,7 +44,8 @@ from bigjax.layers.partitioning import constrain
 from bigjax.typing import Dtype
 
 # The logical axes of the capacity mode's expert buffers (`bigjax.layers.partitioning`):
-# with the experts over a mesh axis, the dispatch and combine einsums become all-to-alls.
+# with the experts over a mesh axis each device runs its own experts' MLPs. (The dropless
+# mode's `ragged_dot` is not split by expert: the compiler gathers the experts' kernels.)
 BUFFER = ('batch', 'act_experts', None, 'act_embed')
 
 

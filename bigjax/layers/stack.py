@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from bigjax.layers.blocks import BlockConfig
-from bigjax.layers.partitioning import SCAN_NAME
+from bigjax.layers.partitioning import SCAN_NAME, constrain
 from bigjax.typing import PyTree
 
 # What a rematerialised block keeps from its forward pass (`jax.checkpoint_policies`):
@@ -104,6 +104,8 @@ def stack_blocks(
   """
   static = tuple(sorted((k, v) for k, v in kwargs.items() if _static(v)))
   arrays = {k: v for k, v in kwargs.items() if not _static(v)}
+  # The stack's input (an embedding lookup) in the blocks' layout: a scan's carry keeps it.
+  x = constrain(x, ('batch', 'length', 'act_embed'))
   layer = _layer_class(block)
   policy = checkpoint_policy(remat, remat_policy)
   if policy is not None:
