@@ -25,7 +25,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from bigjax.data.pipeline import Data
-from bigjax.train import distill, flops, init_from, optim, runtime, sharding
+from bigjax.train import distill, flops, init_from, lock, optim, runtime, sharding
 from bigjax.train.checkpoint import Checkpointer, fingerprint
 from bigjax.train.report import Reporter, plot_curves
 from bigjax.train.state import TrainState, init_state
@@ -151,13 +151,15 @@ class Run:
   attach: Callable | None = None  # adds stored teacher outputs to each train batch
   cost: flops.StepCost | None = None  # FLOPs and sizes of one step: throughput and MFU
   peak_source: str = ''  # where the peak FLOP/s of MFU comes from
+  run_lock: lock.WorkdirLock | None = None  # held from build_run to the end of train
 
   def initial_state(self, train_iter) -> tuple[TrainState, int | None]:
     """(state, restored step): the latest checkpoint (data iterator included) if the
     workdir has one, else a fresh initialisation passed through `on_init`."""
-    latest = self.checkpointer.latest_step()
-    if latest is not None:
-      return self.checkpointer.restore(latest, self.abstract, train_iter), latest
+    state, latest, warnings = self.checkpointer.restore_latest(self.abstract, train_iter)
+    self.notes = (*self.notes, *(f'warning: {w}' for w in warnings))
+    if state is not None:
+      return state, latest
     model, tx, inputs, term_init = self.model, self.tx, self.inputs, self.term_init
     init = jax.jit(
       lambda rng: init_state(model, tx, rng, inputs, term_init),
@@ -248,10 +250,15 @@ def build_run(
   cost, peak_source = step_cost(config, model, inputs)
   meta['inputs'] = [[list(x.shape), str(x.dtype)] for x in inputs]
 
-  checkpointer = Checkpointer(workdir, cfg.keep_checkpoints)
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    checkpointer.check_compatible(latest, meta)  # before anything is written
+  run_lock = lock.acquire(workdir)  # one run per workdir; refused before any write
+  try:
+    checkpointer = Checkpointer(workdir, cfg.keep_checkpoints)
+    # Before anything is written: the newest readable checkpoint (damaged newer ones are set
+    # aside, with a warning) must be of this model.
+    _, skipped = checkpointer.readable_step(meta)
+  except BaseException:
+    run_lock.release(remove=True)
+    raise
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=2))
   fine_tune.write(workdir)
@@ -295,11 +302,14 @@ def build_run(
     eval_step=eval_step,
     frozen=jax.device_put({} if frozen is None else frozen, repl),
     on_init=_chain(fine_tune.load, on_init or identity_init),
-    notes=tuple(fine_tune.notes) + (plan.notes if plan is not None else ()),
+    notes=tuple(f'warning: {w}' for w in skipped)
+    + tuple(fine_tune.notes)
+    + (plan.notes if plan is not None else ()),
     term_init=term_init,
     attach=attach,
     cost=cost,
     peak_source=peak_source,
+    run_lock=run_lock,
   )
 
 
@@ -388,6 +398,8 @@ def train(run: Run, *, tty: bool | None = None) -> dict[str, float]:
   config, cfg, checkpointer = run.config, run.config.train, run.checkpointer
   attach = {'attach': run.attach} if run.attach is not None else {}
   train_iter = run.data.train_iter(cfg.batch_size, config.seed, **attach)
+  if run.run_lock is not None:
+    run.run_lock.mark()
   state, latest = run.initial_state(train_iter)
   reporter = Reporter(run.workdir, cfg.steps, latest or 0, tty=tty)
   if latest is not None:
@@ -412,48 +424,55 @@ def train(run: Run, *, tty: bool | None = None) -> dict[str, float]:
   # Throughput is timed from the end of the first step, so compilation stays out of it.
   acc, t_log, s_log, t_start = None, None, step, time.perf_counter()
   final = {}
-  with StopSignals(cfg.get('stop_check_every', 1)) as stop:
-    stopped = False
-    while step < cfg.steps and not stopped:
-      batch = sharding.global_batch(next(train_iter), run.mesh)
-      state, metrics = run.train_step(state, batch, step_rng, run.frozen)
-      acc = add_metrics(acc, metrics)
-      step += 1
-      if t_log is None:
-        jax.block_until_ready(metrics)
-        t_log, s_log = time.perf_counter(), step
-        reporter.log(f'first step (with compilation) took {t_log - t_start:.1f}s')
-      if step % cfg.log_every == 0 or step == cfg.steps:
-        summary = summarize(acc)
-        now = time.perf_counter()
-        if step > s_log and run.cost is not None:
-          summary.update(run.cost.rates(step - s_log, now - t_log))
-        acc, t_log, s_log = None, now, step
-        reporter.write(step, 'train', summary)
-        reporter.progress(step, summary)
-      if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-        result = run.evaluate(state)
-        reporter.write(step, 'eval', result)
-        reporter.log(f'eval at step {step}: {_format(result)}')
-      if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-        checkpointer.save(step, state, train_iter, run.meta)
-        saved_step = step
-      stopped = step < cfg.steps and stop.should_stop(step)
-    if stopped:
-      if saved_step != step:
-        checkpointer.save(step, state, train_iter, run.meta)
+  try:
+    with StopSignals(cfg.get('stop_check_every', 1)) as stop:
+      stopped = False
+      while step < cfg.steps and not stopped:
+        batch = sharding.global_batch(next(train_iter), run.mesh)
+        state, metrics = run.train_step(state, batch, step_rng, run.frozen)
+        acc = add_metrics(acc, metrics)
+        step += 1
+        if t_log is None:
+          jax.block_until_ready(metrics)
+          t_log, s_log = time.perf_counter(), step
+          reporter.log(f'first step (with compilation) took {t_log - t_start:.1f}s')
+        if step % cfg.log_every == 0 or step == cfg.steps:
+          summary = summarize(acc)
+          now = time.perf_counter()
+          if step > s_log and run.cost is not None:
+            summary.update(run.cost.rates(step - s_log, now - t_log))
+          acc, t_log, s_log = None, now, step
+          reporter.write(step, 'train', summary)
+          reporter.progress(step, summary)
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+          result = run.evaluate(state)
+          reporter.write(step, 'eval', result)
+          reporter.log(f'eval at step {step}: {_format(result)}')
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+          checkpointer.save(step, state, train_iter, run.meta)
+          saved_step = step
+        stopped = step < cfg.steps and stop.should_stop(step)
+      if stopped:
+        if saved_step != step:
+          checkpointer.save(step, state, train_iter, run.meta)
+        checkpointer.wait()
+        reporter.log(
+          f'{stop.reason}: stopped at step {step}; checkpoint saved in '
+          f'{checkpointer.directory}; run the same command again to resume'
+        )
+      else:
+        final = run.evaluate(state)
+        reporter.write(step, 'eval', final)
+        reporter.log(f'final eval at step {step} on {run.data.eval_split!r}: {_format(final)}')
+  finally:
+    # Also on an error: the save in flight is committed (and sealed) before the exit.
+    try:
       checkpointer.wait()
-      reporter.log(
-        f'{stop.reason}: stopped at step {step}; checkpoint saved in '
-        f'{checkpointer.directory}; run the same command again to resume'
-      )
-    else:
-      final = run.evaluate(state)
-      reporter.write(step, 'eval', final)
-      reporter.log(f'final eval at step {step} on {run.data.eval_split!r}: {_format(final)}')
-  checkpointer.wait()
-  checkpointer.close()
-  reporter.close()
+      checkpointer.close()
+    finally:
+      reporter.close()
+      if run.run_lock is not None:
+        run.run_lock.release()
   if jax.process_index() == 0 and os.path.getsize(os.path.join(run.workdir, 'metrics.jsonl')):
     plot_curves(run.workdir)
   return final

@@ -44,7 +44,7 @@ def restore_from_workdir(workdir: str, step: int | None = None):
   checkpointer = Checkpointer(workdir, read_only=True)
   try:
     if step is None:
-      step = checkpointer.latest_step()
+      step, _ = checkpointer.readable_step()  # the newest whose files match their checksums
       if step is None:
         raise FileNotFoundError(f'{workdir!r} has no checkpoint yet: train it first')
     elif step not in checkpointer.manager.all_steps():

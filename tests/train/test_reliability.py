@@ -1,0 +1,167 @@
+"""Damaged checkpoints and a busy workdir: nothing lost, nothing overwritten.
+
+A latest checkpoint with a file missing, truncated or bit-flipped is caught by the
+checksums written at commit (or, without them, by its failed restore); training falls back
+to the newest readable checkpoint, warns, sets the damaged folder aside untouched, and ends
+with the parameters of an uninterrupted run. A second run on a workdir in use is refused.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from bigjax.train.checkpoint import CHECKSUMS, DAMAGED
+from bigjax.train.cli import main
+from bigjax.train.workdir import restore_from_workdir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = os.path.join(ROOT, 'configs', 'mlp_digits.py') + ':test'
+
+
+def _argv(workdir, data_dir, steps):
+  return [
+    '--config', CONFIG, '--workdir', workdir, f'--config.data.data_dir={data_dir}',
+    f'--config.train.steps={steps}', '--config.train.checkpoint_every=2',
+    '--config.train.eval_every=0',
+  ]  # fmt: skip
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory, data_dir):
+  """(a run of 8 steps with its checkpoint 8 removed, as if killed before it: checkpoints
+  4 and 6 are left; the final parameters of the 8 steps)."""
+  root = tmp_path_factory.mktemp('reliability')
+  base, straight = str(root / 'base'), str(root / 'straight')
+  assert main(_argv(straight, data_dir, 8)) == 0
+  shutil.copytree(straight, base)
+  shutil.rmtree(os.path.join(base, 'checkpoints', '8'))
+  return base, _params(straight)
+
+
+def _params(workdir):
+  return jax.tree.leaves(jax.device_get(restore_from_workdir(workdir)[2]['params']))
+
+
+def _largest_file(folder):
+  files = [os.path.join(d, n) for d, _, names in os.walk(folder) for n in names]
+  files = [f for f in files if os.path.basename(f) != CHECKSUMS]
+  return max(files, key=os.path.getsize)
+
+
+def _truncate(path):
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def _flip(path):
+  with open(path, 'r+b') as f:
+    f.seek(os.path.getsize(path) // 2)
+    byte = f.read(1)
+    f.seek(-1, 1)
+    f.write(bytes([byte[0] ^ 0x10]))
+
+
+DAMAGES = {
+  'truncated': (_truncate, 'truncated'),
+  'bit-flipped': (_flip, 'corrupted'),
+  'missing': (os.remove, 'is missing'),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('kind', [*DAMAGES, 'no checksums'])
+def test_damaged_latest_checkpoint_falls_back_and_is_kept(kind, runs, tmp_path, data_dir, capsys):
+  base, expected = runs
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(base, workdir)
+  step6 = os.path.join(workdir, 'checkpoints', '6')
+  assert os.path.isfile(os.path.join(step6, CHECKSUMS))
+  if kind == 'no checksums':  # killed between the commit and the checksums: restore fails
+    os.remove(os.path.join(step6, CHECKSUMS))
+    reason = 'failed to restore'
+    for folder, _, names in os.walk(os.path.join(step6, 'state')):
+      for name in names:  # every data file (OCDBT may hold an array in two places)
+        if os.path.getsize(os.path.join(folder, name)) > 4096:
+          _truncate(os.path.join(folder, name))
+  else:
+    damage, reason = DAMAGES[kind]
+    damage(_largest_file(os.path.join(step6, 'state')))
+  before = {
+    os.path.relpath(os.path.join(d, n), step6): open(os.path.join(d, n), 'rb').read()
+    for d, _, names in os.walk(step6)
+    for n in names
+  }
+  capsys.readouterr()
+  assert main(_argv(workdir, data_dir, 8)) == 0
+  out = capsys.readouterr()
+  text = out.out + out.err
+  assert 'skipped the checkpoint at step 6' in text and reason in text, text
+  assert 'resuming from the checkpoint at step 4' in text, text
+  kept = os.path.join(workdir, DAMAGED, '6')
+  after = {
+    os.path.relpath(os.path.join(d, n), kept): open(os.path.join(d, n), 'rb').read()
+    for d, _, names in os.walk(kept)
+    for n in names
+  }
+  assert after == before  # set aside byte for byte, never deleted or overwritten
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '6', '8']
+  for a, b in zip(_params(workdir), expected, strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_no_readable_checkpoint_is_a_one_line_error_and_changes_nothing(
+  runs, tmp_path, data_dir, capsys, snapshot
+):
+  base, _ = runs
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(base, workdir)
+  for step in ('4', '6'):
+    _truncate(_largest_file(os.path.join(workdir, 'checkpoints', step, 'state')))
+  before = snapshot(workdir)
+  capsys.readouterr()
+  assert main(_argv(workdir, data_dir, 8)) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith('error: no readable checkpoint') and '\n' not in err, err
+  assert 'step 6' in err and 'step 4' in err
+  assert snapshot(workdir) == before
+
+
+HOLD = """
+import fcntl, os, sys, time
+fd = os.open(os.path.join(sys.argv[1], '.lock'), os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, b'pid %d on test' % os.getpid())
+print('held', flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_busy_workdir_is_refused_and_a_killed_run_leaves_no_lock(
+  runs, tmp_path, data_dir, capsys, snapshot
+):
+  base, _ = runs
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(base, workdir)
+  holder = subprocess.Popen(
+    [sys.executable, '-c', HOLD, workdir], stdout=subprocess.PIPE, text=True
+  )
+  try:
+    assert holder.stdout.readline().strip() == 'held'
+    before = snapshot(workdir)
+    capsys.readouterr()
+    assert main(_argv(workdir, data_dir, 8)) == 2
+    err = capsys.readouterr().err.strip()
+    assert 'is in use by another run' in err and f'pid {holder.pid}' in err, err
+    assert snapshot(workdir) == before
+  finally:
+    holder.kill()  # SIGKILL: the kernel drops its lock
+    holder.wait()
+  assert main(_argv(workdir, data_dir, 8)) == 0
+  assert '8' in os.listdir(os.path.join(workdir, 'checkpoints'))
