@@ -9,6 +9,7 @@ import difflib
 import importlib.util
 import os
 import sys
+import traceback
 
 import ml_collections
 
@@ -18,25 +19,57 @@ USAGE = (
 )
 
 
+# The exit code of a run stopped by SIGTERM / SIGINT after saving its checkpoint: not 0, so
+# a scheduler does not count an unfinished run as done (75 is EX_TEMPFAIL, "try again").
+EXIT_STOPPED = 75
+
+
 class UsageError(ValueError):
   """A command-line mistake."""
 
 
 def load_config(spec: str) -> tuple[ml_collections.ConfigDict, str]:
-  """'path/to/file.py[:arg]' -> (get_config(arg), run name)."""
+  """'path/to/file.py[:arg]' -> (get_config(arg), run name).
+
+  The folder above the config's folder is on `sys.path` only while the file loads (so
+  configs can `from configs import common`), never for the rest of the run: a file there
+  named like a dependency must not shadow it. A syntax or import error in the file, or an
+  exception in its get_config, is a one-line UsageError naming the file and line.
+  """
   path, _, arg = spec.partition(':')
   if not os.path.isfile(path):
     raise FileNotFoundError(f'config file {path!r} does not exist: see the files in configs/')
   root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-  if root not in sys.path:
-    sys.path.insert(0, root)  # so configs can `from configs import common`
+  added = root not in sys.path
+  if added:
+    sys.path.insert(0, root)
   name = os.path.splitext(os.path.basename(path))[0]
-  module_spec = importlib.util.spec_from_file_location(f'_bigjax_config_{name}', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, 'get_config'):
-    raise UsageError(f'{path} has no get_config(arg=None) function')
-  config = module.get_config(arg or None)
+  try:
+    module_spec = importlib.util.spec_from_file_location(f'_bigjax_config_{name}', path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, 'get_config'):
+      raise UsageError(f'{path} has no get_config(arg=None) function')
+    config = module.get_config(arg or None)
+  except SyntaxError as e:
+    raise UsageError(f'{path}:{e.lineno}: syntax error ({e.msg}): fix the config file') from None
+  except (UsageError, ValueError):
+    raise
+  except Exception as e:  # noqa: BLE001 - any error of the user's file becomes one line
+    line = next(
+      (f.lineno for f in reversed(traceback.extract_tb(e.__traceback__)) if f.filename == path),
+      None,
+    )
+    where = f'{path}:{line}' if line else path
+    raise UsageError(
+      f'{where}: loading the config failed with {type(e).__name__}: {e} (fix the config file; '
+      'configs import only ml_collections and configs.common)'
+    ) from None
+  finally:
+    if added:
+      sys.path.remove(root)
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UsageError(f'{path}: get_config returned {type(config).__name__}, not a ConfigDict')
   return config, name + (f'_{arg}' if arg else '')
 
 
@@ -157,10 +190,13 @@ def main(argv: list[str] | None = None, *, default_config: str | None = None) ->
         num_processes=args.num_processes,
         process_id=args.process_id,
       )
-    from bigjax.train.loop import train_and_evaluate
+    from bigjax.train.loop import build_run, train
 
     workdir = args.workdir or os.path.join('runs', name)
-    train_and_evaluate(config, workdir)
+    run = build_run(config, workdir)
+    train(run)
+    if run.stopped:
+      return EXIT_STOPPED
   except (ValueError, TypeError, KeyError, AttributeError, OSError) as e:
     if verbose:
       raise

@@ -25,7 +25,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from bigjax.data.pipeline import Data
-from bigjax.train import distill, flops, init_from, lock, optim, runtime, sharding
+from bigjax.train import distill, flops, init_from, lock, optim, runtime, sharding, validate
 from bigjax.train.checkpoint import Checkpointer, fingerprint
 from bigjax.train.report import Reporter, plot_curves
 from bigjax.train.state import TrainState, init_state
@@ -152,6 +152,7 @@ class Run:
   cost: flops.StepCost | None = None  # FLOPs and sizes of one step: throughput and MFU
   peak_source: str = ''  # where the peak FLOP/s of MFU comes from
   run_lock: lock.WorkdirLock | None = None  # held from build_run to the end of train
+  stopped: bool = False  # set by train: a signal stopped it before train.steps
 
   def initial_state(self, train_iter) -> tuple[TrainState, int | None]:
     """(state, restored step): the latest checkpoint (data iterator included) if the
@@ -192,6 +193,7 @@ def build_run(
   the config, the workdir, `init_from` (bigjax.train.init_from) and `distill`
   (bigjax.train.distill: the teacher, its loss terms, its precomputed store) before anything
   is written (config.json, init_from.json)."""
+  validate.check_config(config)  # every value, before the workdir is touched
   workdir = os.path.abspath(workdir)
   cfg = config.train
   runtime.apply(cfg)  # XLA flags and the compilation cache, before anything compiles
@@ -452,6 +454,7 @@ def train(run: Run, *, tty: bool | None = None) -> dict[str, float]:
           checkpointer.save(step, state, train_iter, run.meta)
           saved_step = step
         stopped = step < cfg.steps and stop.should_stop(step)
+      run.stopped = stopped
       if stopped:
         if saved_step != step:
           checkpointer.save(step, state, train_iter, run.meta)

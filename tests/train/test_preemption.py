@@ -82,7 +82,7 @@ def test_sigterm_to_one_process_stops_all_at_one_step(tmp_path, data_dir):
     time.sleep(0.05)
   procs[1].send_signal(signal.SIGTERM)  # only the process that does not report
   codes, outs = _finish(procs)
-  assert codes == [0, 0], outs
+  assert codes == [75, 75], outs  # EXIT_STOPPED on both: saved, not finished
   assert 'SIGTERM on another process: stopped at step' in outs[0], outs[0]
   steps = [int(s) for s in os.listdir(os.path.join(stopped, 'checkpoints')) if s.isdigit()]
   assert len(steps) == 1, steps
