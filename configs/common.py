@@ -10,6 +10,9 @@ def base_config() -> ml_collections.ConfigDict:
   """Every section with its defaults; experiments override what they need."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # Resuming a workdir with settings that differ from its config.json (other than logging,
+  # evaluation, checkpoint and I/O settings, the mesh and init_from) is refused unless True.
+  c.allow_changes = False
   c.model = ml_collections.ConfigDict({'name': 'mlp'})
   # Fine-tuning (bigjax.train.init_from): a bigjax workdir or a Hugging Face style folder
   # (config.json + *.safetensors) whose parameters are loaded where name and shape match;

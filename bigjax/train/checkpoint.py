@@ -160,19 +160,25 @@ class Checkpointer:
 
       multihost_utils.sync_global_devices(name)
 
-  def readable_step(self, expected: dict | None = None) -> tuple[int | None, list[str]]:
+  def readable_step(
+    self, expected: dict | None = None, abstract_state: TrainState | None = None
+  ) -> tuple[int | None, list[str]]:
     """(the newest step whose files match their checksums and whose metadata reads, or None;
     warnings naming each newer step set aside and why). Raises ValueError if the workdir
     holds checkpoints but none is readable (nothing is moved then), or if `expected` (a
-    fingerprint) names another model than the readable one."""
+    fingerprint) names another model than the readable one, or its state's arrays differ
+    from `abstract_state`'s."""
     steps = sorted(self.manager.all_steps(), reverse=True)
     bad: list[tuple[int, str]] = []
-    found = None
+    found, different = None, None
     for step in steps:
       reason = damage(self.step_dir(step))
+      different = None
       if reason is None:
         try:
           self.meta(step)
+          if abstract_state is not None:
+            different = self.state_difference(step, abstract_state)
         except Exception as e:  # noqa: BLE001 - any reader error means unreadable
           reason = f'its metadata cannot be read ({type(e).__name__})'
       if reason is None:
@@ -187,6 +193,8 @@ class Checkpointer:
       )
     if found is not None and expected is not None:
       self.check_compatible(found, expected)
+    if different:
+      raise ValueError(different)
     warnings = []
     if bad and self.read_only:
       warnings = [f'skipped the checkpoint at step {step}: {reason}' for step, reason in bad]
@@ -197,6 +205,24 @@ class Checkpointer:
       self.manager.reload()
     return found, warnings
 
+  def state_difference(self, step: int, abstract_state: TrainState) -> str | None:
+    """How the train state saved at `step` differs from `abstract_state` in its arrays'
+    number and shapes (read from metadata only), or None if it does not: another optimiser
+    or model setting, not damage."""
+    tree = self.manager.item_metadata(step)['state']
+    tree = getattr(tree, 'tree', tree)
+    saved = sorted(tuple(x.shape) for x in jax.tree.leaves(tree))
+    wanted = sorted(tuple(x.shape) for x in jax.tree.leaves(abstract_state))
+    if saved == wanted:
+      return None
+    return (
+      f'the checkpoint at step {step} in {self.directory} holds a train state of '
+      f'{len(saved)} arrays, this config makes {len(wanted)} '
+      f'{"of other shapes" if len(saved) == len(wanted) else ""}'.rstrip()
+      + ' (another optimiser or model setting?): use the config that wrote it or another '
+      '--workdir (nothing was changed)'
+    )
+
   def restore_latest(self, abstract_state: TrainState, data_iter=None):
     """(state, step, warnings) from the newest checkpoint that restores, falling back past
     any that fail (set aside as in `readable_step`); (None, None, warnings) if none is left."""
@@ -206,6 +232,12 @@ class Checkpointer:
       warnings += skipped
       if step is None:
         return None, None, warnings
+      try:
+        different = self.state_difference(step, abstract_state)
+      except Exception:  # noqa: BLE001 - unreadable metadata: damage, handled below
+        different = None
+      if different:
+        raise ValueError(different)
       try:
         return self.restore(step, abstract_state, data_iter), step, warnings
       except Exception as e:  # noqa: BLE001 - a damaged file surfaces as any reader error

@@ -257,10 +257,15 @@ def build_run(
     checkpointer = Checkpointer(workdir, cfg.keep_checkpoints)
     # Before anything is written: the newest readable checkpoint (damaged newer ones are set
     # aside, with a warning) must be of this model.
-    _, skipped = checkpointer.readable_step(meta)
+    resume_step, skipped = checkpointer.readable_step(meta, abstract)
+    changed = validate.check_resume_changes(workdir, config) if resume_step is not None else []
   except BaseException:
     run_lock.release(remove=True)
     raise
+  if changed and jax.process_index() == 0:  # keep the settings the earlier steps ran with
+    os.replace(
+      os.path.join(workdir, 'config.json'), os.path.join(workdir, f'config.{resume_step}.json')
+    )
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=2))
   fine_tune.write(workdir)
@@ -305,6 +310,11 @@ def build_run(
     frozen=jax.device_put({} if frozen is None else frozen, repl),
     on_init=_chain(fine_tune.load, on_init or identity_init),
     notes=tuple(f'warning: {w}' for w in skipped)
+    + tuple(
+      f'resuming with changed settings (allow_changes; the earlier ones are in '
+      f'config.{resume_step}.json): {c}'
+      for c in changed
+    )
     + tuple(fine_tune.notes)
     + (plan.notes if plan is not None else ()),
     term_init=term_init,

@@ -4,7 +4,10 @@
 A key that a config does not have is skipped (older workdirs, configs that drop a section).
 """
 
+import json
 import math
+import os
+import re
 from typing import Any
 
 # rule: (kind, low, high, low_open, high_open) for numbers; 'int' forbids floats.
@@ -72,3 +75,56 @@ def check_config(config) -> None:
       too_high = True
     if too_low or too_high:
       raise ValueError(f'{key}={value!r} is out of range: set --config.{key} to {kind} {allowed}')
+
+
+# Settings that may change between a run and its resume: logging, evaluation, checkpoint
+# cadence, I/O and performance switches, the mesh (checkpoints restore onto any mesh) and
+# init_from (ignored on resume). Anything else changes the training itself.
+RESUMABLE = re.compile(
+  r'^(allow_changes|init_from|init_from_skip|mesh\..*|data\.(data_dir|workers|prefetch|'
+  r'workdir|tokenizer)|train\.(log_every|eval_every|eval_steps|eval_batch_size|'
+  r'checkpoint_every|keep_checkpoints|stop_check_every|peak_tflops|compilation_cache_dir|'
+  r'xla_flags|donate|device_memory_gb))$'
+)
+
+
+def _flat(tree, prefix=''):
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flat(v, f'{prefix}{k}.'))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def config_changes(workdir: str, config) -> list[str]:
+  """'key: old -> new' for every setting of `config` that differs from the workdir's
+  config.json (keys only one side has are left out: another bigjax version), except the
+  RESUMABLE ones; [] when there is no config.json."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    return []
+  try:
+    with open(path) as f:
+      old = _flat(json.load(f))
+  except (OSError, ValueError):
+    return []  # unreadable: nothing to compare with (it is rewritten)
+  new = _flat(json.loads(config.to_json_best_effort()))
+  return [
+    f'{k}: {old[k]!r} -> {new[k]!r}'
+    for k in sorted(set(old) & set(new))
+    if old[k] != new[k] and not RESUMABLE.match(k)
+  ]
+
+
+def check_resume_changes(workdir: str, config) -> list[str]:
+  """Refuses (ValueError) to resume with changed settings unless config.allow_changes; with
+  it, returns the changes to log."""
+  changes = config_changes(workdir, config)
+  if changes and not config.get('allow_changes', False):
+    raise ValueError(
+      f'{workdir} was trained with other settings ({"; ".join(changes)}): run with the same '
+      'settings to resume, pass --config.allow_changes=true to resume with these, or use '
+      'another --workdir (nothing was changed)'
+    )
+  return changes

@@ -36,7 +36,7 @@ def _launch(workdir, data_dir, steps):
         f'--config.data.data_dir={data_dir}', f'--config.train.steps={steps}',
         '--config.schedule.name=constant', '--config.train.log_every=1',
         '--config.train.eval_every=0', '--config.train.checkpoint_every=1000000',
-        '--config.train.stop_check_every=2', '--distributed',
+        '--config.train.stop_check_every=2', '--config.allow_changes=true', '--distributed',
         f'--coordinator_address=localhost:{port}', '--num_processes=2', f'--process_id={i}',
       ],
       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

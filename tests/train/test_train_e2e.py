@@ -82,6 +82,7 @@ def _train_cmd(workdir, data_dir, steps):
     '--config.train.log_every=1',
     '--config.train.eval_every=0',
     '--config.train.checkpoint_every=1000000',
+    '--config.allow_changes=true',  # the resumed run asks for fewer steps
     f'--config.data.data_dir={data_dir}',
   ]
 
