@@ -106,6 +106,12 @@ def base_config() -> ml_collections.ConfigDict:
       # Peak TFLOP/s of one device for the MFU in the training log; 0 = the spec sheet of a
       # known GPU (bigjax.train.flops.PEAK_TFLOPS), or a measured matmul on a CPU.
       'peak_tflops': 0.0,
+      # An update whose loss or gradients are not finite is never applied. 'halt': at the
+      # next logging step, save the last good state and exit with code 3 naming the step;
+      # 'skip': go on, and halt after max_nonfinite_skips such updates in a row; 'off': apply
+      # every update as it is.
+      'nonfinite': 'halt',
+      'max_nonfinite_skips': 10,
     }
   )
   # Mesh axis sizes (data=-1 takes the devices the others leave) and the sharding rules

@@ -22,6 +22,8 @@ USAGE = (
 # The exit code of a run stopped by SIGTERM / SIGINT after saving its checkpoint: not 0, so
 # a scheduler does not count an unfinished run as done (75 is EX_TEMPFAIL, "try again").
 EXIT_STOPPED = 75
+# The exit code of a run halted on a non-finite loss or gradients (train.nonfinite).
+EXIT_NONFINITE = 3
 
 
 class UsageError(ValueError):
@@ -190,11 +192,15 @@ def main(argv: list[str] | None = None, *, default_config: str | None = None) ->
         num_processes=args.num_processes,
         process_id=args.process_id,
       )
-    from bigjax.train.loop import build_run, train
+    from bigjax.train.loop import NonFiniteError, build_run, train
 
     workdir = args.workdir or os.path.join('runs', name)
     run = build_run(config, workdir)
-    train(run)
+    try:
+      train(run)
+    except NonFiniteError as e:
+      print(f'error: {e}', file=sys.stderr)
+      return EXIT_NONFINITE
     if run.stopped:
       return EXIT_STOPPED
   except (ValueError, TypeError, KeyError, AttributeError, OSError) as e:

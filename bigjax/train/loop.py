@@ -30,6 +30,7 @@ from bigjax.train.checkpoint import Checkpointer, fingerprint
 from bigjax.train.report import Reporter, plot_curves
 from bigjax.train.state import TrainState, init_state
 from bigjax.train.step import (
+  NONFINITE,
   LossTerm,
   add_metrics,
   init_term_params,
@@ -108,6 +109,50 @@ class StopSignals:
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+
+
+class NonFiniteError(RuntimeError):
+  """Training halted on a non-finite loss or gradients (`train.nonfinite`), after saving the
+  last good state; `train.py` exits with code 3."""
+
+
+class NonFiniteWatch:
+  """The host side of `train.nonfinite`: the step's flags (device scalars, see
+  bigjax.train.step.NONFINITE) are kept as they come and read at logging steps only."""
+
+  WHAT = {1: 'the loss', 2: 'the gradients', 3: 'the loss and the gradients'}
+
+  def __init__(self, mode: str, max_in_a_row: int):
+    self.mode, self.max_in_a_row = mode, max(int(max_in_a_row), 1)
+    self.pending: list[tuple[int, jax.Array]] = []
+    self.in_a_row, self.total = 0, 0
+
+  def add(self, step: int, metrics: dict) -> None:
+    flag = metrics.pop(NONFINITE, None)
+    if flag is not None:
+      self.pending.append((step, flag))
+
+  def check(self) -> tuple[int, str | None]:
+    """(updates skipped since the last check, why to halt or None)."""
+    steps = [s for s, _ in self.pending]
+    flags = [int(f) for f in jax.device_get([f for _, f in self.pending])]
+    self.pending = []
+    skipped, why = 0, None
+    for step, flag in zip(steps, flags):
+      if not flag:
+        self.in_a_row = 0
+        continue
+      skipped += 1
+      self.total += 1
+      self.in_a_row += 1
+      if why is None and self.mode == 'halt':
+        why = f'{self.WHAT[flag]} went non-finite at step {step}'
+      elif why is None and self.in_a_row >= self.max_in_a_row:
+        why = (
+          f'{self.in_a_row} updates in a row had a non-finite loss or gradients (the last, at '
+          f'step {step}: {self.WHAT[flag]})'
+        )
+    return skipped, why
 
 
 def _format(metrics: dict[str, float]) -> str:
@@ -436,12 +481,14 @@ def train(run: Run, *, tty: bool | None = None) -> dict[str, float]:
   # Throughput is timed from the end of the first step, so compilation stays out of it.
   acc, t_log, s_log, t_start = None, None, step, time.perf_counter()
   final = {}
+  watch = NonFiniteWatch(cfg.get('nonfinite', 'off'), cfg.get('max_nonfinite_skips', 10))
   try:
     with StopSignals(cfg.get('stop_check_every', 1)) as stop:
       stopped = False
       while step < cfg.steps and not stopped:
         batch = sharding.global_batch(next(train_iter), run.mesh)
         state, metrics = run.train_step(state, batch, step_rng, run.frozen)
+        watch.add(step + 1, metrics)
         acc = add_metrics(acc, metrics)
         step += 1
         if t_log is None:
@@ -454,8 +501,24 @@ def train(run: Run, *, tty: bool | None = None) -> dict[str, float]:
           if step > s_log and run.cost is not None:
             summary.update(run.cost.rates(step - s_log, now - t_log))
           acc, t_log, s_log = None, now, step
+          skipped, halt = watch.check()
+          if skipped:
+            summary['nonfinite_skipped'] = float(skipped)
           reporter.write(step, 'train', summary)
           reporter.progress(step, summary)
+          if skipped:
+            reporter.log(
+              f'warning: {skipped} update(s) with a non-finite loss or gradients were not '
+              f'applied by step {step} ({watch.total} in all)'
+            )
+          if halt:
+            checkpointer.save(step, state, train_iter, run.meta)
+            checkpointer.wait()
+            raise NonFiniteError(
+              f'{halt}; the last good parameters are saved in {checkpointer.step_dir(step)}: '
+              'lower optim.lr, set optim.clip_norm, or check the data, then rerun to resume '
+              '(train.nonfinite=skip goes on past isolated bad steps)'
+            )
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
           result = run.evaluate(state)
           reporter.write(step, 'eval', result)

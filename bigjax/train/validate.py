@@ -25,6 +25,7 @@ RULES: tuple[tuple[str, str, float, float, bool, bool], ...] = (
   ('train.label_smoothing', _NUM, 0, 1, False, True),
   ('train.aux_loss_weight', _NUM, 0, math.inf, False, False),
   ('train.peak_tflops', _NUM, 0, math.inf, False, False),
+  ('train.max_nonfinite_skips', _INT, 1, math.inf, False, False),
   ('optim.lr', _NUM, 0, math.inf, True, False),
   ('optim.weight_decay', _NUM, 0, math.inf, False, False),
   ('optim.momentum', _NUM, 0, 1, False, True),
@@ -59,8 +60,15 @@ def _range(low, high, low_open, high_open) -> str:
   return f'in {left}{low:g}, {high:g}{right}'
 
 
+CHOICES = {'train.nonfinite': ('off', 'skip', 'halt')}
+
+
 def check_config(config) -> None:
   """Raises ValueError on the first value of `config` outside its rule (see RULES)."""
+  for key, choices in CHOICES.items():
+    present, value = _get(config, key)
+    if present and value not in choices:
+      raise ValueError(f'{key}={value!r} is not one of {", ".join(choices)}: set --config.{key}')
   for key, kind, low, high, low_open, high_open in RULES:
     present, value = _get(config, key)
     if not present:

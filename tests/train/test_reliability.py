@@ -194,3 +194,29 @@ def test_resuming_with_changed_settings_is_refused_unless_allowed(
   assert 'resuming with changed settings' in out and 'optim.lr' in out, out
   with open(os.path.join(workdir, 'config.6.json')) as f:
     assert json.load(f)['optim']['lr'] != 0.5  # the settings of the first 6 steps are kept
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('mode', ['halt', 'skip'])
+def test_non_finite_training_halts_with_the_last_good_state(mode, tmp_path, data_dir, capsys):
+  workdir = str(tmp_path / 'run')
+  argv = [
+    *_argv(workdir, data_dir, 50), '--config.optim.lr=1e30', '--config.train.log_every=2',
+    f'--config.train.nonfinite={mode}', '--config.train.max_nonfinite_skips=3',
+  ]  # fmt: skip
+  capsys.readouterr()
+  assert main(argv) == 3
+  err = capsys.readouterr().err.strip().splitlines()[-1]  # (data preparation may print)
+  assert err.startswith('error: '), err
+  if mode == 'halt':
+    bad = int(err.split('went non-finite at step ')[1].split(';')[0])
+  else:
+    assert '3 updates in a row had a non-finite loss or gradients' in err, err
+    bad = int(err.split('(the last, at step ')[1].split(':')[0])
+  saved = int(err.split('checkpoints/')[1].split(':')[0])
+  assert saved == bad + bad % 2  # at the logging step that read the flag (log_every=2)
+  assert str(saved) in os.listdir(os.path.join(workdir, 'checkpoints'))
+  params = jax.tree.leaves(restore_from_workdir(workdir)[2]['params'])
+  assert all(np.all(np.isfinite(x)) for x in params)  # the last good state
+  rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert sum(r.get('nonfinite_skipped', 0) for r in rows) >= 1
