@@ -34,6 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
       # '' = off; a bigjax workdir (latest checkpoint), <workdir>/checkpoints/<step>, or a
       # Hugging Face folder (config.json + model.safetensors).
       'teacher': '',
+      'teacher_ema': False,  # a bigjax teacher's moving average (its train.ema_decay > 0)
       'loss': 'kl',  # 'kl' | 'reverse_kl' | 'mse' | 'topk'
       'alpha': 0.5,  # weight of the soft loss; the task's own loss gets 1 - alpha
       'temperature': 2.0,
@@ -111,6 +112,9 @@ def base_config() -> ml_collections.ConfigDict:
       # 'skip': go on, and halt after max_nonfinite_skips such updates in a row; 'off': apply
       # every update as it is.
       'nonfinite': 'halt',
+      # > 0: also keep an exponential moving average of the parameters (e.g. 0.999), evaluated
+      # beside them (ema_* metrics) and selectable with --ema in generate / restore_from_workdir.
+      'ema_decay': 0.0,
       'max_nonfinite_skips': 10,
     }
   )

@@ -218,11 +218,21 @@ class Run:
     return jax.random.split(jax.random.key(self.config.seed))[1]
 
   def evaluate(self, state: TrainState) -> dict[str, float]:
+    """The eval split's metrics; with train.ema_decay, also those of the averaged
+    parameters (`ema_<name>`), in the same pass over the data."""
     cfg = self.config.train
-    total = None
+    ema = optim.ema_params(state.opt_state)
+    averaged = state.replace(params=ema) if ema is not None else None
+    total, total_ema = None, None
     for batch in self.data.eval_batches(cfg.eval_batch_size, cfg.get('eval_steps', -1)):
-      total = add_metrics(total, self.eval_step(state, sharding.global_batch(batch, self.mesh)))
-    return summarize(total, self.task) if total is not None else {}
+      batch = sharding.global_batch(batch, self.mesh)
+      total = add_metrics(total, self.eval_step(state, batch))
+      if averaged is not None:
+        total_ema = add_metrics(total_ema, self.eval_step(averaged, batch))
+    result = summarize(total, self.task) if total is not None else {}
+    if total_ema is not None:
+      result.update({f'ema_{k}': v for k, v in summarize(total_ema, self.task).items()})
+    return result
 
 
 def build_run(
@@ -399,6 +409,8 @@ def _teacher_store(config, workdir: str, plan, data: Data, task: Task) -> Callab
   expected = {'teacher': os.path.abspath(d.teacher), 'top_k': int(d.top_k)}
   if int(d.top_k):
     expected['temperature'] = float(d.temperature)
+  if d.get('teacher_ema', False):
+    expected['teacher_ema'] = True
   if not os.path.isdir(path) and jax.process_index() == 0:
     forward = distill.teacher_logits_fn(plan.teacher, task)
     teacher_store.write_store(
@@ -408,7 +420,7 @@ def _teacher_store(config, workdir: str, plan, data: Data, task: Task) -> Callab
       config.train.eval_batch_size,
       top_k=int(d.top_k),
       temperature=float(d.temperature),
-      meta={'teacher': expected['teacher']},
+      meta={k: v for k, v in expected.items() if k in ('teacher', 'teacher_ema')},
     )
   multihost_utils.sync_global_devices('teacher_store')
   store = teacher_store.open_store(path)

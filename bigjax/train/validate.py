@@ -26,6 +26,7 @@ RULES: tuple[tuple[str, str, float, float, bool, bool], ...] = (
   ('train.aux_loss_weight', _NUM, 0, math.inf, False, False),
   ('train.peak_tflops', _NUM, 0, math.inf, False, False),
   ('train.max_nonfinite_skips', _INT, 1, math.inf, False, False),
+  ('train.ema_decay', _NUM, 0, 1, False, True),
   ('optim.lr', _NUM, 0, math.inf, True, False),
   ('optim.weight_decay', _NUM, 0, math.inf, False, False),
   ('optim.momentum', _NUM, 0, 1, False, True),

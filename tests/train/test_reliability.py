@@ -220,3 +220,37 @@ def test_non_finite_training_halts_with_the_last_good_state(mode, tmp_path, data
   assert all(np.all(np.isfinite(x)) for x in params)  # the last good state
   rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
   assert sum(r.get('nonfinite_skipped', 0) for r in rows) >= 1
+
+
+@pytest.mark.slow
+def test_moving_average_is_evaluated_checkpointed_resumed_and_selectable(
+  tmp_path, data_dir, capsys
+):
+  from bigjax.train.distill import load_teacher
+
+  straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
+  argv = [*_argv(straight, data_dir, 8), '--config.train.ema_decay=0.9']
+  assert main(argv) == 0
+  rows = [json.loads(line) for line in open(os.path.join(straight, 'metrics.jsonl'))]
+  final = [r for r in rows if r['split'] == 'eval'][-1]
+  assert 'ema_accuracy' in final and 'accuracy' in final
+  shutil.copytree(straight, resumed)
+  shutil.rmtree(os.path.join(resumed, 'checkpoints', '8'))
+  assert main([*_argv(resumed, data_dir, 8), '--config.train.ema_decay=0.9']) == 0
+  raw = jax.tree.leaves(restore_from_workdir(straight)[2]['params'])
+  ema = jax.tree.leaves(restore_from_workdir(straight, ema=True)[2]['params'])
+  again = jax.tree.leaves(restore_from_workdir(resumed, ema=True)[2]['params'])
+  assert not all(np.array_equal(a, b) for a, b in zip(raw, ema))  # it is an average
+  for a, b in zip(ema, again, strict=True):
+    np.testing.assert_array_equal(a, b)  # restored on resume, bit for bit
+  teacher = load_teacher(straight, ema=True)
+  for a, b in zip(jax.tree.leaves(teacher.variables['params']), ema, strict=True):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match='trained without a moving average'):
+    restore_from_workdir(_no_ema_run(tmp_path, data_dir), ema=True)
+
+
+def _no_ema_run(tmp_path, data_dir):
+  workdir = str(tmp_path / 'plain')
+  assert main(_argv(workdir, data_dir, 2)) == 0
+  return workdir
