@@ -507,6 +507,7 @@ def train(run: Run, *, tty: bool | None = None) -> dict[str, float]:
           jax.block_until_ready(metrics)
           t_log, s_log = time.perf_counter(), step
           reporter.log(f'first step (with compilation) took {t_log - t_start:.1f}s')
+          reporter.restart_clock(step)
         if step % cfg.log_every == 0 or step == cfg.steps:
           summary = summarize(acc)
           now = time.perf_counter()

@@ -46,6 +46,14 @@ class Reporter:
       self._tb.add_scalar(f'{split}/{k}', v, step)
     self._tb.flush()
 
+  def restart_clock(self, step: int) -> None:
+    """Times progress from now, `step` done: the first step's compilation stays out of the
+    steps/s and ETA (and of the progress bar's rate)."""
+    self._last = (time.perf_counter(), step)
+    if self._bar is not None:
+      self._bar.reset(total=self.total)
+      self._bar.initial = self._bar.n = self._bar.last_print_n = step
+
   def progress(self, step: int, metrics: dict[str, float]) -> None:
     """Called every log_every steps with the averaged train metrics."""
     if not self.enabled:
@@ -60,9 +68,12 @@ class Reporter:
       self._bar.update(step - self._bar.n)
       self._bar.set_postfix(short, refresh=True)
     else:
-      eta = (self.total - step) / max(rate, 1e-9)
       parts = ' '.join(f'{k}={v}' for k, v in short.items())
-      print(f'step {step}/{self.total} {parts} {rate:.1f} steps/s eta {eta:.0f}s', flush=True)
+      timing = ''
+      if step > s0:  # not on the step the clock restarted at
+        eta = (self.total - step) / max(rate, 1e-9)
+        timing = f' {rate:.1f} steps/s eta {eta:.0f}s'
+      print(f'step {step}/{self.total} {parts}{timing}', flush=True)
 
   def close(self) -> None:
     if not self.enabled:

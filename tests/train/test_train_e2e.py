@@ -350,3 +350,36 @@ def test_two_processes_train_one_global_batch(tmp_path, data_dir):
   assert 'final eval' not in outs[1]  # only process 0 reports
   data_state = os.listdir(os.path.join(workdir, 'checkpoints', '6', 'data'))
   assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(data_state)
+
+
+@pytest.mark.slow
+def test_first_run_console_is_quiet_and_plain(tmp_path):
+  """A fresh data set is prepared with one line of ours, without TFDS's progress bars and
+  absl notes; nothing but our lines reach the console."""
+  fresh = str(tmp_path / 'tfds')
+  result = subprocess.run(
+    [
+      sys.executable, TRAIN, '--config', _config('mlp_digits.py') + ':test',
+      '--workdir', str(tmp_path / 'run'), f'--config.data.data_dir={fresh}',
+    ],
+    capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert f"preparing the 'digits' data set in {fresh} (first use)" in result.stdout
+  for chatter in ('Generating splits', 'Shuffling', 'dataset_info.json', 'absl'):
+    assert chatter not in result.stdout + result.stderr, (chatter, result.stderr)
+
+
+def test_progress_times_steps_after_compilation(monkeypatch, tmp_path, capsys):
+  from bigjax.train import report
+
+  now = [0.0]
+  monkeypatch.setattr(report.time, 'perf_counter', lambda: now[0])
+  reporter = report.Reporter(str(tmp_path), 100, 0, tty=False)
+  now[0] = 30.0  # the first step, with 30 s of compilation
+  reporter.restart_clock(1)
+  now[0] = 30.1
+  reporter.progress(2, {'loss': 1.0})
+  reporter.close()
+  line = capsys.readouterr().out.strip().splitlines()[-1]
+  assert line.endswith('10.0 steps/s eta 10s'), line  # not 2 / 30.1 s
