@@ -9,6 +9,34 @@ import jax
 import tqdm
 
 
+def rewind_metrics(path: str, step: int, final: bool = False) -> int:
+  """Drops the rows of `path` logged after `step` (a run killed after its last checkpoint
+  logged steps that its resume repeats) and any line cut short by the kill, so every step
+  appears once; `final` (resuming at the last step, whose evaluation follows its
+  checkpoint) also drops the evaluation at `step`. Returns how many lines were dropped."""
+  if not os.path.exists(path):
+    return 0
+  kept, dropped = [], 0
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+        keep = line.endswith('\n') and int(row['step']) <= step
+        keep = keep and not (final and row['split'] == 'eval' and int(row['step']) == step)
+      except (ValueError, KeyError, TypeError):
+        keep = False
+      if keep:
+        kept.append(line)
+      else:
+        dropped += 1
+  if dropped:
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+  return dropped
+
+
 class Reporter:
   """Writes metrics from process 0 only; other processes stay quiet."""
 
@@ -22,7 +50,9 @@ class Reporter:
     self._tb = None
     if not self.enabled:
       return
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    path = os.path.join(workdir, 'metrics.jsonl')
+    rewind_metrics(path, start_step, final=start_step >= total_steps)
+    self._jsonl = open(path, 'a')
     from tensorboardX import SummaryWriter
 
     self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
