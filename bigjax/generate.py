@@ -117,7 +117,7 @@ def load(workdir: str | None = None, pretrained: str | None = None, *, ema: bool
     return model, variables, codec
   from bigjax.train.loop import restore_from_workdir  # the trainer, only when generating
 
-  config, model, variables = restore_from_workdir(workdir, ema=ema)
+  config, model, variables = restore_from_workdir(workdir, **({'ema': True} if ema else {}))
   return model, variables, codec_for(config, workdir)
 
 
@@ -165,6 +165,21 @@ def _until_stop(ids, stops: Sequence[int]) -> np.ndarray:
   return ids[: hits[0]] if len(hits) else ids
 
 
+def check_options(max_new_tokens: int, **options) -> None:
+  """One-line errors for out-of-range decoding options, before anything is loaded or
+  printed."""
+  limits = {
+    'max_new_tokens': (max_new_tokens, lambda v: v >= 1, 'at least 1'),
+    'temperature': (options.get('temperature', 1.0), lambda v: v >= 0, '>= 0 (0 = greedy)'),
+    'top_k': (options.get('top_k', 0), lambda v: v >= 0, '>= 0 (0 = no cut)'),
+    'top_p': (options.get('top_p', 1.0), lambda v: 0 < v <= 1, 'in (0, 1] (1 = no cut)'),
+    'beam_size': (options.get('beam_size', 4), lambda v: v >= 1, 'at least 1'),
+  }
+  for name, (value, ok, allowed) in limits.items():
+    if not ok(value):
+      raise ValueError(f'--{name} must be {allowed}, got {value}')
+
+
 def generate(
   workdir: str | None,
   prompt: str | Sequence[str],
@@ -189,11 +204,26 @@ def generate(
   texts = [prompt] if isinstance(prompt, str) else list(prompt)
   if not texts:
     raise ValueError('no prompt: give at least one --prompt')
+  check_options(max_new_tokens, **options)
   if ema and pretrained is not None:
     raise ValueError('--ema needs --workdir (a run trained with train.ema_decay > 0)')
   model, variables, codec = load(workdir, pretrained, ema=ema)
+  size, ids_count = getattr(model, 'vocab_size', None), codec.tokenizer.vocab_size
+  if isinstance(size, int) and ids_count > size:
+    raise ValueError(
+      f'the tokenizer of {workdir or pretrained!r} has {ids_count} ids but the model has '
+      f'vocab_size={size}: it does not match the model; use the tokenizer saved with it'
+    )
   ids = [codec.encode(t) for t in texts]
   stops = decode.stop_ids((*codec.eos_ids, *(codec.stop_id(s) for s in stop)))
+  context = getattr(model, 'max_len', None) if getattr(model, 'position', '') == 'learned' else None
+  longest = max(len(i) for i in ids)
+  if isinstance(context, int) and longest + max_new_tokens > context:
+    raise ValueError(
+      f'a prompt of {longest} tokens plus --max_new_tokens {max_new_tokens} is longer than the '
+      f"model's context: the learned positions cover max_len={context}; shorten the prompt "
+      'or ask for fewer tokens'
+    )
   kw = dict(
     max_new_tokens=max_new_tokens,
     method=method,
@@ -267,7 +297,7 @@ def generate_audio(
   from bigjax.layers.audio import mu_law_decode, mu_law_encode
   from bigjax.train.loop import restore_from_workdir  # the trainer, only when generating
 
-  config, model, variables = restore_from_workdir(workdir, ema=ema)
+  config, model, variables = restore_from_workdir(workdir, **({'ema': True} if ema else {}))
   task = config.get('task', {}).get('name', '')
   if task != 'audio_lm':
     raise ValueError(

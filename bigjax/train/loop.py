@@ -221,7 +221,7 @@ class Run:
     """The eval split's metrics; with train.ema_decay, also those of the averaged
     parameters (`ema_<name>`), in the same pass over the data."""
     cfg = self.config.train
-    ema = optim.ema_params(state.opt_state)
+    ema = optim.ema_params(getattr(state, 'opt_state', None))
     averaged = state.replace(params=ema) if ema is not None else None
     total, total_ema = None, None
     for batch in self.data.eval_batches(cfg.eval_batch_size, cfg.get('eval_steps', -1)):
