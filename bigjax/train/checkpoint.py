@@ -49,6 +49,11 @@ def fingerprint(model_name: str, params: PyTree) -> dict:
   return {'model': model_name, 'param_shapes': shapes}
 
 
+class CheckpointError(OSError):
+  """A checkpoint could not be written (a full disk, a read-only folder, ...); the message
+  names the step and the newest committed one, which is intact."""
+
+
 CHECKSUMS = 'checksums.json'
 DAMAGED = 'checkpoints.damaged'
 
@@ -278,10 +283,41 @@ class Checkpointer:
     items = {'state': ocp.args.StandardSave(state), 'meta': ocp.args.JsonSave(meta)}
     if data_iter is not None:
       items['data'] = grain.checkpoint.CheckpointSave(data_iter)
-    self.manager.wait_until_finished()
-    self._seal()
-    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    self._finish()
+    with self._failure(step):
+      self.manager.save(step, args=ocp.args.Composite(**items), force=True)
     self._unsealed.append(step)
+
+  def committed_steps(self) -> list[int]:
+    """The steps whose folders are committed on disk (not the manager's cached list)."""
+    try:
+      names = os.listdir(self.directory)
+    except OSError:
+      return []
+    return sorted(int(n) for n in names if n.isdigit())
+
+  @contextlib.contextmanager
+  def _failure(self, step: int | None):
+    """Any error of a save becomes one CheckpointError that says what is safe."""
+    try:
+      yield
+    except CheckpointError:
+      raise
+    except Exception as e:  # noqa: BLE001 - Orbax and the filesystem raise many types
+      saved = [s for s in self.committed_steps() if s != step]
+      which = f'at step {step} ' if step is not None else ''
+      safe = f'the checkpoint at step {saved[-1]} is intact' if saved else 'none was committed'
+      why = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+      raise CheckpointError(
+        f'could not save the checkpoint {which}in {self.directory} ({why}); {safe}: free disk '
+        'space or make the folder writable, then run the same command to resume'
+      ) from e
+
+  def _finish(self) -> None:
+    """Waits for the save in flight and writes its checksums; a failure raises."""
+    with self._failure(self._unsealed[-1] if self._unsealed else None):
+      self.manager.wait_until_finished()
+      self._seal()
 
   def restore(self, step: int, abstract_state: TrainState, data_iter=None) -> TrainState:
     items = {'state': ocp.args.StandardRestore(abstract_state)}
@@ -322,10 +358,8 @@ class Checkpointer:
       manager.close()
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
-    self._seal()
+    self._finish()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self._seal()
+    self._finish()
     self.manager.close()

@@ -24,6 +24,9 @@ USAGE = (
 EXIT_STOPPED = 75
 # The exit code of a run halted on a non-finite loss or gradients (train.nonfinite).
 EXIT_NONFINITE = 3
+# The exit code of a run that could not write (a checkpoint, its logs): a full disk, a
+# folder that turned read-only (74 is EX_IOERR); the newest committed checkpoint is intact.
+EXIT_IO = 74
 
 
 class UsageError(ValueError):
@@ -201,6 +204,11 @@ def main(argv: list[str] | None = None, *, default_config: str | None = None) ->
     except NonFiniteError as e:
       print(f'error: {e}', file=sys.stderr)
       return EXIT_NONFINITE
+    except OSError as e:  # while training: the disk, not the input
+      if verbose:
+        raise
+      print(f'error: {_io_message(e, run)}', file=sys.stderr)
+      return EXIT_IO
     if run.stopped:
       return EXIT_STOPPED
   except (ValueError, TypeError, KeyError, AttributeError, OSError) as e:
@@ -212,6 +220,21 @@ def main(argv: list[str] | None = None, *, default_config: str | None = None) ->
     print(f'error: {message}', file=sys.stderr)
     return 2
   return 0
+
+
+def _io_message(e: OSError, run) -> str:
+  """One line for an I/O error during training, saying which checkpoint is safe."""
+  from bigjax.train.checkpoint import CheckpointError
+
+  if isinstance(e, CheckpointError):
+    return str(e)
+  steps = run.checkpointer.committed_steps()
+  safe = f'the checkpoint at step {steps[-1]} is intact' if steps else 'no checkpoint was committed'
+  where = f' ({e.filename})' if e.filename else ''
+  return (
+    f'could not write in {run.workdir}{where}: {e.strerror or e}; {safe}: free disk space or '
+    'make the folder writable, then run the same command to resume'
+  )
 
 
 def _is_config_error(e: Exception) -> bool:
