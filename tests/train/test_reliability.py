@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from bigjax.train.checkpoint import CHECKSUMS, DAMAGED
+from bigjax.train.checkpoint import CHECKSUMS, DAMAGED, Checkpointer, damage
 from bigjax.train.cli import main
 from bigjax.train.workdir import restore_from_workdir
 
@@ -254,3 +254,35 @@ def _no_ema_run(tmp_path, data_dir):
   workdir = str(tmp_path / 'plain')
   assert main(_argv(workdir, data_dir, 2)) == 0
   return workdir
+
+
+@pytest.mark.slow
+def test_an_error_after_an_asynchronous_save_keeps_that_checkpoint(tmp_path, data_dir):
+  """The loop waits for the save in flight even when the step after it fails."""
+  from bigjax.train.cli import load_config
+  from bigjax.train.loop import build_run, train
+
+  config, _ = load_config(CONFIG)
+  config.data.data_dir = data_dir
+  config.train.steps, config.train.checkpoint_every, config.train.eval_every = 8, 2, 2
+  run = build_run(config, str(tmp_path / 'run'))
+
+  calls = []  # evaluation comes before the save at each step: fail at the second one
+
+  def eval_then_fail(state):
+    calls.append(int(state.step))
+    if len(calls) == 2:
+      raise RuntimeError('the evaluation broke')
+    return {}
+
+  run.evaluate = eval_then_fail
+  with pytest.raises(RuntimeError, match='the evaluation broke'):
+    train(run, tty=False)
+  # The save of step 2 was started (asynchronously) before the failure at step 4.
+  checkpointer = Checkpointer(str(tmp_path / 'run'), read_only=True)
+  try:
+    assert 2 in checkpointer.manager.all_steps()
+    assert damage(checkpointer.step_dir(2)) is None
+    assert os.path.isfile(os.path.join(checkpointer.step_dir(2), CHECKSUMS))
+  finally:
+    checkpointer.close()
