@@ -5,7 +5,7 @@ a spoken word with a trained WaveNet.
   python -m bigjax.generate --pretrained HF_FOLDER --prompt 'Once upon' [--prompt 'The']
       [--method greedy|sample|beam] [--temperature 0.8] [--top_k 40] [--top_p 0.95]
       [--repetition_penalty 1.2] [--stop TEXT ...] [--beam_size 4] [--alpha 0.6]
-      [--seed 0] [--no_stream]
+      [--seed 0] [--no_stream] [--ema]
   python -m bigjax.generate --workdir DIR --word yes --out yes.wav [--seconds 1.0]
       [--temperature 1.0] [--seed 0]
 
@@ -99,8 +99,9 @@ def codec_for(config: ml_collections.ConfigDict, workdir: str) -> Prompt:
   return Prompt(run_tokenizer(config, workdir), task, int(max_len) if max_len else None)
 
 
-def load(workdir: str | None = None, pretrained: str | None = None):
-  """(model, variables, Prompt) of a training run or a Hugging Face folder (one of them)."""
+def load(workdir: str | None = None, pretrained: str | None = None, *, ema: bool = False):
+  """(model, variables, Prompt) of a training run or a Hugging Face folder (one of them);
+  `ema`: a run's moving average of its parameters (train.ema_decay > 0)."""
   if (workdir is None) == (pretrained is None):
     raise ValueError('give one of --workdir (a training run) or --pretrained (a HF folder)')
   folder = workdir if pretrained is None else pretrained
@@ -116,7 +117,7 @@ def load(workdir: str | None = None, pretrained: str | None = None):
     return model, variables, codec
   from bigjax.train.loop import restore_from_workdir  # the trainer, only when generating
 
-  config, model, variables = restore_from_workdir(workdir)
+  config, model, variables = restore_from_workdir(workdir, **({'ema': True} if ema else {}))
   return model, variables, codec_for(config, workdir)
 
 
@@ -164,6 +165,21 @@ def _until_stop(ids, stops: Sequence[int]) -> np.ndarray:
   return ids[: hits[0]] if len(hits) else ids
 
 
+def check_options(max_new_tokens: int, **options) -> None:
+  """One-line errors for out-of-range decoding options, before anything is loaded or
+  printed."""
+  limits = {
+    'max_new_tokens': (max_new_tokens, lambda v: v >= 1, 'at least 1'),
+    'temperature': (options.get('temperature', 1.0), lambda v: v >= 0, '>= 0 (0 = greedy)'),
+    'top_k': (options.get('top_k', 0), lambda v: v >= 0, '>= 0 (0 = no cut)'),
+    'top_p': (options.get('top_p', 1.0), lambda v: 0 < v <= 1, 'in (0, 1] (1 = no cut)'),
+    'beam_size': (options.get('beam_size', 4), lambda v: v >= 1, 'at least 1'),
+  }
+  for name, (value, ok, allowed) in limits.items():
+    if not ok(value):
+      raise ValueError(f'--{name} must be {allowed}, got {value}')
+
+
 def generate(
   workdir: str | None,
   prompt: str | Sequence[str],
@@ -175,6 +191,7 @@ def generate(
   stop: Sequence[str] = (),
   repetition_penalty: float = 1.0,
   stream: TextIO | None = None,
+  ema: bool = False,
   **options,
 ) -> str | list[str]:
   """Loads the run in `workdir` (or the HF folder `pretrained`) and returns the generated
@@ -182,13 +199,31 @@ def generate(
 
   An LM's text is the prompt and its continuation; a seq2seq model's is its answer. With
   `stream` (a text file, e.g. sys.stdout) the first prompt's text is written there as it
-  comes. options: temperature, top_k, top_p, beam_size, alpha."""
+  comes. `ema`: the run's moving average of its parameters. options: temperature, top_k,
+  top_p, beam_size, alpha."""
   texts = [prompt] if isinstance(prompt, str) else list(prompt)
   if not texts:
     raise ValueError('no prompt: give at least one --prompt')
-  model, variables, codec = load(workdir, pretrained)
+  check_options(max_new_tokens, **options)
+  if ema and pretrained is not None:
+    raise ValueError('--ema needs --workdir (a run trained with train.ema_decay > 0)')
+  model, variables, codec = load(workdir, pretrained, ema=ema)
+  size, ids_count = getattr(model, 'vocab_size', None), codec.tokenizer.vocab_size
+  if isinstance(size, int) and ids_count > size:
+    raise ValueError(
+      f'the tokenizer of {workdir or pretrained!r} has {ids_count} ids but the model has '
+      f'vocab_size={size}: it does not match the model; use the tokenizer saved with it'
+    )
   ids = [codec.encode(t) for t in texts]
   stops = decode.stop_ids((*codec.eos_ids, *(codec.stop_id(s) for s in stop)))
+  context = getattr(model, 'max_len', None) if getattr(model, 'position', '') == 'learned' else None
+  longest = max(len(i) for i in ids)
+  if isinstance(context, int) and longest + max_new_tokens > context:
+    raise ValueError(
+      f'a prompt of {longest} tokens plus --max_new_tokens {max_new_tokens} is longer than the '
+      f"model's context: the learned positions cover max_len={context}; shorten the prompt "
+      'or ask for fewer tokens'
+    )
   kw = dict(
     max_new_tokens=max_new_tokens,
     method=method,
@@ -243,6 +278,7 @@ def generate_audio(
   seconds: float = 1.0,
   temperature: float = 1.0,
   seed: int = 0,
+  ema: bool = False,
 ) -> tuple[np.ndarray, int]:
   """Loads the WaveNet run in `workdir` and says `word`: (audio float32 [N] in [-1, 1],
   sample rate); N = seconds x the run's data.sample_rate. A list of words is said in one
@@ -261,7 +297,7 @@ def generate_audio(
   from bigjax.layers.audio import mu_law_decode, mu_law_encode
   from bigjax.train.loop import restore_from_workdir  # the trainer, only when generating
 
-  config, model, variables = restore_from_workdir(workdir)
+  config, model, variables = restore_from_workdir(workdir, **({'ema': True} if ema else {}))
   task = config.get('task', {}).get('name', '')
   if task != 'audio_lm':
     raise ValueError(
@@ -310,7 +346,12 @@ def _say(args) -> int:
   if args.pretrained is not None or args.out is None or args.word is None:
     raise ValueError('--word needs --workdir (a WaveNet run) and --out FILE.wav')
   audio, rate = generate_audio(
-    args.workdir, args.word, seconds=args.seconds, temperature=args.temperature, seed=args.seed
+    args.workdir,
+    args.word,
+    seconds=args.seconds,
+    temperature=args.temperature,
+    seed=args.seed,
+    ema=args.ema,
   )
   write_wav(args.out, audio, rate)
   print(f'wrote {args.out}: {args.word!r}, {len(audio) / rate:.2f} s at {rate} Hz')
@@ -337,6 +378,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--alpha', type=float, default=0.6, help='beam length penalty exponent')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--no_stream', action='store_true', help='print the texts at the end')
+  p.add_argument('--ema', action='store_true', help="the run's moving average of its parameters")
   p.add_argument('--verbose', action='store_true', help='show tracebacks')
   return p
 
@@ -377,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
       stop=args.stop,
       repetition_penalty=args.repetition_penalty,
       stream=stream,
+      ema=args.ema,
       **options,
     )
   except (ValueError, OSError) as e:

@@ -10,6 +10,9 @@ def base_config() -> ml_collections.ConfigDict:
   """Every section with its defaults; experiments override what they need."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # Resuming a workdir with settings that differ from its config.json (other than logging,
+  # evaluation, checkpoint and I/O settings, the mesh and init_from) is refused unless True.
+  c.allow_changes = False
   c.model = ml_collections.ConfigDict({'name': 'mlp'})
   # Fine-tuning (bigjax.train.init_from): a bigjax workdir or a Hugging Face style folder
   # (config.json + *.safetensors) whose parameters are loaded where name and shape match;
@@ -31,6 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
       # '' = off; a bigjax workdir (latest checkpoint), <workdir>/checkpoints/<step>, or a
       # Hugging Face folder (config.json + model.safetensors).
       'teacher': '',
+      'teacher_ema': False,  # a bigjax teacher's moving average (its train.ema_decay > 0)
       'loss': 'kl',  # 'kl' | 'reverse_kl' | 'mse' | 'topk'
       'alpha': 0.5,  # weight of the soft loss; the task's own loss gets 1 - alpha
       'temperature': 2.0,
@@ -107,6 +111,15 @@ def base_config() -> ml_collections.ConfigDict:
       # (bigjax.train.memory); 0 = what the device reports (its bytes_limit), on a CPU the
       # host's memory shared by its local devices.
       'device_memory_gb': 0.0,
+      # An update whose loss or gradients are not finite is never applied. 'halt': at the
+      # next logging step, save the last good state and exit with code 3 naming the step;
+      # 'skip': go on, and halt after max_nonfinite_skips such updates in a row; 'off': apply
+      # every update as it is.
+      'nonfinite': 'halt',
+      # > 0: also keep an exponential moving average of the parameters (e.g. 0.999), evaluated
+      # beside them (ema_* metrics) and selectable with --ema in generate / restore_from_workdir.
+      'ema_decay': 0.0,
+      'max_nonfinite_skips': 10,
     }
   )
   # Mesh axis sizes (data=-1 takes the devices the others leave) and the sharding rules

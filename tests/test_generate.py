@@ -106,14 +106,29 @@ def test_streamer_writes_whole_characters_and_stops():
 GPT2_TEXT = ['héllo wörld, the quick brown fox', 'jumps over the lazy dog'] * 30
 
 
+def _bpe(vocab_size: int):
+  """A byte-level BPE of `vocab_size` ids learned from GPT2_TEXT, eos '<|endoftext|>'."""
+  import tokenizers
+  from tokenizers import decoders, models, pre_tokenizers, trainers
+
+  tok = tokenizers.Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(
+    vocab_size=vocab_size,
+    special_tokens=['<|endoftext|>'],
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+  )
+  words = [f'{w}{i}' for i in range(400) for w in ('word', 'token')] if vocab_size > 300 else []
+  tok.train_from_iterator(GPT2_TEXT + words, trainer)
+  return tok
+
+
 @pytest.fixture(scope='module')
 def pretrained(tmp_path_factory):
   """A workdir-free Hugging Face GPT-2 folder: a random gpt2_test model over a 300-token
   byte-level BPE (eos '<|endoftext|>' from generation_config.json)."""
   import json
-
-  import tokenizers
-  from tokenizers import decoders, models, pre_tokenizers, trainers
 
   folder = tmp_path_factory.mktemp('hf_gpt2')
   model = bigjax.create_model('gpt2_test', vocab_size=300)
@@ -122,15 +137,7 @@ def pretrained(tmp_path_factory):
   embed = variables['params']['embed']['embedding']
   variables['params']['embed']['embedding'] = embed * 20.0
   bigjax.save_pretrained(model, variables, str(folder), overwrite=True)
-  tok = tokenizers.Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(
-    vocab_size=300,
-    special_tokens=['<|endoftext|>'],
-    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-  )
-  tok.train_from_iterator(GPT2_TEXT, trainer)
+  tok = _bpe(300)
   tok.save(str(folder / 'tokenizer.json'))
   eos = tok.token_to_id('<|endoftext|>')
   (folder / 'generation_config.json').write_text(json.dumps({'eos_token_id': eos}))
@@ -204,11 +211,57 @@ def test_cli_bad_input_exits_2(pretrained, tmp_path, capsys):
   bare = tmp_path / 'no_tokenizer'
   shutil.copytree(pretrained, bare)
   (bare / 'tokenizer.json').unlink()
+  bad_json = tmp_path / 'bad_json'
+  shutil.copytree(pretrained, bad_json)
+  (bad_json / 'config.json').write_text('{"model_type": "gpt2"')
+  truncated = tmp_path / 'truncated'
+  shutil.copytree(pretrained, truncated)
+  weights = truncated / 'model.safetensors'
+  weights.write_bytes(weights.read_bytes()[:1000])
+  other_tokenizer = tmp_path / 'other_tokenizer'
+  shutil.copytree(pretrained, other_tokenizer)
+  _bpe(2000).save(str(other_tokenizer / 'tokenizer.json'))
   cases = [
     (['--pretrained', str(tmp_path / 'missing'), '--prompt', 'a'], 'does not exist'),
     (['--pretrained', str(bare), '--prompt', 'a'], 'tokenizer'),
     (['--pretrained', pretrained, '--prompt', ''], 'empty'),
     (['--pretrained', pretrained, '--prompt', 'a', '--stop', 'xyzzy plugh'], 'one token'),
+    (['--pretrained', pretrained, '--prompt', 'a', '--max_new_tokens', '64'], "model's context"),
+    (['--pretrained', str(bad_json), '--prompt', 'a'], 'config.json is not valid JSON'),
+    (['--pretrained', str(truncated), '--prompt', 'a'], 'not a readable safetensors file'),
+    (['--pretrained', str(other_tokenizer), '--prompt', 'a'], 'does not match the model'),
+    (['--pretrained', pretrained, '--prompt', 'the ' * 400], 'learned positions cover'),
+    (['--pretrained', pretrained, '--prompt', 'a', '--max_new_tokens', '0'], 'at least 1'),
+    (
+      [
+        '--pretrained',
+        pretrained,
+        '--prompt',
+        'a',
+        '--max_new_tokens',
+        '5',
+        '--method',
+        'sample',
+        '--temperature',
+        '-1',
+      ],
+      'temperature',
+    ),
+    (
+      [
+        '--pretrained',
+        pretrained,
+        '--prompt',
+        'a',
+        '--max_new_tokens',
+        '5',
+        '--method',
+        'sample',
+        '--top_p',
+        '1.5',
+      ],
+      'top_p',
+    ),
   ]
   for argv, message in cases:
     code, out, err = _cli(capsys, *argv)

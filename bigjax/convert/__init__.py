@@ -68,7 +68,13 @@ def read_config(local_dir: str) -> dict:
       '(config.json + model.safetensors)'
     )
   with open(path) as f:
-    return json.load(f)
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(
+        f'{path} is not valid JSON ({e.msg} at line {e.lineno}): fix it or re-save the folder '
+        'with save_pretrained'
+      ) from None
 
 
 def read_tensors(local_dir: str) -> dict[str, np.ndarray]:
@@ -94,7 +100,15 @@ def read_tensors(local_dir: str) -> dict[str, np.ndarray]:
     path = os.path.join(local_dir, name)
     if not os.path.isfile(path):
       raise FileNotFoundError(f'{_INDEX} in {local_dir!r} names {name}, which is missing')
-    for key, value in load_file(path).items():
+    try:
+      loaded = load_file(path)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+      why = str(e).splitlines()[0] if str(e) else type(e).__name__
+      raise ValueError(
+        f'{path} is not a readable safetensors file ({why}): it may be truncated or of '
+        'another format; re-save it with save_pretrained'
+      ) from None
+    for key, value in loaded.items():
       if key in tensors:
         raise ValueError(f'tensor {key!r} appears in two shards of {local_dir!r}')
       tensors[key] = value

@@ -24,10 +24,13 @@ def open_public(name: str, split: str, data_dir: str | None, manual: str = '') -
   except (
     AssertionError,  # tfds asserts on a missing dataset_info.json
     FileNotFoundError,
+    KeyError,  # a data_dir holding other data sets: tfds finds no splits of this one
     NotImplementedError,  # nothing prepared: tfds falls back to TFRecord, which has no source
     tfds.core.registered.DatasetNotFoundError,
   ) as e:
-    where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
+    where = (
+      data_dir or os.environ.get('TFDS_DATA_DIR') or os.path.expanduser('~/tensorflow_datasets')
+    )
     raise not_prepared_error(name, where, manual, e) from None
 
 

@@ -230,9 +230,19 @@ def _pad_first(backend: tokenizers.Tokenizer) -> bool:
 def _read_json(path: str) -> dict:
   if not os.path.isfile(path):
     return {}
-  with open(path, encoding='utf-8') as f:
-    value = json.load(f)
+  value = load_json(path)
   return value if isinstance(value, dict) else {}
+
+
+def load_json(path: str):
+  """The JSON in `path`; a ValueError naming the file if it is not valid JSON."""
+  with open(path, encoding='utf-8') as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(
+        f'{path} is not valid JSON ({e.msg} at line {e.lineno}): fix it or save it again'
+      ) from None
 
 
 def _token_content(token) -> str | None:
@@ -501,9 +511,8 @@ def load_tokenizer(path: str, *, lowercase: bool = True) -> Tokenizer:
     )
   if path.endswith('.txt'):
     return wordpiece_from_vocab(path, lowercase=lowercase)
-  with open(path) as f:
-    value = json.load(f)
-  kind = value.get(_KIND)
+  value = load_json(path)
+  kind = value.get(_KIND) if isinstance(value, dict) else None
   if kind is None:
     backend = tokenizers.Tokenizer.from_file(path)
     folder = os.path.dirname(path) or '.'

@@ -14,6 +14,7 @@ import difflib
 import importlib.util
 import os
 import sys
+import traceback
 
 import ml_collections
 
@@ -24,25 +25,62 @@ USAGE = (
 )
 
 
+# The exit code of a run stopped by SIGTERM / SIGINT after saving its checkpoint: not 0, so
+# a scheduler does not count an unfinished run as done (75 is EX_TEMPFAIL, "try again").
+EXIT_STOPPED = 75
+# The exit code of a run halted on a non-finite loss or gradients (train.nonfinite).
+EXIT_NONFINITE = 3
+# The exit code of a run that could not write (a checkpoint, its logs): a full disk, a
+# folder that turned read-only (74 is EX_IOERR); the newest committed checkpoint is intact.
+EXIT_IO = 74
+
+
 class UsageError(ValueError):
   """A command-line mistake."""
 
 
 def load_config(spec: str) -> tuple[ml_collections.ConfigDict, str]:
-  """'path/to/file.py[:arg]' -> (get_config(arg), run name)."""
+  """'path/to/file.py[:arg]' -> (get_config(arg), run name).
+
+  The folder above the config's folder is on `sys.path` only while the file loads (so
+  configs can `from configs import common`), never for the rest of the run: a file there
+  named like a dependency must not shadow it. A syntax or import error in the file, or an
+  exception in its get_config, is a one-line UsageError naming the file and line.
+  """
   path, _, arg = spec.partition(':')
   if not os.path.isfile(path):
     raise FileNotFoundError(f'config file {path!r} does not exist: see the files in configs/')
   root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-  if root not in sys.path:
-    sys.path.insert(0, root)  # so configs can `from configs import common`
+  added = root not in sys.path
+  if added:
+    sys.path.insert(0, root)
   name = os.path.splitext(os.path.basename(path))[0]
-  module_spec = importlib.util.spec_from_file_location(f'_bigjax_config_{name}', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, 'get_config'):
-    raise UsageError(f'{path} has no get_config(arg=None) function')
-  config = module.get_config(arg or None)
+  try:
+    module_spec = importlib.util.spec_from_file_location(f'_bigjax_config_{name}', path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, 'get_config'):
+      raise UsageError(f'{path} has no get_config(arg=None) function')
+    config = module.get_config(arg or None)
+  except SyntaxError as e:
+    raise UsageError(f'{path}:{e.lineno}: syntax error ({e.msg}): fix the config file') from None
+  except (UsageError, ValueError):
+    raise
+  except Exception as e:  # noqa: BLE001 - any error of the user's file becomes one line
+    line = next(
+      (f.lineno for f in reversed(traceback.extract_tb(e.__traceback__)) if f.filename == path),
+      None,
+    )
+    where = f'{path}:{line}' if line else path
+    raise UsageError(
+      f'{where}: loading the config failed with {type(e).__name__}: {e} (fix the config file; '
+      'configs import only ml_collections and configs.common)'
+    ) from None
+  finally:
+    if added:
+      sys.path.remove(root)
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UsageError(f'{path}: get_config returned {type(config).__name__}, not a ConfigDict')
   return config, name + (f'_{arg}' if arg else '')
 
 
@@ -289,10 +327,22 @@ def main(argv: list[str] | None = None, *, default_config: str | None = None) ->
 
     runtime.apply(config.train)  # XLA_FLAGS must be set before jax starts its backend
     start_distributed(args)  # before anything touches a device
-    from bigjax.train.loop import train_and_evaluate
+    from bigjax.train.loop import NonFiniteError, build_run, train
 
     workdir = args.workdir or os.path.join('runs', name)
-    train_and_evaluate(config, workdir)
+    run = build_run(config, workdir)
+    try:
+      train(run)
+    except NonFiniteError as e:
+      print(f'error: {e}', file=sys.stderr)
+      return EXIT_NONFINITE
+    except OSError as e:  # while training: the disk, not the input
+      if verbose:
+        raise
+      print(f'error: {_io_message(e, run)}', file=sys.stderr)
+      return EXIT_IO
+    if run.stopped:
+      return EXIT_STOPPED
   except (ValueError, TypeError, KeyError, AttributeError, OSError) as e:
     if verbose:
       raise
@@ -302,6 +352,21 @@ def main(argv: list[str] | None = None, *, default_config: str | None = None) ->
     print(f'error: {message}', file=sys.stderr)
     return 2
   return 0
+
+
+def _io_message(e: OSError, run) -> str:
+  """One line for an I/O error during training, saying which checkpoint is safe."""
+  from bigjax.train.checkpoint import CheckpointError
+
+  if isinstance(e, CheckpointError):
+    return str(e)
+  steps = run.checkpointer.committed_steps()
+  safe = f'the checkpoint at step {steps[-1]} is intact' if steps else 'no checkpoint was committed'
+  where = f' ({e.filename})' if e.filename else ''
+  return (
+    f'could not write in {run.workdir}{where}: {e.strerror or e}; {safe}: free disk space or '
+    'make the folder writable, then run the same command to resume'
+  )
 
 
 def _is_config_error(e: Exception) -> bool:

@@ -83,8 +83,9 @@ def _checkpoint_folder(path: str) -> tuple[str, int] | None:
   return None
 
 
-def load_teacher(path: str) -> Teacher:
-  """The teacher named by `distill.teacher`; one-line errors for anything else."""
+def load_teacher(path: str, *, ema: bool = False) -> Teacher:
+  """The teacher named by `distill.teacher`; one-line errors for anything else. `ema`
+  (distill.teacher_ema): a bigjax run's moving average of its parameters."""
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):
     raise FileNotFoundError(
@@ -93,13 +94,20 @@ def load_teacher(path: str) -> Teacher:
     )
   at = _checkpoint_folder(path)
   if at is not None:
-    config, model, variables = restore_from_workdir(*at)
-    return Teacher(model, variables, f'{config.model.name} from {at[0]} (step {at[1]})')
+    config, model, variables = restore_from_workdir(*at, ema=ema)
+    what = f'{config.model.name}{" (moving average)" if ema else ""}'
+    return Teacher(model, variables, f'{what} from {at[0]} (step {at[1]})')
   kind = init_from.folder_kind(path)
   if kind == 'workdir':
-    config, model, variables = restore_from_workdir(path)
-    return Teacher(model, variables, f'{config.model.name} from {path} (latest checkpoint)')
+    config, model, variables = restore_from_workdir(path, ema=ema)
+    what = f'{config.model.name}{" (moving average)" if ema else ""}'
+    return Teacher(model, variables, f'{what} from {path} (latest checkpoint)')
   if kind == 'pretrained':
+    if ema:
+      raise ValueError(
+        f'distill.teacher_ema needs a bigjax run as the teacher, not the Hugging Face folder '
+        f'{path!r}: set --config.distill.teacher_ema=false'
+      )
     from bigjax.convert import from_pretrained
 
     model, variables = from_pretrained(path)
@@ -385,7 +393,7 @@ def setup(
     return None
   check(config)
   precompute = bool(d.precompute)
-  teacher = teacher or load_teacher(d.teacher)
+  teacher = teacher or load_teacher(d.teacher, ema=bool(d.get('teacher_ema', False)))
   want = bool(d.hint_weight and d.hints) or bool(d.attention_weight)
   terms = [LossTerm('distill', float(d.alpha), soft_loss_fn(config, task))]
   s_vars = jax.eval_shape(  # the student's variables, shapes only

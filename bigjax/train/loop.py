@@ -27,11 +27,22 @@ from jax.experimental import multihost_utils
 
 from bigjax.data.pipeline import Data
 from bigjax.layers import partitioning
-from bigjax.train import distill, flops, init_from, memory, optim, runtime, sharding
+from bigjax.train import (
+  distill,
+  flops,
+  init_from,
+  lock,
+  memory,
+  optim,
+  runtime,
+  sharding,
+  validate,
+)
 from bigjax.train.checkpoint import Checkpointer, fingerprint
 from bigjax.train.report import Reporter, plot_curves
 from bigjax.train.state import TrainState, init_state
 from bigjax.train.step import (
+  NONFINITE,
   LossTerm,
   add_metrics,
   init_term_params,
@@ -121,6 +132,50 @@ class StopSignals:
       signal.signal(sig, handler)
 
 
+class NonFiniteError(RuntimeError):
+  """Training halted on a non-finite loss or gradients (`train.nonfinite`), after saving the
+  last good state; `train.py` exits with code 3."""
+
+
+class NonFiniteWatch:
+  """The host side of `train.nonfinite`: the step's flags (device scalars, see
+  bigjax.train.step.NONFINITE) are kept as they come and read at logging steps only."""
+
+  WHAT = {1: 'the loss', 2: 'the gradients', 3: 'the loss and the gradients'}
+
+  def __init__(self, mode: str, max_in_a_row: int):
+    self.mode, self.max_in_a_row = mode, max(int(max_in_a_row), 1)
+    self.pending: list[tuple[int, jax.Array]] = []
+    self.in_a_row, self.total = 0, 0
+
+  def add(self, step: int, metrics: dict) -> None:
+    flag = metrics.pop(NONFINITE, None)
+    if flag is not None:
+      self.pending.append((step, flag))
+
+  def check(self) -> tuple[int, str | None]:
+    """(updates skipped since the last check, why to halt or None)."""
+    steps = [s for s, _ in self.pending]
+    flags = [int(f) for f in jax.device_get([f for _, f in self.pending])]
+    self.pending = []
+    skipped, why = 0, None
+    for step, flag in zip(steps, flags):
+      if not flag:
+        self.in_a_row = 0
+        continue
+      skipped += 1
+      self.total += 1
+      self.in_a_row += 1
+      if why is None and self.mode == 'halt':
+        why = f'{self.WHAT[flag]} went non-finite at step {step}'
+      elif why is None and self.in_a_row >= self.max_in_a_row:
+        why = (
+          f'{self.in_a_row} updates in a row had a non-finite loss or gradients (the last, at '
+          f'step {step}: {self.WHAT[flag]})'
+        )
+    return skipped, why
+
+
 def _format(metrics: dict[str, float]) -> str:
   return ' '.join(f'{k}={v:.4f}' for k, v in metrics.items())
 
@@ -163,13 +218,16 @@ class Run:
   cost: flops.StepCost | None = None  # FLOPs and sizes of one step: throughput and MFU
   peak_source: str = ''  # where the peak FLOP/s of MFU comes from
   discard: Callable[[], None] = lambda: None  # undoes what build_run wrote (see _undo_writes)
+  run_lock: lock.WorkdirLock | None = None  # held from build_run to the end of train
+  stopped: bool = False  # set by train: a signal stopped it before train.steps
 
   def initial_state(self, train_iter) -> tuple[TrainState, int | None]:
     """(state, restored step): the latest checkpoint (data iterator included) if the
     workdir has one, else a fresh initialisation passed through `on_init`."""
-    latest = self.checkpointer.latest_step()
-    if latest is not None:
-      return self.checkpointer.restore(latest, self.abstract, train_iter), latest
+    state, latest, warnings = self.checkpointer.restore_latest(self.abstract, train_iter)
+    self.notes = (*self.notes, *(f'warning: {w}' for w in warnings))
+    if state is not None:
+      return state, latest
     init_rng, _ = jax.random.split(jax.random.key(self.config.seed))
     return self.on_init(self.init_fn(init_rng), self), None
 
@@ -188,11 +246,21 @@ class Run:
     return jax.random.split(jax.random.key(self.config.seed))[1]
 
   def evaluate(self, state: TrainState) -> dict[str, float]:
+    """The eval split's metrics; with train.ema_decay, also those of the averaged
+    parameters (`ema_<name>`), in the same pass over the data."""
     cfg = self.config.train
-    total = None
+    ema = optim.ema_params(getattr(state, 'opt_state', None))
+    averaged = state.replace(params=ema) if ema is not None else None
+    total, total_ema = None, None
     for batch in self.data.eval_batches(cfg.eval_batch_size, cfg.get('eval_steps', -1)):
-      total = add_metrics(total, self.eval_step(state, sharding.global_batch(batch, self.mesh)))
-    return summarize(total, self.task) if total is not None else {}
+      batch = sharding.global_batch(batch, self.mesh)
+      total = add_metrics(total, self.eval_step(state, batch))
+      if averaged is not None:
+        total_ema = add_metrics(total_ema, self.eval_step(averaged, batch))
+    result = summarize(total, self.task) if total is not None else {}
+    if total_ema is not None:
+      result.update({f'ema_{k}': v for k, v in summarize(total_ema, self.task).items()})
+    return result
 
 
 def build_run(
@@ -208,6 +276,7 @@ def build_run(
   the config, the workdir, `init_from` (bigjax.train.init_from) and `distill`
   (bigjax.train.distill: the teacher, its loss terms, its precomputed store) before anything
   is written (config.json, init_from.json)."""
+  validate.check_config(config)  # every value, before the workdir is touched
   workdir = os.path.abspath(workdir)
   cfg = config.train
   runtime.apply(cfg)  # XLA flags and the compilation cache, before anything compiles
@@ -268,12 +337,22 @@ def build_run(
   cost, peak_source = step_cost(config, model, inputs)
   meta['inputs'] = [[list(x.shape), str(x.dtype)] for x in inputs]
 
-  checkpointer = Checkpointer(workdir, cfg.keep_checkpoints)
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    checkpointer.check_compatible(latest, meta)  # before anything is written
+  run_lock = lock.acquire(workdir)  # one run per workdir; refused before any write
+  try:
+    checkpointer = Checkpointer(workdir, cfg.keep_checkpoints)
+    # Before anything is written: the newest readable checkpoint (damaged newer ones are set
+    # aside, with a warning) must be of this model, and resuming must not change settings.
+    resume_step, skipped = checkpointer.readable_step(meta, abstract)
+    changed = validate.check_resume_changes(workdir, config) if resume_step is not None else []
+  except BaseException:
+    run_lock.release(remove=True)
+    raise
   discard = _undo_writes(workdir, existing, created)  # before the first write
   if jax.process_index() == 0:  # one writer on a shared workdir; nothing reads it back
+    if changed:  # keep the settings the earlier steps ran with
+      os.replace(
+        os.path.join(workdir, 'config.json'), os.path.join(workdir, f'config.{resume_step}.json')
+      )
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
   fine_tune.write(workdir)
@@ -324,12 +403,20 @@ def build_run(
     eval_step=eval_step,
     frozen=jax.device_put({} if frozen is None else frozen, repl),
     on_init=_chain(fine_tune.load, on_init or identity_init),
-    notes=tuple(fine_tune.notes) + (plan.notes if plan is not None else ()),
+    notes=tuple(f'warning: {w}' for w in skipped)
+    + tuple(
+      f'resuming with changed settings (allow_changes; the earlier ones are in '
+      f'config.{resume_step}.json): {c}'
+      for c in changed
+    )
+    + tuple(fine_tune.notes)
+    + (plan.notes if plan is not None else ()),
     term_init=term_init,
     attach=attach,
     cost=cost,
     peak_source=peak_source,
     discard=discard,
+    run_lock=run_lock,
   )
 
 
@@ -390,6 +477,8 @@ def _teacher_store(config, workdir: str, plan, data: Data, task: Task) -> Callab
   expected = {'teacher': os.path.abspath(d.teacher), 'top_k': int(d.top_k)}
   if int(d.top_k):
     expected['temperature'] = float(d.temperature)
+  if d.get('teacher_ema', False):
+    expected['teacher_ema'] = True
   if not os.path.isdir(path) and jax.process_index() == 0:
     forward = distill.teacher_logits_fn(plan.teacher, task)
     teacher_store.write_store(
@@ -399,7 +488,7 @@ def _teacher_store(config, workdir: str, plan, data: Data, task: Task) -> Callab
       config.train.eval_batch_size,
       top_k=int(d.top_k),
       temperature=float(d.temperature),
-      meta={'teacher': expected['teacher']},
+      meta={k: v for k, v in expected.items() if k in ('teacher', 'teacher_ema')},
     )
   multihost_utils.sync_global_devices('teacher_store')
   store = teacher_store.open_store(path)
@@ -447,7 +536,14 @@ def train(run: Run, *, tty: bool | None = None) -> dict[str, float]:
   attach = {'attach': run.attach} if run.attach is not None else {}
   train_iter = run.data.train_iter(cfg.batch_size, config.seed, **attach)
   # The train step compiled ahead of time, and whether it fits, before any state exists.
-  train_step, memory_report = memory.prepare(run, train_iter, on_fail=run.discard)
+  try:
+    train_step, memory_report = memory.prepare(run, train_iter, on_fail=run.discard)
+  except BaseException:
+    if run.run_lock is not None:
+      run.run_lock.release()
+    raise
+  if run.run_lock is not None:
+    run.run_lock.mark()
   state, latest = run.initial_state(train_iter)
   reporter = Reporter(run.workdir, cfg.steps, latest or 0, tty=tty)
   if latest is not None:
@@ -474,49 +570,76 @@ def train(run: Run, *, tty: bool | None = None) -> dict[str, float]:
   # Throughput is timed from the end of the first step, so compilation stays out of it.
   acc, t_log, s_log, t_start = None, None, step, time.perf_counter()
   final = {}
-  with StopSignals(cfg.get('stop_check_every', 1)) as stop:
-    stopped = False
-    while step < cfg.steps and not stopped:
-      batch = sharding.global_batch(next(train_iter), run.mesh)
-      state, metrics = train_step(state, batch, step_rng, run.frozen)
-      acc = add_metrics(acc, metrics)
-      step += 1
-      if t_log is None:
-        jax.block_until_ready(metrics)
-        t_log, s_log = time.perf_counter(), step
-        first = t_log - t_start + memory_report.compile_s
-        reporter.log(f'first step (with compilation) took {first:.1f}s')
-      if step % cfg.log_every == 0 or step == cfg.steps:
-        summary = summarize(acc)
-        now = time.perf_counter()
-        if step > s_log and run.cost is not None:
-          summary.update(run.cost.rates(step - s_log, now - t_log))
-        acc, t_log, s_log = None, now, step
-        reporter.write(step, 'train', summary)
-        reporter.progress(step, summary)
-      if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-        result = run.evaluate(state)
-        reporter.write(step, 'eval', result)
-        reporter.log(f'eval at step {step}: {_format(result)}')
-      if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-        checkpointer.save(step, state, train_iter, run.meta)
-        saved_step = step
-      stopped = step < cfg.steps and stop.should_stop(step)
-    if stopped:
-      if saved_step != step:
-        checkpointer.save(step, state, train_iter, run.meta)
+  watch = NonFiniteWatch(cfg.get('nonfinite', 'off'), cfg.get('max_nonfinite_skips', 10))
+  try:
+    with StopSignals(cfg.get('stop_check_every', 1)) as stop:
+      stopped = False
+      while step < cfg.steps and not stopped:
+        batch = sharding.global_batch(next(train_iter), run.mesh)
+        state, metrics = train_step(state, batch, step_rng, run.frozen)
+        watch.add(step + 1, metrics)
+        acc = add_metrics(acc, metrics)
+        step += 1
+        if t_log is None:
+          jax.block_until_ready(metrics)
+          t_log, s_log = time.perf_counter(), step
+          first = t_log - t_start + memory_report.compile_s
+          reporter.log(f'first step (with compilation) took {first:.1f}s')
+          reporter.restart_clock(step)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+          summary = summarize(acc)
+          now = time.perf_counter()
+          if step > s_log and run.cost is not None:
+            summary.update(run.cost.rates(step - s_log, now - t_log))
+          acc, t_log, s_log = None, now, step
+          skipped, halt = watch.check()
+          if skipped:
+            summary['nonfinite_skipped'] = float(skipped)
+          reporter.write(step, 'train', summary)
+          reporter.progress(step, summary)
+          if skipped:
+            reporter.log(
+              f'warning: {skipped} update(s) with a non-finite loss or gradients were not '
+              f'applied by step {step} ({watch.total} in all)'
+            )
+          if halt:
+            checkpointer.save(step, state, train_iter, run.meta)
+            checkpointer.wait()
+            raise NonFiniteError(
+              f'{halt}; the last good parameters are saved in {checkpointer.step_dir(step)}: '
+              'lower optim.lr, set optim.clip_norm, or check the data, then rerun to resume '
+              '(train.nonfinite=skip goes on past isolated bad steps)'
+            )
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+          result = run.evaluate(state)
+          reporter.write(step, 'eval', result)
+          reporter.log(f'eval at step {step}: {_format(result)}')
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+          checkpointer.save(step, state, train_iter, run.meta)
+          saved_step = step
+        stopped = step < cfg.steps and stop.should_stop(step)
+      run.stopped = stopped
+      if stopped:
+        if saved_step != step:
+          checkpointer.save(step, state, train_iter, run.meta)
+        checkpointer.wait()
+        reporter.log(
+          f'{stop.reason}: stopped at step {step}; checkpoint saved in '
+          f'{checkpointer.directory}; run the same command again to resume'
+        )
+      else:
+        final = run.evaluate(state)
+        reporter.write(step, 'eval', final)
+        reporter.log(f'final eval at step {step} on {run.data.eval_split!r}: {_format(final)}')
+  finally:
+    # Also on an error: the save in flight is committed (and sealed) before the exit.
+    try:
       checkpointer.wait()
-      reporter.log(
-        f'{stop.reason}: stopped at step {step}; checkpoint saved in '
-        f'{checkpointer.directory}; run the same command again to resume'
-      )
-    else:
-      final = run.evaluate(state)
-      reporter.write(step, 'eval', final)
-      reporter.log(f'final eval at step {step} on {run.data.eval_split!r}: {_format(final)}')
-  checkpointer.wait()
-  checkpointer.close()
-  reporter.close()
+      checkpointer.close()
+    finally:
+      reporter.close()
+      if run.run_lock is not None:
+        run.run_lock.release()
   if jax.process_index() == 0 and os.path.getsize(os.path.join(run.workdir, 'metrics.jsonl')):
     plot_curves(run.workdir)
   return final

@@ -8,10 +8,16 @@ Fine-tuning adds two wrappers around the chain: frozen parameters (`frozen`, the
 `init_from` loaded when `freeze_loaded` is set) get a zero update and no optimiser state,
 and `optim.layer_decay` scales each parameter's update (so its learning rate) by its depth
 (`layer_depths`).
+
+Weight averaging (`train.ema_decay` > 0): `with_ema` wraps the whole chain and keeps an
+exponential moving average of the parameters in the optimiser state (`EmaState.ema`), so it
+is sharded like the parameters, checkpointed beside them, restored on resume and kept as it
+was on a skipped non-finite update; `ema_params(opt_state)` finds it.
 """
 
 import re
 from collections.abc import Collection
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -240,8 +246,38 @@ def _base_optimizer(optim: Config, schedule: optax.Schedule) -> optax.GradientTr
   return optax.chain(optax.clip_by_global_norm(clip), core) if clip else core
 
 
+class EmaState(NamedTuple):
+  inner: optax.OptState
+  ema: PyTree  # the averaged parameters
+
+
+def with_ema(tx: optax.GradientTransformation, decay: float) -> optax.GradientTransformation:
+  """`tx`, plus ema <- decay * ema + (1 - decay) * params after each update (ema starts
+  at the initial parameters)."""
+  if not 0.0 < decay < 1.0:
+    raise ValueError(f'train.ema_decay must be in (0, 1) to average, got {decay}')
+
+  def init(params):
+    return EmaState(inner=tx.init(params), ema=jax.tree.map(lambda p: jnp.array(p), params))
+
+  def update(updates, state, params=None):
+    updates, inner = tx.update(updates, state.inner, params)
+    new = optax.apply_updates(params, updates)
+    ema = jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), state.ema, new)
+    return updates, EmaState(inner=inner, ema=ema)
+
+  return optax.GradientTransformation(init, update)
+
+
+def ema_params(opt_state: optax.OptState) -> PyTree | None:
+  """The averaged parameters of a `with_ema` state, or None."""
+  return opt_state.ema if isinstance(opt_state, EmaState) else None
+
+
 def from_config(config: Config, *, frozen: Collection[str] = ()):
   """(schedule, optimiser) for a run; the schedule spans train.steps optimiser updates;
-  `frozen` names the parameters that are not trained."""
+  `frozen` names the parameters that are not trained; train.ema_decay > 0 adds `with_ema`."""
   schedule = make_schedule(config.schedule, config.optim.lr, config.train.steps)
-  return schedule, make_optimizer(config.optim, schedule, frozen=frozen)
+  tx = make_optimizer(config.optim, schedule, frozen=frozen)
+  decay = float(config.train.get('ema_decay', 0.0))
+  return schedule, (with_ema(tx, decay) if decay else tx)

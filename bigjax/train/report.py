@@ -9,6 +9,34 @@ import jax
 import tqdm
 
 
+def rewind_metrics(path: str, step: int, final: bool = False) -> int:
+  """Drops the rows of `path` logged after `step` (a run killed after its last checkpoint
+  logged steps that its resume repeats) and any line cut short by the kill, so every step
+  appears once; `final` (resuming at the last step, whose evaluation follows its
+  checkpoint) also drops the evaluation at `step`. Returns how many lines were dropped."""
+  if not os.path.exists(path):
+    return 0
+  kept, dropped = [], 0
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+        keep = line.endswith('\n') and int(row['step']) <= step
+        keep = keep and not (final and row['split'] == 'eval' and int(row['step']) == step)
+      except (ValueError, KeyError, TypeError):
+        keep = False
+      if keep:
+        kept.append(line)
+      else:
+        dropped += 1
+  if dropped:
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+  return dropped
+
+
 class Reporter:
   """Writes metrics from process 0 only; other processes stay quiet."""
 
@@ -22,7 +50,9 @@ class Reporter:
     self._tb = None
     if not self.enabled:
       return
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    path = os.path.join(workdir, 'metrics.jsonl')
+    rewind_metrics(path, start_step, final=start_step >= total_steps)
+    self._jsonl = open(path, 'a')
     from tensorboardX import SummaryWriter
 
     self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
@@ -46,6 +76,14 @@ class Reporter:
       self._tb.add_scalar(f'{split}/{k}', v, step)
     self._tb.flush()
 
+  def restart_clock(self, step: int) -> None:
+    """Times progress from now, `step` done: the first step's compilation stays out of the
+    steps/s and ETA (and of the progress bar's rate)."""
+    self._last = (time.perf_counter(), step)
+    if self._bar is not None:
+      self._bar.reset(total=self.total)
+      self._bar.initial = self._bar.n = self._bar.last_print_n = step
+
   def progress(self, step: int, metrics: dict[str, float]) -> None:
     """Called every log_every steps with the averaged train metrics."""
     if not self.enabled:
@@ -60,9 +98,12 @@ class Reporter:
       self._bar.update(step - self._bar.n)
       self._bar.set_postfix(short, refresh=True)
     else:
-      eta = (self.total - step) / max(rate, 1e-9)
       parts = ' '.join(f'{k}={v}' for k, v in short.items())
-      print(f'step {step}/{self.total} {parts} {rate:.1f} steps/s eta {eta:.0f}s', flush=True)
+      timing = ''
+      if step > s0:  # not on the step the clock restarted at
+        eta = (self.total - step) / max(rate, 1e-9)
+        timing = f' {rate:.1f} steps/s eta {eta:.0f}s'
+      print(f'step {step}/{self.total} {parts}{timing}', flush=True)
 
   def close(self) -> None:
     if not self.enabled:

@@ -23,6 +23,12 @@ Seams for objectives that need more than the task:
   task_weight   scales the task's own loss (distillation's 1 - alpha); the model's own
                 `aux_losses` (a mixture of experts' balance loss) keep their full weight.
 
+Non-finite values (`train.nonfinite`, 'skip' or 'halt'; 'off' applies every update): an
+update whose loss or gradients are not finite is not applied (parameters, optimiser and
+model state stay as they were; only `step` advances), and `metrics[NONFINITE]` says what went
+bad (0 nothing, 1 the loss, 2 the gradients, 3 both). The loop reads those flags at its
+logging steps, never in between, so the check costs no host sync per step.
+
 Metrics of a run are totals: `add_metrics` sums each step's (sum, count) pairs and raw
 totals (a confusion matrix) and keeps the eval step's per-example values; `summarize` turns
 (sum, count) into sum / count and hands raw totals and per-example values (padding dropped)
@@ -47,6 +53,9 @@ from bigjax.typing import Batch, Config, PRNGKey, PyTree
 COLLECTED = 'collected'
 # Where a term that asks for them finds the student's sown intermediates.
 INTERMEDIATES = 'intermediates'
+# The train step's flag of a skipped non-finite update (see the module docstring).
+NONFINITE = 'nonfinite'
+NONFINITE_MODES = ('off', 'skip', 'halt')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +121,11 @@ def make_train_step(
   if len(set(names)) != len(names):
     raise ValueError(f'loss term names must be unique, got {names}')
   want_intermediates = any(t.intermediates for t in loss_terms)
+  nonfinite = config.get('train', {}).get('nonfinite', 'off')
+  if nonfinite not in NONFINITE_MODES:
+    raise ValueError(
+      f'unknown train.nonfinite {nonfinite!r}: choose one of {", ".join(NONFINITE_MODES)}'
+    )
 
   def train_step(state: TrainState, batch: Batch, rng: PRNGKey, frozen: PyTree = None):
     rng = jax.random.fold_in(rng, state.step)  # per-step key: exact resume
@@ -189,8 +203,21 @@ def make_train_step(
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     one = jnp.ones((), jnp.float32)
-    metrics['grad_norm'] = (optax.global_norm(grads), one)
+    grad_norm = optax.global_norm(grads)
+    metrics['grad_norm'] = (grad_norm, one)
     metrics['learning_rate'] = (schedule(state.step), one)
+    if nonfinite != 'off':
+      bad_loss = ~jnp.isfinite(metrics['objective'][0])
+      bad_grads = ~jnp.isfinite(grad_norm)
+      ok = ~(bad_loss | bad_grads)
+
+      def keep(new, old):  # the update, or the state as it was
+        return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+      params = keep(params, state.params)
+      opt_state = keep(opt_state, state.opt_state)
+      model_state = keep(model_state, state.model_state)
+      metrics[NONFINITE] = bad_loss.astype(jnp.int32) + 2 * bad_grads.astype(jnp.int32)
     new_state = state.replace(
       step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
     )

@@ -13,7 +13,7 @@ import numpy as np
 
 from bigjax.registry import create_model, model_spec
 from bigjax.train.checkpoint import Checkpointer
-from bigjax.train.state import split_variables
+from bigjax.train.state import TERM_PARAMS_KEY, split_variables
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
@@ -31,11 +31,12 @@ def build_model(config: ml_collections.ConfigDict):
   return create_model(config.model.name, **overrides)
 
 
-def restore_from_workdir(workdir: str, step: int | None = None):
+def restore_from_workdir(workdir: str, step: int | None = None, *, ema: bool = False):
   """Loads a run's config and the model's variables at `step` (default: the latest
-  checkpoint): (config, model, variables). Reads the parameters and model state only (no
-  optimiser state, no data iterator, no loss terms' own parameters such as a distillation
-  hint's projection), as numpy arrays."""
+  readable checkpoint): (config, model, variables). Reads the parameters and model state
+  only (no optimiser state, no data iterator, no loss terms' own parameters such as a
+  distillation hint's projection), as numpy arrays. `ema`: the exponential moving average
+  of the parameters instead (a run trained with train.ema_decay > 0)."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{workdir!r} has no config.json: is it a bigjax workdir?')
@@ -44,7 +45,7 @@ def restore_from_workdir(workdir: str, step: int | None = None):
   checkpointer = Checkpointer(workdir, read_only=True)
   try:
     if step is None:
-      step = checkpointer.latest_step()
+      step, _ = checkpointer.readable_step()  # the newest whose files match their checksums
       if step is None:
         raise FileNotFoundError(f'{workdir!r} has no checkpoint yet: train it first')
     elif step not in checkpointer.manager.all_steps():
@@ -61,10 +62,18 @@ def restore_from_workdir(workdir: str, step: int | None = None):
       return split_variables(model, variables, rng, inputs)
 
     params, model_state = jax.eval_shape(shapes, jax.random.key(0))
-    target = {'params': params}
+    if ema and not float(config.get('train', {}).get('ema_decay', 0.0)):
+      raise ValueError(
+        f'{workdir!r} was trained without a moving average (train.ema_decay=0): drop --ema'
+      )
+    # The averaged parameters live in the optimiser state (bigjax.train.optim.EmaState).
+    target = {'opt_state': {'ema': params}} if ema else {'params': params}
     if model_state:
       target['model_state'] = model_state
     restored = checkpointer.restore_subset(step, target)
   finally:
     checkpointer.close()
-  return config, model, {'params': restored['params'], **restored.get('model_state', {})}
+  chosen = restored['opt_state']['ema'] if ema else restored['params']
+  if isinstance(chosen, dict) and TERM_PARAMS_KEY in chosen:
+    chosen = {k: v for k, v in chosen.items() if k != TERM_PARAMS_KEY}
+  return config, model, {'params': chosen, **restored.get('model_state', {})}

@@ -180,6 +180,22 @@ def test_missing_weights_and_pickles_are_explained(tmp_path):
     bigjax.from_pretrained(str(tmp_path))
 
 
+@needs_torch
+def test_malformed_config_and_truncated_weights_name_the_file(vit_dir, tmp_path):
+  vit_dir, _ = vit_dir
+  bad_json = tmp_path / 'bad_json'
+  shutil.copytree(vit_dir, bad_json)
+  (bad_json / 'config.json').write_text('{"model_type": "vit",')
+  with pytest.raises(ValueError, match=f'{bad_json}/config.json is not valid JSON'):
+    bigjax.from_pretrained(str(bad_json))
+  truncated = tmp_path / 'truncated'
+  shutil.copytree(vit_dir, truncated)
+  weights = truncated / 'model.safetensors'
+  weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+  with pytest.raises(ValueError, match=f'{weights} is not a readable safetensors file'):
+    bigjax.from_pretrained(str(truncated))
+
+
 def test_nonstandard_resnet_widths_are_rejected():
   config = {
     'embedding_size': 8,

@@ -144,7 +144,8 @@ def test_freeze_loaded_then_resume_ignores_init_from(
 
   # Resume to step 5 with init_from now pointing nowhere: ignored, and still frozen.
   flags[1] = f'--config.init_from={tmp_path / "gone"}'
-  assert main(['--workdir', workdir, *_flags(config_file, data_dir, steps=5, extra=flags)]) == 0
+  argv = [*_flags(config_file, data_dir, steps=5, extra=flags), '--config.allow_changes=true']
+  assert main(['--workdir', workdir, *argv]) == 0
   out = capsys.readouterr().out
   assert 'resuming from the checkpoint at step 3' in out
   assert f'init_from {tmp_path / "gone"} ignored: resuming' in out

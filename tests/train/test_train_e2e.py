@@ -82,6 +82,7 @@ def _train_cmd(workdir, data_dir, steps):
     '--config.train.log_every=1',
     '--config.train.eval_every=0',
     '--config.train.checkpoint_every=1000000',
+    '--config.allow_changes=true',  # the resumed run asks for fewer steps
     f'--config.data.data_dir={data_dir}',
   ]
 
@@ -125,7 +126,7 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path, data_dir):
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == 0, out
+  assert proc.returncode == 75, out  # EXIT_STOPPED: saved, not finished
   assert 'SIGTERM: stopped at step' in out, out
   steps = [int(s) for s in os.listdir(os.path.join(stopped, 'checkpoints'))]
   assert len(steps) == 1
@@ -168,15 +169,68 @@ BAD_FLAGS = {
   ),
   'unknown_task': (['--config.task.name=lmm'], 'unknown task'),
   'bad_decay_pattern': (['--config.optim.decay_pattern=(kernel'], 'is not a regular expression'),
+  # every value is checked before the workdir is touched (bigjax.train.validate)
+  'negative_steps': (['--config.train.steps=-5'], 'train.steps=-5 is out of range'),
+  'zero_batch_size': (['--config.train.batch_size=0'], 'train.batch_size=0 is out of range'),
+  'learning_rate_not_a_number': (['--config.optim.lr=fast'], '--config.optim.lr expects float'),
+  'negative_learning_rate': (['--config.optim.lr=-0.1'], 'optim.lr=-0.1 is out of range'),
+  'infinite_learning_rate': (['--config.optim.lr=1e999'], 'optim.lr=inf is out of range'),
+  'keep_no_checkpoints': (['--config.train.keep_checkpoints=0'], 'keep_checkpoints=0 is out'),
+  'checkpoint_every_zero': (['--config.train.checkpoint_every=0'], 'checkpoint_every=0 is out'),
+  'log_every_zero': (['--config.train.log_every=0'], 'train.log_every=0 is out of range'),
+  'negative_eval_every': (['--config.train.eval_every=-1'], 'train.eval_every=-1 is out'),
+  'negative_mesh_size': (['--config.mesh.fsdp=-2'], 'mesh sizes must be positive'),
 }
 
 
 @pytest.mark.parametrize('case', BAD_FLAGS)
 def test_bad_flag(capsys, tmp_path, case):
   flags, match = BAD_FLAGS[case]
-  err = _fails(capsys, ['--workdir', str(tmp_path), *flags], match, DEFAULT)
+  workdir = tmp_path / 'run'
+  err = _fails(capsys, ['--workdir', str(workdir), *flags], match, DEFAULT)
   if case == 'unknown_dataset':
     assert 'pystdlib' in err  # the list of known datasets
+  assert not workdir.exists()  # nothing written
+
+
+# A config file that cannot load: (its text, what the one-line message says).
+BAD_CONFIG_FILES = {
+  'syntax_error': ('def get_config(arg=None)\n  return 1\n', 'x.py:1: syntax error'),
+  'import_error': ('import not_a_module_at_all\n', "No module named 'not_a_module_at_all'"),
+  'error_in_get_config': (
+    'def get_config(arg=None):\n  return undefined_name\n',
+    'x.py:2: loading the config failed with NameError',
+  ),
+  'no_get_config': ('X = 1\n', 'has no get_config(arg=None) function'),
+  'not_a_config_dict': ('def get_config(arg=None):\n  return {}\n', 'not a ConfigDict'),
+}
+
+
+@pytest.mark.parametrize('case', BAD_CONFIG_FILES)
+def test_bad_config_file(capsys, tmp_path, case):
+  text, match = BAD_CONFIG_FILES[case]
+  folder = tmp_path / 'configs'
+  folder.mkdir()
+  (folder / 'x.py').write_text(text)
+  _fails(capsys, ['--config', str(folder / 'x.py'), '--workdir', str(tmp_path / 'w')], match)
+  assert not (tmp_path / 'w').exists()
+
+
+def test_a_config_folder_does_not_shadow_packages_for_the_run(tmp_path):
+  """The folder above a config's folder is on sys.path only while the config loads."""
+  from bigjax.train.cli import load_config
+
+  folder = tmp_path / 'configs'
+  folder.mkdir()
+  (folder / 'x.py').write_text(
+    'import ml_collections\n'
+    'def get_config(arg=None):\n'
+    "  return ml_collections.ConfigDict({'a': 1})\n"
+  )
+  (tmp_path / 'tensorboardX.py').write_text("raise ImportError('the shadow was imported')\n")
+  config, name = load_config(str(folder / 'x.py'))
+  assert config.a == 1 and name == 'x'
+  assert str(tmp_path) not in sys.path
 
 
 def test_public_dataset_not_prepared(capsys, tmp_path):
@@ -192,6 +246,14 @@ def test_public_dataset_not_prepared(capsys, tmp_path):
     ],
     f'tfds build mnist --data_dir={empty}',
   )
+
+
+def test_public_dataset_not_prepared_in_the_default_data_dir(capsys, tmp_path, monkeypatch):
+  """With no data_dir, tfds raised a KeyError about empty splits instead of this message."""
+  empty = str(tmp_path / 'default_tfds')
+  monkeypatch.setenv('TFDS_DATA_DIR', empty)
+  argv = ['--config', _config('lenet_mnist.py') + ':test', '--workdir', str(tmp_path / 'w')]
+  _fails(capsys, argv, f'tfds build mnist --data_dir={empty}')
 
 
 def test_workdir_not_writable(capsys, tmp_path, data_dir):
@@ -288,3 +350,36 @@ def test_two_processes_train_one_global_batch(tmp_path, data_dir):
   assert 'final eval' not in outs[1]  # only process 0 reports
   data_state = os.listdir(os.path.join(workdir, 'checkpoints', '6', 'data'))
   assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(data_state)
+
+
+@pytest.mark.slow
+def test_first_run_console_is_quiet_and_plain(tmp_path):
+  """A fresh data set is prepared with one line of ours, without TFDS's progress bars and
+  absl notes; nothing but our lines reach the console."""
+  fresh = str(tmp_path / 'tfds')
+  result = subprocess.run(
+    [
+      sys.executable, TRAIN, '--config', _config('mlp_digits.py') + ':test',
+      '--workdir', str(tmp_path / 'run'), f'--config.data.data_dir={fresh}',
+    ],
+    capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert f"preparing the 'digits' data set in {fresh} (first use)" in result.stdout
+  for chatter in ('Generating splits', 'Shuffling', 'dataset_info.json', 'absl'):
+    assert chatter not in result.stdout + result.stderr, (chatter, result.stderr)
+
+
+def test_progress_times_steps_after_compilation(monkeypatch, tmp_path, capsys):
+  from bigjax.train import report
+
+  now = [0.0]
+  monkeypatch.setattr(report.time, 'perf_counter', lambda: now[0])
+  reporter = report.Reporter(str(tmp_path), 100, 0, tty=False)
+  now[0] = 30.0  # the first step, with 30 s of compilation
+  reporter.restart_clock(1)
+  now[0] = 30.1
+  reporter.progress(2, {'loss': 1.0})
+  reporter.close()
+  line = capsys.readouterr().out.strip().splitlines()[-1]
+  assert line.endswith('10.0 steps/s eta 10s'), line  # not 2 / 30.1 s

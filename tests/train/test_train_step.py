@@ -238,3 +238,40 @@ def test_init_state_with_extra_collections():
   for _ in range(3):
     state, _ = jitted(state, batch, jax.random.key(1))
   assert int(state.model_state['counters']['seen']) == 12
+
+
+# --- non-finite updates are not applied (train.nonfinite) ---------------------------------
+
+
+@pytest.mark.parametrize('mode', ['skip', 'off'])
+def test_a_non_finite_update_is_skipped(mode):
+  config = _constant_config('adam', 3e-3)
+  config.train.nonfinite = mode
+  model = bigjax.create_model('mlp', width=16, depth=1)
+  task = get_task('classification', config)
+  schedule = optim.make_schedule(config.schedule, config.optim.lr, 100)
+  tx = optim.make_optimizer(config.optim, schedule)
+  batch = _image_batch(8)
+  state = init_state(model, tx, jax.random.key(0), (batch['image'][:1],))
+  step = jax.jit(make_train_step(model, task, config, schedule, tx))
+  poisoned = {**batch, 'image': batch['image'].copy()}
+  poisoned['image'][3, 0, 0, 0] = np.nan
+  after, metrics = step(state, poisoned, jax.random.key(1))
+  assert int(after.step) == 1
+  if mode == 'off':  # applied as it is: NaN parameters, and no flag
+    assert 'nonfinite' not in metrics
+    assert not all(np.all(np.isfinite(x)) for x in jax.tree.leaves(after.params))
+    return
+  assert int(metrics['nonfinite']) == 3  # the loss and the gradients
+  for a, b in zip(
+    jax.tree.leaves((after.params, after.opt_state)),
+    jax.tree.leaves((state.params, state.opt_state)),
+  ):
+    np.testing.assert_array_equal(a, b)  # neither parameters nor optimiser state moved
+  again, metrics = step(after, batch, jax.random.key(1))
+  assert int(metrics['nonfinite']) == 0 and int(again.step) == 2
+  moved = [
+    not np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(state.params))
+  ]
+  assert all(moved)
