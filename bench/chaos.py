@@ -159,12 +159,13 @@ def check(workdir: str, reference: str, steps: int) -> dict:
 
 
 def spread(kills: int, configs: list[str], rng: random.Random) -> dict[str, list[str]]:
-  """The kinds of kill of each config: `kills` in all, a checkpoint kill in every config,
-  the rest drawn from KINDS."""
+  """The kinds of kill of each config: `kills` in all; every config's first two are a
+  checkpoint kill and a workers kill, the rest are drawn from KINDS."""
   plan = {c: [] for c in configs}
   for i in range(kills):
     config = configs[i % len(configs)]
-    plan[config].append('checkpoint' if len(plan[config]) == 0 else rng.choice(KINDS))
+    n = len(plan[config])
+    plan[config].append(KINDS[1:][n] if n < 2 else rng.choice(KINDS))
   for kinds in plan.values():
     rng.shuffle(kinds)
   return plan

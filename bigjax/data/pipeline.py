@@ -134,6 +134,15 @@ def _process_batches(batches: grain.MapDataset) -> grain.MapDataset:
   return batches[jax.process_index() :: count] if count > 1 else batches
 
 
+def _absl_flags_parsed() -> None:
+  """Marks absl's flags parsed (keeping their defaults) unless a program parsed them:
+  Grain's multiprocess prefetch reads its own flags, and `train.py` uses argparse."""
+  from absl import flags
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
 class Data:
   """The train and eval sources of one dataset, opened once."""
 
@@ -220,6 +229,7 @@ class Data:
     it = ds.to_iter_dataset(read)
     workers = self.config.get('workers', 0)
     if workers:
+      _absl_flags_parsed()  # Grain's worker processes read absl flags (their defaults here)
       it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     return iter(it)
 

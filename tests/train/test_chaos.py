@@ -27,6 +27,7 @@ def test_hard_kills_at_random_moments_lose_nothing(tmp_path, data_dir):
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   result = json.loads(out.read_text())
   run = result['configs']['mlp_digits']
-  assert sum(run['kills'].values()) == 6 and run['kills']['checkpoint'] >= 1, run
+  assert sum(run['kills'].values()) == 6, run
+  assert run['kills']['checkpoint'] >= 1 and run['kills']['workers'] >= 1, run
   assert run['equal'] and run['metrics_ok'] and not run['unreadable'], run
   assert run['restarts'] >= 6 and not run['problems'], run
