@@ -6,7 +6,8 @@ end exactly where an uninterrupted run ends.
 
 Each config runs its `test` variant for --steps updates (a checkpoint every 3, a log line
 every step, an evaluation every 10), once uninterrupted and once under chaos; the --kills
-hard kills are spread over the configs, and each is one of:
+hard kills are spread over the configs. A kill is SIGKILL to the run's whole process group
+(train.py and Grain's worker processes, as when its machine is lost), and each is one of:
   random      after a delay drawn uniformly over the uninterrupted run's wall time
   checkpoint  the moment a checkpoint's temporary folder appears (an asynchronous write in
               flight)
@@ -64,8 +65,15 @@ def run_with_kills(argv, workdir, kinds, wall, rng, log) -> dict:
   while True:
     kind = pending[0] if pending else None
     workers = ['--config.data.workers=2'] if kind == 'workers' else []
+    # Its own process group, killed whole: a lost machine takes Grain's worker processes
+    # with it (they would otherwise linger, holding the pipes).
     proc = subprocess.Popen(
-      [*argv, *workers], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+      [*argv, *workers],
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=env,
+      start_new_session=True,
     )
     starts += 1
     killed = False
@@ -73,7 +81,7 @@ def run_with_kills(argv, workdir, kinds, wall, rng, log) -> dict:
       deadline = time.time() + 3 * wall + 60
       while proc.poll() is None and time.time() < deadline:
         if _checkpoint_in_flight(workdir):
-          proc.send_signal(signal.SIGKILL)
+          os.killpg(proc.pid, signal.SIGKILL)
           killed = True
           break
         time.sleep(0.0005)
@@ -81,7 +89,7 @@ def run_with_kills(argv, workdir, kinds, wall, rng, log) -> dict:
       try:
         proc.wait(timeout=rng.uniform(0.0, wall))
       except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         killed = True
     _, err = proc.communicate(timeout=10 * wall + 300)
     if killed:

@@ -200,23 +200,32 @@ def make_train_step(
       (grads, model_state), stacked = jax.lax.scan(body, (zeros, state.model_state), xs)
       metrics = jax.tree.map(lambda x: jnp.sum(x, 0), stacked)
 
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    def apply(grads, params, opt_state):
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+
     one = jnp.ones((), jnp.float32)
     grad_norm = optax.global_norm(grads)
     metrics['grad_norm'] = (grad_norm, one)
     metrics['learning_rate'] = (schedule(state.step), one)
-    if nonfinite != 'off':
+    if nonfinite == 'off':
+      params, opt_state = apply(grads, state.params, state.opt_state)
+    else:
       bad_loss = ~jnp.isfinite(metrics['objective'][0])
       bad_grads = ~jnp.isfinite(grad_norm)
       ok = ~(bad_loss | bad_grads)
-
-      def keep(new, old):  # the update, or the state as it was
-        return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-
-      params = keep(params, state.params)
-      opt_state = keep(opt_state, state.opt_state)
-      model_state = keep(model_state, state.model_state)
+      # A conditional, not a select over every leaf: the skipped branch passes the donated
+      # buffers through, so the guard costs no copy of the state.
+      params, opt_state, model_state = jax.lax.cond(
+        ok,
+        lambda g, p, o, m, old_m: (*apply(g, p, o), m),
+        lambda g, p, o, m, old_m: (p, o, old_m),
+        grads,
+        state.params,
+        state.opt_state,
+        model_state,
+        state.model_state,
+      )
       metrics[NONFINITE] = bad_loss.astype(jnp.int32) + 2 * bad_grads.astype(jnp.int32)
     new_state = state.replace(
       step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state

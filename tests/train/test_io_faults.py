@@ -102,11 +102,10 @@ def test_a_full_disk(tmp_path, data_dir):
   try:
     proc = _start(str(workdir), data_dir)
     first = _wait_for_sealed_checkpoint(proc, str(workdir))
-    with open(workdir / 'filler', 'wb') as f:  # fill the disk
+    with open(workdir / 'filler', 'wb', buffering=0) as f:  # fill the disk
       try:
         while True:
           f.write(b'\0' * 65536)
-          f.flush()
       except OSError:
         pass
     line = _check_failure(proc, str(workdir), first)

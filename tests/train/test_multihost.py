@@ -169,6 +169,7 @@ def _launch(workdir, data_dir, steps, *, processes, cache):
     f'--config.train.steps={steps}', f'--config.train.checkpoint_every={FIRST}',
     '--config.train.eval_every=0', '--config.train.peak_tflops=1',
     '--config.schedule.name=constant',  # the learning rate at FIRST must not depend on steps
+    '--config.allow_changes=true',  # the restart asks for more steps
     f'--config.train.compilation_cache_dir={cache}',  # the restart loads what the start compiled
   ]  # fmt: skip
   if processes == 1:

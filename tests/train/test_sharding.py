@@ -332,6 +332,7 @@ def test_train_py_under_fsdp_trains_and_resumes(tmp_path, data_dir, capsys):
   def run(steps):
     args = ['--config', config + ':test', '--workdir', str(workdir)]
     args += [f'--config.data.data_dir={data_dir}', f'--config.train.steps={steps}']
+    args += ['--config.allow_changes=true']  # the resumed run asks for more steps
     assert main(args + ['--config.train.eval_every=0', '--config.mesh.fsdp=8']) == 0
 
   run(3)
