@@ -221,6 +221,8 @@ def test_cli_bad_input_exits_2(pretrained, tmp_path, capsys):
   other_tokenizer = tmp_path / 'other_tokenizer'
   shutil.copytree(pretrained, other_tokenizer)
   _bpe(2000).save(str(other_tokenizer / 'tokenizer.json'))
+  sampled = ['--pretrained', pretrained, '--prompt', 'a', '--max_new_tokens', '5']
+  sampled += ['--method', 'sample']
   cases = [
     (['--pretrained', str(tmp_path / 'missing'), '--prompt', 'a'], 'does not exist'),
     (['--pretrained', str(bare), '--prompt', 'a'], 'tokenizer'),
@@ -232,36 +234,8 @@ def test_cli_bad_input_exits_2(pretrained, tmp_path, capsys):
     (['--pretrained', str(other_tokenizer), '--prompt', 'a'], 'does not match the model'),
     (['--pretrained', pretrained, '--prompt', 'the ' * 400], 'learned positions cover'),
     (['--pretrained', pretrained, '--prompt', 'a', '--max_new_tokens', '0'], 'at least 1'),
-    (
-      [
-        '--pretrained',
-        pretrained,
-        '--prompt',
-        'a',
-        '--max_new_tokens',
-        '5',
-        '--method',
-        'sample',
-        '--temperature',
-        '-1',
-      ],
-      'temperature',
-    ),
-    (
-      [
-        '--pretrained',
-        pretrained,
-        '--prompt',
-        'a',
-        '--max_new_tokens',
-        '5',
-        '--method',
-        'sample',
-        '--top_p',
-        '1.5',
-      ],
-      'top_p',
-    ),
+    ([*sampled, '--temperature', '-1'], 'temperature'),
+    ([*sampled, '--top_p', '1.5'], 'top_p'),
   ]
   for argv, message in cases:
     code, out, err = _cli(capsys, *argv)
