@@ -922,6 +922,11 @@ def main(argv=None) -> int:
   unknown = [n for n in names + ([args.ablate] if args.ablate else []) if n not in cases]
   if unknown:
     parser.error(f'unknown model(s) {unknown}; choose from {", ".join(cases)}')
+  for flag, value, low in (('steps', args.steps, 1), ('warmup', args.warmup, 1),
+                           ('repeat', args.repeat, 1), ('timeout', args.timeout, 1e-9),
+                           ('budget', args.budget, 0)):  # fmt: skip
+    if value < low:
+      parser.error(f'--{flag} must be at least {low:g}, got {value:g}')
   clock = Clock(args.budget)
   started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
   rows = []

@@ -241,3 +241,23 @@ def test_cli_bad_input_exits_2(pretrained, tmp_path, capsys):
     code, out, err = _cli(capsys, *argv)
     assert code == 2 and out == '', argv
     assert err.startswith('error: ') and message in err and err.count('\n') == 1, err
+
+
+@pytest.mark.parametrize('argv', [['--prompt', 'a'], ['--word', 'yes', '--out', 'x.wav']])
+def test_ema_selects_the_moving_average_of_a_run(monkeypatch, tmp_path, argv):
+  from bigjax.train import loop
+
+  seen = {}
+
+  def restore(workdir, step=None, **kw):
+    seen.update(kw)
+    raise RuntimeError('restored')
+
+  monkeypatch.setattr(loop, 'restore_from_workdir', restore)
+  with pytest.raises(RuntimeError, match='restored'):
+    generate.main(['--workdir', str(tmp_path), *argv, '--ema'])
+  assert seen == {'ema': True}
+  seen.clear()
+  with pytest.raises(RuntimeError, match='restored'):
+    generate.main(['--workdir', str(tmp_path), *argv])
+  assert seen == {}  # the raw parameters

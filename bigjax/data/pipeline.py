@@ -152,8 +152,25 @@ class Data:
     self.train_split = data.get('train_split') or self.spec.train_split
     self.eval_split = data.get('eval_split') or self.spec.eval_split
     data_dir = data.get('data_dir') or None
-    self.train_source = self.spec.open_split(self.train_split, data_dir, data)
-    self.eval_source = self.spec.open_split(self.eval_split, data_dir, data)
+    self.train_source = self._open(self.train_split, 'train_split', data_dir)
+    self.eval_source = self._open(self.eval_split, 'eval_split', data_dir)
+
+  def _open(self, split: str, key: str, data_dir: str | None):
+    """The split's source; a one-line error for an empty one (`train[:0]`, a slice past
+    the end) instead of the reader's own."""
+    empty = ValueError(
+      f'the {split!r} split of {self.config.name} is empty: set --config.data.{key} to a '
+      f'split with examples (default {getattr(self.spec, key)!r})'
+    )
+    try:
+      source = self.spec.open_split(split, data_dir, self.config)
+    except ValueError as e:
+      if 'of 0 length' in str(e):  # ArrayRecord's reader, given no files
+        raise empty from None
+      raise
+    if len(source) == 0:
+      raise empty
+    return source
 
   @property
   def task(self) -> str:

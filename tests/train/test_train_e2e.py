@@ -256,6 +256,14 @@ def test_public_dataset_not_prepared_in_the_default_data_dir(capsys, tmp_path, m
   _fails(capsys, argv, f'tfds build mnist --data_dir={empty}')
 
 
+@pytest.mark.parametrize('split', ['train_split=train[:0]', 'eval_split=test[300:300]'])
+def test_an_empty_split_is_refused(capsys, tmp_path, data_dir, split):
+  workdir = tmp_path / 'run'
+  argv = ['--workdir', str(workdir), f'--config.data.data_dir={data_dir}', f'--config.data.{split}']
+  _fails(capsys, argv, 'split of digits is empty: set --config.data.', DEFAULT)
+  assert not workdir.exists()
+
+
 def test_workdir_not_writable(capsys, tmp_path, data_dir):
   blocker = tmp_path / 'a_file'
   blocker.write_text('')
