@@ -5,13 +5,13 @@ end exactly where an uninterrupted run ends.
       [--steps 30] [--seed 0] [--data_dir DIR] [--out DIR] [--json out.json]
 
 Each config runs its `test` variant for --steps updates (a checkpoint every 3, a log line
-every step, an evaluation every 10), once uninterrupted and once under chaos; the --kills
-hard kills are spread over the configs. A kill is SIGKILL to the run's whole process group
-(train.py and Grain's worker processes, as when its machine is lost), and each is one of:
+every step, an evaluation every 10), once uninterrupted in one process and once under chaos
+with data.workers=2 (Grain's worker processes read the data while it is killed); the
+--kills hard kills are spread over the configs. A kill is SIGKILL to the run's whole process
+group (train.py and its workers, as when its machine is lost), and each is one of:
   random      after a delay drawn uniformly over the uninterrupted run's wall time
   checkpoint  the moment a checkpoint's temporary folder appears (an asynchronous write in
               flight)
-  workers     like random, in a run with data.workers=2 (Grain's worker processes running)
 A kill that comes after the run finished does not count; the run is then restarted for the
 next one. Once all kills are spent the run is restarted until it finishes.
 
@@ -34,7 +34,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, 'train.py')
-KINDS = ('random', 'checkpoint', 'workers')
+KINDS = ('random', 'checkpoint')
+WORKERS = 2  # Grain worker processes in the chaos runs
 DEFAULT_CONFIGS = 'mlp_digits,resnet18_digits,gpt_nano_pystdlib,bert_tiny_pystdlib_mlm'
 
 
@@ -64,11 +65,10 @@ def run_with_kills(argv, workdir, kinds, wall, rng, log) -> dict:
   pending = list(kinds)
   while True:
     kind = pending[0] if pending else None
-    workers = ['--config.data.workers=2'] if kind == 'workers' else []
     # Its own process group, killed whole: a lost machine takes Grain's worker processes
     # with it (they would otherwise linger, holding the pipes).
     proc = subprocess.Popen(
-      [*argv, *workers],
+      argv,
       stdout=subprocess.DEVNULL,
       stderr=subprocess.PIPE,
       text=True,
@@ -145,6 +145,8 @@ def check(workdir: str, reference: str, steps: int) -> dict:
     problems.append(f'unreadable checkpoints {unreadable}')
   damaged_dir = os.path.join(workdir, DAMAGED)
   damaged = sorted(os.listdir(damaged_dir)) if os.path.isdir(damaged_dir) else []
+  if damaged:  # a hard kill never damages a committed checkpoint: these were lost
+    problems.append(f'checkpoints set aside as damaged: {damaged}')
   rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
   ref_rows = [json.loads(line) for line in open(os.path.join(reference, 'metrics.jsonl'))]
   train_steps = [r['step'] for r in rows if r['split'] == 'train']
@@ -167,13 +169,12 @@ def check(workdir: str, reference: str, steps: int) -> dict:
 
 
 def spread(kills: int, configs: list[str], rng: random.Random) -> dict[str, list[str]]:
-  """The kinds of kill of each config: `kills` in all; every config's first two are a
-  checkpoint kill and a workers kill, the rest are drawn from KINDS."""
+  """The kinds of kill of each config: `kills` in all; every config's first is a
+  checkpoint kill, the rest are drawn from KINDS."""
   plan = {c: [] for c in configs}
   for i in range(kills):
     config = configs[i % len(configs)]
-    n = len(plan[config])
-    plan[config].append(KINDS[1:][n] if n < 2 else rng.choice(KINDS))
+    plan[config].append('checkpoint' if not plan[config] else rng.choice(KINDS))
   for kinds in plan.values():
     rng.shuffle(kinds)
   return plan
@@ -211,7 +212,7 @@ def main(argv=None) -> int:
     print(f'{config}: uninterrupted in {wall:.1f}s; {len(plan[config])} kills', flush=True)
     workdir = os.path.join(out, config, 'chaos')
     runs = run_with_kills(
-      train_argv(config, workdir, data_dir, args.steps), workdir, plan[config], wall, rng,
+      train_argv(config, workdir, data_dir, args.steps, WORKERS), workdir, plan[config], wall, rng,
       lambda m: print(m, flush=True),
     )  # fmt: skip
     result = {**runs, **check(workdir, reference, args.steps), 'wall_s': time.perf_counter() - t0}
@@ -235,7 +236,11 @@ def main(argv=None) -> int:
   print(f'total: {total}', flush=True)
   if args.json:
     with open(args.json, 'w') as f:
-      json.dump({'configs': results, 'total': total, 'steps': args.steps, 'seed': args.seed}, f)
+      json.dump(
+        {'configs': results, 'total': total, 'steps': args.steps, 'seed': args.seed,
+         'workers': WORKERS},
+        f,
+      )  # fmt: skip
   return 1 if failed else 0
 
 

@@ -249,6 +249,15 @@ class Checkpointer:
         if self.read_only:
           raise
         message = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+        if os.path.isfile(os.path.join(self.step_dir(step), CHECKSUMS)):
+          # Its files are as committed (readable_step checked them): not damage, but a run
+          # that reads it otherwise. Never set a sound checkpoint aside.
+          raise ValueError(
+            f'the checkpoint at step {step} in {self.directory} is intact but does not restore '
+            f'into this run ({type(e).__name__}: {message}): resume with the settings that '
+            "wrote it (the data pipeline's, e.g. data.workers, included) or use another "
+            '--workdir (nothing was changed)'
+          ) from None
         self._sync('checkpoint_restore_failed')
         warnings.append(
           self._set_aside(step, f'it failed to restore ({type(e).__name__}: {message})')

@@ -88,9 +88,10 @@ def check_config(config) -> None:
 
 # Settings that may change between a run and its resume: logging, evaluation, checkpoint
 # cadence, I/O and performance switches, the mesh (checkpoints restore onto any mesh) and
-# init_from (ignored on resume). Anything else changes the training itself.
+# init_from (ignored on resume). Anything else changes the training itself (data.workers
+# too: Grain's iterator state differs with and without worker processes).
 RESUMABLE = re.compile(
-  r'^(allow_changes|init_from|init_from_skip|mesh\..*|data\.(data_dir|workers|prefetch|'
+  r'^(allow_changes|init_from|init_from_skip|mesh\..*|data\.(data_dir|prefetch|'
   r'workdir|tokenizer)|train\.(log_every|eval_every|eval_steps|eval_batch_size|'
   r'checkpoint_every|keep_checkpoints|stop_check_every|peak_tflops|compilation_cache_dir|'
   r'xla_flags|donate|device_memory_gb))$'
