@@ -542,9 +542,15 @@ def train(run: Run, *, tty: bool | None = None) -> dict[str, float]:
     if run.run_lock is not None:
       run.run_lock.release()
     raise
+  try:
+    state, latest = run.initial_state(train_iter)
+  except ValueError:  # a checkpoint this run cannot resume: leave the workdir as it was
+    run.discard()
+    if run.run_lock is not None:
+      run.run_lock.release()
+    raise
   if run.run_lock is not None:
     run.run_lock.mark()
-  state, latest = run.initial_state(train_iter)
   reporter = Reporter(run.workdir, cfg.steps, latest or 0, tty=tty)
   if latest is not None:
     reporter.log(f'resuming from the checkpoint at step {latest} in {checkpointer.directory}')

@@ -286,3 +286,23 @@ def test_an_error_after_an_asynchronous_save_keeps_that_checkpoint(tmp_path, dat
     assert os.path.isfile(os.path.join(checkpointer.step_dir(2), CHECKSUMS))
   finally:
     checkpointer.close()
+
+
+@pytest.mark.slow
+def test_an_intact_checkpoint_that_does_not_restore_is_refused_not_set_aside(
+  tmp_path, data_dir, capsys, snapshot
+):
+  """Grain's iterator state differs with and without worker processes: resuming a
+  data.workers=2 run with workers=0 (changes allowed) must not take it for damage."""
+  workdir = str(tmp_path / 'run')
+  train = os.path.join(ROOT, 'train.py')
+  cmd = [sys.executable, train, *_argv(workdir, data_dir, 4), '--config.data.workers=2']
+  subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+  before = snapshot(workdir)
+  capsys.readouterr()
+  argv = [*_argv(workdir, data_dir, 6), '--config.data.workers=0', '--config.allow_changes=true']
+  assert main(argv) == 2
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert 'the checkpoint at step 4' in err and 'is intact but does not restore' in err, err
+  assert not os.path.exists(os.path.join(workdir, DAMAGED))
+  assert snapshot(workdir) == before
