@@ -16,10 +16,11 @@ A kill that comes after the run finished does not count; the run is then restart
 next one. Once all kills are spent the run is restarted until it finishes.
 
 Checked for every config: the final parameters equal the uninterrupted run's bit for bit;
-every committed checkpoint restores (none lost or unreadable; any set aside as damaged is
-counted); metrics.jsonl holds every train step and every evaluation once, and the final
-evaluation equals the uninterrupted one. Printed and written (--json): kills by kind,
-restarts, damaged checkpoints, equality, wall time. Exit code 1 if any check fails.
+every committed checkpoint restores (none lost or unreadable, none set aside as damaged);
+metrics.jsonl holds every train step and every evaluation once, and every logged value
+(wall-clock rates aside) equals the uninterrupted run's, bit for bit. Printed and written
+(--json): kills by kind, restarts, damaged checkpoints, equality, wall time. Exit code 1 if
+any check fails.
 """
 
 import argparse
@@ -120,6 +121,20 @@ def _params(workdir: str):
   return jax.tree.leaves(jax.device_get(restore_from_workdir(workdir)[2]['params']))
 
 
+# Wall-clock rates differ from run to run; every other logged value must be bit-identical.
+TIMING = ('examples_per_sec', 'tokens_per_sec', 'tflops_per_sec', 'mfu')
+
+
+def metric_differences(rows: list[dict], ref_rows: list[dict]) -> list[tuple]:
+  """(split, step) of every logged row whose values (timing aside) differ from the
+  uninterrupted run's row of the same split and step."""
+  ref = {(r['split'], r['step']): r for r in ref_rows}
+  strip = lambda r: {k: v for k, v in r.items() if k not in TIMING}  # noqa: E731
+  return [
+    (r['split'], r['step']) for r in rows if strip(r) != strip(ref.get((r['split'], r['step']), {}))
+  ]
+
+
 def check(workdir: str, reference: str, steps: int) -> dict:
   """The checks of the module docstring; {'equal', 'checkpoints', 'unreadable', 'damaged',
   'metrics_ok', 'problems'}."""
@@ -158,6 +173,9 @@ def check(workdir: str, reference: str, steps: int) -> dict:
   final, ref_final = rows[-1], ref_rows[-1]
   if final != ref_final:
     problems.append(f'final evaluation {final} differs from {ref_final}')
+  differing = metric_differences(rows, ref_rows)
+  if differing:
+    problems.append(f'logged metrics differ from the uninterrupted run at {differing[:5]}')
   return {
     'equal': equal,
     'checkpoints': steps_saved,
