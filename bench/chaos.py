@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -107,10 +108,12 @@ def run_with_kills(argv, workdir, kinds, wall, rng, log) -> dict:
 
 
 def _reset(workdir: str) -> None:
-  """A finished run restarts from nothing (its kills must land in a run that is going)."""
-  import shutil
-
-  shutil.rmtree(workdir)
+  """A finished run restarts from nothing but its learned tokenizer (its kills must land
+  in a run that is going)."""
+  for name in os.listdir(workdir):
+    path = os.path.join(workdir, name)
+    if name != 'tokenizer.json':
+      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def _params(workdir: str):
@@ -229,6 +232,13 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - t0
     print(f'{config}: uninterrupted in {wall:.1f}s; {len(plan[config])} kills', flush=True)
     workdir = os.path.join(out, config, 'chaos')
+    # A tokenizer learned into the workdir (BERT's WordPiece) is learned anew by every run,
+    # and the `tokenizers` trainer does not learn the same one twice: the chaos run starts
+    # from the reference's, so the comparison is about kills, not about that trainer.
+    learned = os.path.join(reference, 'tokenizer.json')
+    if os.path.exists(learned):
+      os.makedirs(workdir, exist_ok=True)
+      shutil.copy(learned, workdir)
     runs = run_with_kills(
       train_argv(config, workdir, data_dir, args.steps, WORKERS), workdir, plan[config], wall, rng,
       lambda m: print(m, flush=True),
