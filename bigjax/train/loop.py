@@ -38,7 +38,7 @@ from bigjax.train import (
   sharding,
   validate,
 )
-from bigjax.train.checkpoint import Checkpointer, fingerprint
+from bigjax.train.checkpoint import DAMAGED, Checkpointer, fingerprint
 from bigjax.train.report import Reporter, plot_curves
 from bigjax.train.state import TrainState, init_state
 from bigjax.train.step import (
@@ -426,12 +426,13 @@ def _undo_writes(workdir: str, existing: set[str], created: bool) -> Callable[[]
   folder, config.json, init_from.json, a tokenizer), a config.json that was there gets its
   old text back, and a workdir made for this run goes when empty. Checkpoints already
   there are untouched, and so is a teacher store (a pass of the teacher over the train
-  split, valid for the next attempt)."""
+  split, valid for the next attempt), and so are checkpoints set aside as damaged."""
   path = os.path.join(workdir, 'config.json')
   old_config = open(path).read() if os.path.isfile(path) else None
 
   def undo() -> None:
-    for name in set(os.listdir(workdir)) - existing - {distill.STORE_DIR}:
+    # Never the damaged checkpoints a resume set aside: they are kept, whatever happens.
+    for name in set(os.listdir(workdir)) - existing - {distill.STORE_DIR, DAMAGED}:
       full = os.path.join(workdir, name)
       with contextlib.suppress(FileNotFoundError):  # another process removed it
         if os.path.isdir(full):

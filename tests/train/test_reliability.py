@@ -306,3 +306,19 @@ def test_an_intact_checkpoint_that_does_not_restore_is_refused_not_set_aside(
   assert 'the checkpoint at step 4' in err and 'is intact but does not restore' in err, err
   assert not os.path.exists(os.path.join(workdir, DAMAGED))
   assert snapshot(workdir) == before
+
+
+@pytest.mark.slow
+def test_a_run_that_stops_before_its_first_step_keeps_what_it_set_aside(
+  runs, tmp_path, data_dir, capsys
+):
+  """A damaged latest checkpoint is set aside, then the run does not fit: the set-aside
+  folder stays (build_run's other writes are undone)."""
+  base, _ = runs
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(base, workdir)
+  _truncate(_largest_file(os.path.join(workdir, 'checkpoints', '6', 'state')))
+  argv = [*_argv(workdir, data_dir, 8), '--config.train.device_memory_gb=0.00001']
+  assert main(argv) == 2
+  assert os.path.isdir(os.path.join(workdir, DAMAGED, '6'))
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4']
