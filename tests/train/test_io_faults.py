@@ -69,6 +69,11 @@ def _assert_intact(workdir, step):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+  reason='known defect: the run sometimes hangs instead of exiting 74 (issue 14 left open)',
+  strict=False,
+  raises=subprocess.TimeoutExpired,
+)
 def test_a_checkpoint_folder_that_turns_read_only(tmp_path, data_dir):
   probe = tmp_path / 'probe'
   probe.mkdir()
