@@ -119,6 +119,10 @@ class Checkpointer:
         max_to_keep=keep,
         create=not read_only,
         enable_async_checkpointing=True,
+        # Orbax creates a step's folders in a background thread by default; when that fails
+        # (a read-only folder, a full disk) the thread that waits for them is never told and
+        # the save blocks for the 20-minute timeout. Created here, the error surfaces at once.
+        async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
         read_only=read_only,
       ),
       item_handlers={
