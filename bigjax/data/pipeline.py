@@ -29,6 +29,9 @@ batch only with `data.with_index`. Eval batches carry no `labelled`.
 
 import functools
 import math
+import os
+import threading
+import time
 from typing import Callable, Iterator
 
 import grain
@@ -143,6 +146,21 @@ def _absl_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+  """In each Grain worker process: exits within a second of the process that started it
+  dying. A SIGKILL (an out-of-memory kill, say) of train.py alone otherwise leaves its
+  workers blocked on a full queue forever, holding their memory."""
+  del worker_index, worker_count
+  parent = os.getppid()
+
+  def watch() -> None:
+    while os.getppid() == parent:
+      time.sleep(1.0)
+    os._exit(0)
+
+  threading.Thread(target=watch, name='bigjax-exit-with-parent', daemon=True).start()
+
+
 class Data:
   """The train and eval sources of one dataset, opened once."""
 
@@ -247,7 +265,9 @@ class Data:
     workers = self.config.get('workers', 0)
     if workers:
       _absl_flags_parsed()  # Grain's worker processes read absl flags (their defaults here)
-      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+      it = it.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=workers), worker_init_fn=_exit_with_parent
+      )
     return iter(it)
 
   def eval_batches(self, global_batch: int, max_batches: int = -1) -> Iterator[Batch]:
