@@ -51,11 +51,24 @@ class Reporter:
     if not self.enabled:
       return
     path = os.path.join(workdir, 'metrics.jsonl')
-    rewind_metrics(path, start_step, final=start_step >= total_steps)
+    final = start_step >= total_steps
+    rewind_metrics(path, start_step, final=final)
     self._jsonl = open(path, 'a')
     from tensorboardX import SummaryWriter
 
-    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    # On resume, TensorBoard is told to hide what the killed run logged after the checkpoint
+    # (the steps this run repeats), as rewind_metrics drops them from metrics.jsonl.
+    purge = (start_step if final else start_step + 1) if start_step else None
+    # The pid in the name: a restart within the second of a killed run's start would
+    # otherwise reopen (and truncate) that run's event file.
+    self._tb = SummaryWriter(
+      os.path.join(workdir, 'tensorboard'), purge_step=purge, filename_suffix=f'.{os.getpid()}'
+    )
+    if final and start_step:  # hiding the repeated final eval hid its step's train rows too
+      with open(path) as f:
+        for row in map(json.loads, f):
+          if row['step'] == start_step:
+            self._scalars(row['step'], row['split'], row)
     if self.tty:
       self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit='step', dynamic_ncols=True)
 
@@ -72,9 +85,13 @@ class Reporter:
       return
     self._jsonl.write(json.dumps({'step': step, 'split': split, **metrics}) + '\n')
     self._jsonl.flush()
-    for k, v in metrics.items():
-      self._tb.add_scalar(f'{split}/{k}', v, step)
+    self._scalars(step, split, metrics)
     self._tb.flush()
+
+  def _scalars(self, step: int, split: str, metrics: dict) -> None:
+    for k, v in metrics.items():
+      if k not in ('step', 'split') and isinstance(v, (int, float)):
+        self._tb.add_scalar(f'{split}/{k}', v, step)
 
   def restart_clock(self, step: int) -> None:
     """Times progress from now, `step` done: the first step's compilation stays out of the

@@ -391,3 +391,60 @@ def test_progress_times_steps_after_compilation(monkeypatch, tmp_path, capsys):
   reporter.close()
   line = capsys.readouterr().out.strip().splitlines()[-1]
   assert line.endswith('10.0 steps/s eta 10s'), line  # not 2 / 30.1 s
+
+
+def _tensorboard_view(folder):
+  """{(tag, step): value} as TensorBoard shows the event files in `folder`: they are read in
+  name order, and a SessionLog START at step s hides the earlier events at steps >= s."""
+  import glob
+  import struct
+
+  from tensorboardX.proto import event_pb2
+
+  seen = []
+  for path in sorted(glob.glob(os.path.join(folder, 'events.out.tfevents.*'))):
+    data, i = open(path, 'rb').read(), 0
+    while i < len(data):
+      (n,) = struct.unpack('<Q', data[i : i + 8])
+      event = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
+      i += 12 + n + 4
+      if event.HasField('session_log') and event.session_log.status == 1:  # START
+        seen = [(tag, step, v) for tag, step, v in seen if step < event.step]
+      for value in event.summary.value:
+        seen.append((value.tag, event.step, value.simple_value))
+  view = {}
+  for tag, step, value in seen:
+    assert (tag, step) not in view, f'{tag} at step {step} shown twice'
+    view[tag, step] = value
+  return view
+
+
+@pytest.mark.parametrize('final', [False, True])
+def test_a_resume_hides_the_steps_it_repeats_from_tensorboard(tmp_path, monkeypatch, final):
+  """A run killed after its checkpoint at step 4 logged steps 5-7; the resume logs 5 on
+  again. TensorBoard, like metrics.jsonl, shows each step once, the resumed run's values."""
+  from bigjax.train import report
+
+  total = 4 if final else 100
+  monkeypatch.setattr(report.os, 'getpid', lambda: 1001)  # two processes, in one second
+  first = report.Reporter(str(tmp_path), total, 0, tty=False)
+  for step in range(1, 8):
+    first.write(step, 'train', {'loss': float(step)})
+  first.write(4, 'eval', {'loss': 0.5})
+  first.close()
+  monkeypatch.setattr(report.os, 'getpid', lambda: 1002)
+  resumed = report.Reporter(str(tmp_path), total, 4, tty=False)
+  for step in range(5, 7) if not final else []:
+    resumed.write(step, 'train', {'loss': 10.0 + step})
+  resumed.write(4 if final else 6, 'eval', {'loss': 0.25})
+  resumed.close()
+  view = _tensorboard_view(str(tmp_path / 'tensorboard'))
+  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  assert view == {(f'{r["split"]}/loss', r['step']): r['loss'] for r in rows}
+  if final:  # the final evaluation is repeated, nothing else
+    assert view == {**{('train/loss', s): float(s) for s in range(1, 5)}, ('eval/loss', 4): 0.25}
+  else:
+    expected = {('train/loss', s): float(s) for s in range(1, 5)}
+    expected.update({('train/loss', 5): 15.0, ('train/loss', 6): 16.0})
+    expected.update({('eval/loss', 4): 0.5, ('eval/loss', 6): 0.25})
+    assert view == expected
