@@ -302,6 +302,7 @@ class Checkpointer:
     if data_iter is not None:
       items['data'] = grain.checkpoint.CheckpointSave(data_iter)
     self._finish()
+    self._verified.discard(step)  # its files are about to be replaced (force=True)
     with self._failure(step):
       self.manager.save(step, args=ocp.args.Composite(**items), force=True)
     self._unsealed.append(step)
